@@ -1,0 +1,1 @@
+"""Backends: StableHLO, the JAX function, the XLA text path and the emitted Python module."""

@@ -1,0 +1,1 @@
+"""The step dialect: ops, attributes, shape rules, diagnostics and reference semantics."""

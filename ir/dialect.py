@@ -1,0 +1,888 @@
+"""The `step` dialect: the ops and attributes of one training step.
+
+Every op takes and returns static-shaped tensors with value semantics. Each op's shape rule
+lives in `stepc.ir.shapes`; each verifier infers the result type with it and compares with
+the declared one, so the message says what was expected and what was found.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import ClassVar
+
+from xdsl.dialects.builtin import (
+    AnyFloat,
+    ArrayAttr,
+    BFloat16Type,
+    BoolAttr,
+    DenseArrayBase,
+    Float16Type,
+    Float32Type,
+    Float64Type,
+    FloatAttr,
+    IntegerAttr,
+    IntegerType,
+    NoneAttr,
+    StringAttr,
+    TensorType,
+    f64,
+    i64,
+)
+from xdsl.ir import Attribute, Dialect, ParametrizedAttribute, SSAValue
+from xdsl.irdl import (
+    IRDLOperation,
+    irdl_attr_definition,
+    irdl_op_definition,
+    operand_def,
+    param_def,
+    prop_def,
+    result_def,
+    traits_def,
+)
+from xdsl.parser import AttrParser, Parser
+from xdsl.printer import Printer
+from xdsl.traits import Pure
+from xdsl.utils.exceptions import VerifyException
+
+from stepc.ir import shapes
+from stepc.ir.shapes import ShapeError
+
+FLOAT_TYPES = (Float16Type, BFloat16Type, Float32Type, Float64Type)
+ELEMENT_NAMES = "f16, bf16, f32, f64"
+
+
+# ---------------------------------------------------------------------------------------------
+# Types
+
+
+def is_float(element: Attribute) -> bool:
+    return isinstance(element, FLOAT_TYPES)
+
+
+def is_i32(element: Attribute) -> bool:
+    return isinstance(element, IntegerType) and element.width.data == 32
+
+
+def tensor_type(value: SSAValue | Attribute) -> TensorType[Attribute]:
+    """The static tensor type of a value, or a VerifyException that says what it is instead."""
+    t = value.type if isinstance(value, SSAValue) else value
+    if not isinstance(t, TensorType):
+        raise VerifyException(f"expected a ranked tensor, found {t}")
+    if any(d < 0 for d in t.get_shape()):
+        raise VerifyException(f"shapes are static in stepc, found dynamic dims in {t}")
+    element = t.get_element_type()
+    if not (is_float(element) or is_i32(element)):
+        raise VerifyException(f"element type must be one of {ELEMENT_NAMES} or i32, found {element}")
+    return t
+
+
+def shape_of(value: SSAValue | Attribute) -> tuple[int, ...]:
+    return tuple(tensor_type(value).get_shape())
+
+
+def element_of(value: SSAValue | Attribute) -> Attribute:
+    return tensor_type(value).get_element_type()
+
+
+def float_tensor(value: SSAValue | Attribute, what: str) -> TensorType[Attribute]:
+    t = tensor_type(value)
+    if not is_float(t.get_element_type()):
+        raise VerifyException(f"{what} must be a float tensor ({ELEMENT_NAMES}), found {t}")
+    return t
+
+
+def make_tensor(shape: Sequence[int], element: Attribute) -> TensorType[Attribute]:
+    return TensorType(element, list(shape))
+
+
+def check_result(op: IRDLOperation, expected: TensorType[Attribute]) -> None:
+    found = op.results[0].type
+    if found != expected:
+        raise VerifyException(f"{op.name} result type: expected {expected}, found {found}")
+
+
+def rule(fn, *args):  # type: ignore[no-untyped-def]
+    """Run a shape rule, turning its ShapeError into a VerifyException."""
+    try:
+        return fn(*args)
+    except ShapeError as e:
+        raise VerifyException(str(e)) from None
+
+
+def format_float(x: float) -> str:
+    """A float as MLIR's lexer reads it back exactly (always with a '.')."""
+    if math.isnan(x) or math.isinf(x):
+        bits = {"nan": "0x7FF8000000000000", "inf": "0x7FF0000000000000", "-inf": "0xFFF0000000000000"}
+        return bits[repr(x)]
+    text = repr(float(x))
+    if "e" in text and "." not in text.split("e")[0]:
+        mantissa, exponent = text.split("e")
+        text = f"{mantissa}.0e{exponent}"
+    return text
+
+
+def parse_int_list(parser: Parser | AttrParser) -> list[int]:
+    return parser.parse_comma_separated_list(parser.Delimiter.SQUARE, parser.parse_integer)
+
+
+def print_int_list(printer: Printer, values: Sequence[int]) -> None:
+    printer.print_string("[" + ", ".join(str(v) for v in values) + "]")
+
+
+def int_array(values: Sequence[int]) -> DenseArrayBase:
+    return DenseArrayBase.from_list(i64, list(values))
+
+
+# ---------------------------------------------------------------------------------------------
+# The optimizer attribute
+
+
+SGD_FIELDS: tuple[tuple[str, type], ...] = (
+    ("lr", float),
+    ("momentum", float),
+    ("dampening", float),
+    ("weight_decay", float),
+    ("nesterov", bool),
+    ("maximize", bool),
+)
+SGD_DEFAULTS = {"momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False, "maximize": False}
+
+
+@irdl_attr_definition
+class SGDAttr(ParametrizedAttribute):
+    """`#step.sgd<lr = 0.1, momentum = 0.9>`: the arguments of `torch.optim.SGD`.
+
+    Only the fields written are stored, so that a parameter's `#step.sgd<...>` overrides just
+    those fields of the function's (a PyTorch parameter group). `resolved()` fills defaults.
+    """
+
+    name = "step.sgd"
+
+    lr: FloatAttr | NoneAttr = param_def()
+    momentum: FloatAttr | NoneAttr = param_def()
+    dampening: FloatAttr | NoneAttr = param_def()
+    weight_decay: FloatAttr | NoneAttr = param_def()
+    nesterov: IntegerAttr | NoneAttr = param_def()
+    maximize: IntegerAttr | NoneAttr = param_def()
+
+    @staticmethod
+    def from_fields(**fields: float | bool) -> SGDAttr:
+        params: list[Attribute] = []
+        for field, kind in SGD_FIELDS:
+            value = fields.pop(field, None)
+            if value is None:
+                params.append(NoneAttr())
+            elif kind is bool:
+                params.append(BoolAttr.from_bool(bool(value)))
+            else:
+                params.append(FloatAttr(float(value), f64))
+        if fields:
+            raise ValueError(f"unknown SGD fields {sorted(fields)}")
+        return SGDAttr(*params)
+
+    def fields(self) -> dict[str, float | bool]:
+        """The fields written in the text, by name."""
+        out: dict[str, float | bool] = {}
+        for (field, _), param in zip(SGD_FIELDS, self.parameters):
+            if isinstance(param, FloatAttr):
+                out[field] = float(param.value.data)
+            elif isinstance(param, IntegerAttr):
+                out[field] = bool(param.value.data)
+        return out
+
+    def resolved(self, override: SGDAttr | None = None) -> dict[str, float | bool]:
+        """All six fields: PyTorch's defaults, then this attribute's, then `override`'s."""
+        out: dict[str, float | bool] = dict(SGD_DEFAULTS)
+        out.update(self.fields())
+        if override is not None:
+            out.update(override.fields())
+        return out
+
+    @classmethod
+    def parse_parameters(cls, parser: AttrParser) -> Sequence[Attribute]:
+        fields: dict[str, float | bool] = {}
+        kinds = dict(SGD_FIELDS)
+
+        def parse_field() -> None:
+            pos = parser.pos
+            key = parser.parse_identifier(" (an SGD field: " + ", ".join(kinds) + ")")
+            if key not in kinds:
+                parser.raise_error(
+                    f"unknown SGD field '{key}'; the fields are " + ", ".join(kinds), pos, parser.pos
+                )
+            if key in fields:
+                parser.raise_error(f"SGD field '{key}' is given twice", pos, parser.pos)
+            parser.parse_punctuation("=")
+            if kinds[key] is bool:
+                fields[key] = parser.parse_boolean(f" for SGD field '{key}'")
+            else:
+                value = parser.parse_number(f" for SGD field '{key}'")
+                if isinstance(value, bool):
+                    parser.raise_error(f"SGD field '{key}' takes a number", pos, parser.pos)
+                fields[key] = float(value)
+
+        parser.parse_comma_separated_list(parser.Delimiter.ANGLE, parse_field)
+        return SGDAttr.from_fields(**fields).parameters
+
+    def print_parameters(self, printer: Printer) -> None:
+        items = []
+        for field, value in self.fields().items():
+            text = ("true" if value else "false") if isinstance(value, bool) else format_float(value)
+            items.append(f"{field} = {text}")
+        printer.print_string("<" + ", ".join(items) + ">")
+
+    def check(self) -> None:
+        """torch.optim.SGD's ValueErrors, for a resolved set of fields."""
+        self.check_fields(self.resolved())
+
+    @staticmethod
+    def check_fields(fields: dict[str, float | bool]) -> None:
+        for name in ("lr", "momentum", "weight_decay"):
+            value = fields.get(name)
+            if isinstance(value, float) and (value < 0.0 or math.isnan(value)):
+                raise VerifyException(f"invalid SGD {name}: {format_float(value)} (must be >= 0, as in torch.optim.SGD)")
+        if fields.get("nesterov") and (fields.get("momentum", 0.0) <= 0.0 or fields.get("dampening", 0.0) != 0.0):
+            raise VerifyException(
+                "Nesterov momentum requires a momentum and zero dampening (as in torch.optim.SGD), "
+                f"found momentum = {format_float(float(fields.get('momentum', 0.0)))}, "
+                f"dampening = {format_float(float(fields.get('dampening', 0.0)))}"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# Elementwise families
+
+
+class StepOp(IRDLOperation):
+    """Base of every step op: pure, with a shape rule (`infer`) that the verifier applies."""
+
+    traits = traits_def(Pure())
+
+    def infer(self) -> TensorType[Attribute]:
+        raise NotImplementedError
+
+    def verify_(self) -> None:
+        check_result(self, self.infer())
+
+
+class BinaryOp(StepOp):
+    """Elementwise binary op with NumPy broadcasting and equal float element types."""
+
+    lhs = operand_def(TensorType)
+    rhs = operand_def(TensorType)
+    result = result_def(TensorType)
+
+    assembly_format = "$lhs `,` $rhs attr-dict `:` functional-type(operands, results)"
+
+    def __init__(self, lhs: SSAValue, rhs: SSAValue, result_type: Attribute | None = None):
+        if result_type is None:
+            result_type = make_tensor(shapes.broadcast(shape_of(lhs), shape_of(rhs)), element_of(lhs))
+        super().__init__(operands=[lhs, rhs], result_types=[result_type])
+
+    def infer(self) -> TensorType[Attribute]:
+        a = float_tensor(self.lhs, f"{self.name} lhs")
+        b = float_tensor(self.rhs, f"{self.name} rhs")
+        if a.get_element_type() != b.get_element_type():
+            raise VerifyException(
+                f"{self.name} needs equal element types, found {a.get_element_type()} and {b.get_element_type()}"
+            )
+        shape = rule(shapes.broadcast, shape_of(a), shape_of(b))
+        return make_tensor(shape, a.get_element_type())
+
+
+class UnaryOp(StepOp):
+    """Elementwise unary op on a float tensor: `%r = step.exp %a : tensor<4xf32>`."""
+
+    input = operand_def(TensorType)
+    result = result_def(TensorType)
+
+    def __init__(self, input: SSAValue):
+        super().__init__(operands=[input], result_types=[input.type])
+
+    @classmethod
+    def parse(cls, parser: Parser) -> UnaryOp:
+        operand = parser.parse_unresolved_operand()
+        attrs = parser.parse_optional_attr_dict()
+        parser.parse_punctuation(":")
+        t = parser.parse_type()
+        op = cls.create(operands=[parser.resolve_operand(operand, t)], result_types=[t])
+        op.attributes.update(attrs)
+        return op
+
+    def print(self, printer: Printer) -> None:
+        printer.print_string(" ")
+        printer.print_operand(self.input)
+        printer.print_op_attributes(self.attributes)
+        printer.print_string(" : ")
+        printer.print_attribute(self.input.type)
+
+    def infer(self) -> TensorType[Attribute]:
+        return float_tensor(self.input, f"{self.name} operand")
+
+
+@irdl_op_definition
+class AddOp(BinaryOp):
+    """`%r = step.add %a, %b : (tensor<16x32xf32>, tensor<32xf32>) -> tensor<16x32xf32>`"""
+
+    name = "step.add"
+
+
+@irdl_op_definition
+class SubOp(BinaryOp):
+    """`%r = step.sub %a, %b : (tensor<4xf32>, tensor<4xf32>) -> tensor<4xf32>`"""
+
+    name = "step.sub"
+
+
+@irdl_op_definition
+class MulOp(BinaryOp):
+    """`%r = step.mul %a, %b : (tensor<4xf32>, tensor<f32>) -> tensor<4xf32>`"""
+
+    name = "step.mul"
+
+
+@irdl_op_definition
+class DivOp(BinaryOp):
+    """`%r = step.div %a, %b : (tensor<4xf32>, tensor<4xf32>) -> tensor<4xf32>`"""
+
+    name = "step.div"
+
+
+@irdl_op_definition
+class MaximumOp(BinaryOp):
+    """`%r = step.maximum %a, %b : (tensor<4xf32>, tensor<4xf32>) -> tensor<4xf32>`"""
+
+    name = "step.maximum"
+
+
+@irdl_op_definition
+class MinimumOp(BinaryOp):
+    """`%r = step.minimum %a, %b : (tensor<4xf32>, tensor<4xf32>) -> tensor<4xf32>`"""
+
+    name = "step.minimum"
+
+
+COMPARE_DIRECTIONS = ("eq", "ne", "lt", "le", "gt", "ge")
+
+
+@irdl_op_definition
+class CompareOp(StepOp):
+    """`%m = step.compare gt %a, %b : (tensor<4xf32>, tensor<f32>) -> tensor<4xf32>`
+
+    A 0/1 mask in the operands' float type (1 where the comparison holds), with broadcasting.
+    Derivatives use it for PyTorch's conventions at kinks; its own derivative is zero.
+    """
+
+    name = "step.compare"
+
+    lhs = operand_def(TensorType)
+    rhs = operand_def(TensorType)
+    result = result_def(TensorType)
+    direction = prop_def(StringAttr)
+
+    def __init__(self, direction: str, lhs: SSAValue, rhs: SSAValue):
+        shape = shapes.broadcast(shape_of(lhs), shape_of(rhs))
+        super().__init__(
+            operands=[lhs, rhs],
+            result_types=[make_tensor(shape, element_of(lhs))],
+            properties={"direction": StringAttr(direction)},
+        )
+
+    @classmethod
+    def parse(cls, parser: Parser) -> CompareOp:
+        pos = parser.pos
+        direction = parser.parse_identifier(" (a comparison: " + ", ".join(COMPARE_DIRECTIONS) + ")")
+        if direction not in COMPARE_DIRECTIONS:
+            parser.raise_error(
+                f"unknown comparison '{direction}'; expected one of " + ", ".join(COMPARE_DIRECTIONS), pos, parser.pos
+            )
+        lhs = parser.parse_unresolved_operand()
+        parser.parse_punctuation(",")
+        rhs = parser.parse_unresolved_operand()
+        attrs = parser.parse_optional_attr_dict()
+        parser.parse_punctuation(":")
+        fn = parser.parse_function_type()
+        if len(fn.inputs.data) != 2 or len(fn.outputs.data) != 1:
+            parser.raise_error("step.compare has the type (Ta, Tb) -> Tr", pos, parser.pos)
+        operands = [parser.resolve_operand(lhs, fn.inputs.data[0]), parser.resolve_operand(rhs, fn.inputs.data[1])]
+        op = cls.create(
+            operands=operands, result_types=[fn.outputs.data[0]], properties={"direction": StringAttr(direction)}
+        )
+        op.attributes.update(attrs)
+        return op
+
+    def print(self, printer: Printer) -> None:
+        printer.print_string(f" {self.direction.data} ")
+        printer.print_operand(self.lhs)
+        printer.print_string(", ")
+        printer.print_operand(self.rhs)
+        printer.print_op_attributes(self.attributes)
+        printer.print_string(" : ")
+        printer.print_function_type([self.lhs.type, self.rhs.type], [self.result.type])
+
+    def infer(self) -> TensorType[Attribute]:
+        if self.direction.data not in COMPARE_DIRECTIONS:
+            raise VerifyException(f"unknown comparison '{self.direction.data}'")
+        return BinaryOp.infer(self)  # type: ignore[arg-type]
+
+
+def _unary(op_name: str, doc: str) -> type[UnaryOp]:
+    cls = type(op_name.split(".")[1].title().replace("_", "") + "Op", (UnaryOp,), {"name": op_name, "__doc__": doc})
+    return irdl_op_definition(cls)
+
+
+ExpOp = _unary("step.exp", "`%r = step.exp %a : tensor<4xf32>`")
+NegOp = _unary("step.neg", "`%r = step.neg %a : tensor<4xf32>`")
+LogOp = _unary("step.log", "`%r = step.log %a : tensor<4xf32>`")
+TanhOp = _unary("step.tanh", "`%r = step.tanh %a : tensor<4xf32>`")
+SigmoidOp = _unary("step.sigmoid", "`%r = step.sigmoid %a : tensor<4xf32>`")
+ReluOp = _unary("step.relu", "`%r = step.relu %a : tensor<4xf32>` (derivative 0 at 0, as PyTorch)")
+SqrtOp = _unary("step.sqrt", "`%r = step.sqrt %a : tensor<4xf32>`")
+RsqrtOp = _unary("step.rsqrt", "`%r = step.rsqrt %a : tensor<4xf32>` (1 / sqrt)")
+SquareOp = _unary("step.square", "`%r = step.square %a : tensor<4xf32>`")
+AbsOp = _unary("step.abs", "`%r = step.abs %a : tensor<4xf32>` (derivative 0 at 0, as PyTorch)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Structured ops
+
+
+class TypeChangeOp(StepOp):
+    """One operand, one result, both types written: `step.reshape %a : Ta -> Tr`."""
+
+    input = operand_def(TensorType)
+    result = result_def(TensorType)
+
+    assembly_format = "$input attr-dict `:` type($input) `->` type($result)"
+
+    def __init__(self, input: SSAValue, result_type: Attribute):
+        super().__init__(operands=[input], result_types=[result_type])
+
+
+@irdl_op_definition
+class ReshapeOp(TypeChangeOp):
+    """`%r = step.reshape %a : tensor<4x8xf32> -> tensor<32xf32>` (row-major)"""
+
+    name = "step.reshape"
+
+    def infer(self) -> TensorType[Attribute]:
+        target = tensor_type(self.result)
+        rule(shapes.reshape, shape_of(self.input), shape_of(target))
+        return make_tensor(shape_of(target), element_of(self.input))
+
+
+@irdl_op_definition
+class BroadcastOp(TypeChangeOp):
+    """`%r = step.broadcast %a : tensor<32xf32> -> tensor<16x32xf32>` (NumPy broadcasting)"""
+
+    name = "step.broadcast"
+
+    def infer(self) -> TensorType[Attribute]:
+        target = tensor_type(self.result)
+        rule(shapes.broadcast_to, shape_of(self.input), shape_of(target))
+        return make_tensor(shape_of(target), element_of(self.input))
+
+
+@irdl_op_definition
+class ConvertOp(TypeChangeOp):
+    """`%r = step.convert %a : tensor<4xf32> -> tensor<4xf64>` (element type cast, same shape)"""
+
+    name = "step.convert"
+
+    def infer(self) -> TensorType[Attribute]:
+        target = tensor_type(self.result)
+        tensor_type(self.input)
+        if shape_of(target) != shape_of(self.input):
+            raise VerifyException(
+                f"step.convert keeps the shape: expected {shapes.fmt(shape_of(self.input))}, "
+                f"found {shapes.fmt(shape_of(target))}"
+            )
+        return target
+
+
+@irdl_op_definition
+class OneHotOp(TypeChangeOp):
+    """`%r = step.one_hot %labels : tensor<16xi32> -> tensor<16x10xf32>` (classes from the result)"""
+
+    name = "step.one_hot"
+
+    def infer(self) -> TensorType[Attribute]:
+        labels = tensor_type(self.input)
+        if not is_i32(labels.get_element_type()):
+            raise VerifyException(f"step.one_hot takes i32 labels, found {labels}")
+        target = float_tensor(self.result, "step.one_hot result")
+        rule(shapes.one_hot, shape_of(labels), shape_of(target))
+        return target
+
+
+@irdl_op_definition
+class MatmulOp(BinaryOp):
+    """`%r = step.matmul %a, %b : (tensor<16x64xf32>, tensor<64x32xf32>) -> tensor<16x32xf32>`"""
+
+    name = "step.matmul"
+
+    def __init__(self, lhs: SSAValue, rhs: SSAValue, result_type: Attribute | None = None):
+        if result_type is None:
+            result_type = make_tensor(shapes.matmul(shape_of(lhs), shape_of(rhs)), element_of(lhs))
+        super().__init__(lhs, rhs, result_type)
+
+    def infer(self) -> TensorType[Attribute]:
+        a = float_tensor(self.lhs, "step.matmul lhs")
+        b = float_tensor(self.rhs, "step.matmul rhs")
+        if a.get_element_type() != b.get_element_type():
+            raise VerifyException(
+                f"step.matmul needs equal element types, found {a.get_element_type()} and {b.get_element_type()}"
+            )
+        return make_tensor(rule(shapes.matmul, shape_of(a), shape_of(b)), a.get_element_type())
+
+
+@irdl_op_definition
+class TransposeOp(StepOp):
+    """`%r = step.transpose %a perm [1, 0] : tensor<4x8xf32> -> tensor<8x4xf32>`"""
+
+    name = "step.transpose"
+
+    input = operand_def(TensorType)
+    result = result_def(TensorType)
+    perm = prop_def(DenseArrayBase)
+
+    def __init__(self, input: SSAValue, perm: Sequence[int]):
+        shape = shapes.transpose(shape_of(input), perm)
+        super().__init__(
+            operands=[input],
+            result_types=[make_tensor(shape, element_of(input))],
+            properties={"perm": int_array(perm)},
+        )
+
+    @property
+    def permutation(self) -> tuple[int, ...]:
+        return tuple(int(v) for v in self.perm.get_values())
+
+    @classmethod
+    def parse(cls, parser: Parser) -> TransposeOp:
+        operand = parser.parse_unresolved_operand()
+        parser.parse_keyword("perm")
+        perm = parse_int_list(parser)
+        attrs = parser.parse_optional_attr_dict()
+        parser.parse_punctuation(":")
+        in_t = parser.parse_type()
+        parser.parse_punctuation("->")
+        out_t = parser.parse_type()
+        op = cls.create(
+            operands=[parser.resolve_operand(operand, in_t)],
+            result_types=[out_t],
+            properties={"perm": int_array(perm)},
+        )
+        op.attributes.update(attrs)
+        return op
+
+    def print(self, printer: Printer) -> None:
+        printer.print_string(" ")
+        printer.print_operand(self.input)
+        printer.print_string(" perm ")
+        print_int_list(printer, self.permutation)
+        printer.print_op_attributes(self.attributes)
+        printer.print_string(" : ")
+        printer.print_attribute(self.input.type)
+        printer.print_string(" -> ")
+        printer.print_attribute(self.result.type)
+
+    def infer(self) -> TensorType[Attribute]:
+        t = tensor_type(self.input)
+        return make_tensor(rule(shapes.transpose, shape_of(t), self.permutation), t.get_element_type())
+
+
+class ReduceOp(StepOp):
+    """Reduce the listed dims (dropped); no `dims` means all: `step.sum %a dims [1] : Ta -> Tr`."""
+
+    input = operand_def(TensorType)
+    result = result_def(TensorType)
+    dims = prop_def(DenseArrayBase | NoneAttr, default_value=NoneAttr())
+
+    def __init__(self, input: SSAValue, dims: Sequence[int] | None = None):
+        shape = shapes.reduce(shape_of(input), dims)
+        super().__init__(
+            operands=[input],
+            result_types=[make_tensor(shape, element_of(input))],
+            properties={"dims": NoneAttr() if dims is None else int_array(dims)},
+        )
+
+    @property
+    def reduced_dims(self) -> tuple[int, ...] | None:
+        """The dims as written, or None for all dims."""
+        if isinstance(self.dims, NoneAttr):
+            return None
+        return tuple(int(v) for v in self.dims.get_values())
+
+    @property
+    def axes(self) -> tuple[int, ...]:
+        """The reduced dims, sorted, with None expanded to all dims."""
+        return shapes.normalize_dims(shape_of(self.input), self.reduced_dims)
+
+    @classmethod
+    def parse(cls, parser: Parser) -> ReduceOp:
+        operand = parser.parse_unresolved_operand()
+        dims: Attribute = NoneAttr()
+        if parser.parse_optional_keyword("dims") is not None:
+            dims = int_array(parse_int_list(parser))
+        attrs = parser.parse_optional_attr_dict()
+        parser.parse_punctuation(":")
+        in_t = parser.parse_type()
+        parser.parse_punctuation("->")
+        out_t = parser.parse_type()
+        op = cls.create(
+            operands=[parser.resolve_operand(operand, in_t)], result_types=[out_t], properties={"dims": dims}
+        )
+        op.attributes.update(attrs)
+        return op
+
+    def print(self, printer: Printer) -> None:
+        printer.print_string(" ")
+        printer.print_operand(self.input)
+        if self.reduced_dims is not None:
+            printer.print_string(" dims ")
+            print_int_list(printer, self.reduced_dims)
+        printer.print_op_attributes(self.attributes)
+        printer.print_string(" : ")
+        printer.print_attribute(self.input.type)
+        printer.print_string(" -> ")
+        printer.print_attribute(self.result.type)
+
+    def infer(self) -> TensorType[Attribute]:
+        t = float_tensor(self.input, f"{self.name} operand")
+        return make_tensor(rule(shapes.reduce, shape_of(t), self.reduced_dims), t.get_element_type())
+
+
+@irdl_op_definition
+class SumOp(ReduceOp):
+    """`%r = step.sum %a dims [1] : tensor<32x3xf32> -> tensor<32xf32>`"""
+
+    name = "step.sum"
+
+
+@irdl_op_definition
+class MeanOp(ReduceOp):
+    """`%r = step.mean %a : tensor<32xf32> -> tensor<f32>`"""
+
+    name = "step.mean"
+
+
+@irdl_op_definition
+class MaxOp(ReduceOp):
+    """`%r = step.max %a dims [0] : tensor<4x3xf32> -> tensor<3xf32>` (ties share the derivative)"""
+
+    name = "step.max"
+
+
+class AxisOp(StepOp):
+    """Along one axis: `step.softmax %a axis 1 : tensor<16x10xf32>`."""
+
+    input = operand_def(TensorType)
+    result = result_def(TensorType)
+    axis = prop_def(IntegerAttr)
+
+    def __init__(self, input: SSAValue, axis: int):
+        super().__init__(operands=[input], result_types=[input.type], properties={"axis": IntegerAttr(axis, i64)})
+
+    @property
+    def axis_index(self) -> int:
+        return int(self.axis.value.data)
+
+    @classmethod
+    def parse(cls, parser: Parser) -> AxisOp:
+        operand = parser.parse_unresolved_operand()
+        parser.parse_keyword("axis")
+        ax = parser.parse_integer(allow_boolean=False)
+        attrs = parser.parse_optional_attr_dict()
+        parser.parse_punctuation(":")
+        t = parser.parse_type()
+        op = cls.create(
+            operands=[parser.resolve_operand(operand, t)], result_types=[t], properties={"axis": IntegerAttr(ax, i64)}
+        )
+        op.attributes.update(attrs)
+        return op
+
+    def print(self, printer: Printer) -> None:
+        printer.print_string(" ")
+        printer.print_operand(self.input)
+        printer.print_string(f" axis {self.axis_index}")
+        printer.print_op_attributes(self.attributes)
+        printer.print_string(" : ")
+        printer.print_attribute(self.input.type)
+
+    def infer(self) -> TensorType[Attribute]:
+        t = float_tensor(self.input, f"{self.name} operand")
+        rule(shapes.axis, shape_of(t), self.axis_index)
+        return t
+
+
+@irdl_op_definition
+class SoftmaxOp(AxisOp):
+    """`%r = step.softmax %a axis 1 : tensor<16x10xf32>`"""
+
+    name = "step.softmax"
+
+
+@irdl_op_definition
+class LogSoftmaxOp(AxisOp):
+    """`%r = step.log_softmax %a axis 1 : tensor<16x10xf32>`"""
+
+    name = "step.log_softmax"
+
+
+@irdl_op_definition
+class CrossEntropyOp(StepOp):
+    """`%l = step.cross_entropy %logits, %labels : (tensor<16x10xf32>, tensor<16xi32>) -> tensor<f32>`
+
+    `torch.nn.functional.cross_entropy` with mean reduction.
+    """
+
+    name = "step.cross_entropy"
+
+    logits = operand_def(TensorType)
+    labels = operand_def(TensorType)
+    result = result_def(TensorType)
+
+    assembly_format = "$logits `,` $labels attr-dict `:` functional-type(operands, results)"
+
+    def __init__(self, logits: SSAValue, labels: SSAValue):
+        super().__init__(operands=[logits, labels], result_types=[make_tensor((), element_of(logits))])
+
+    def infer(self) -> TensorType[Attribute]:
+        logits = float_tensor(self.logits, "step.cross_entropy logits")
+        labels = tensor_type(self.labels)
+        if not is_i32(labels.get_element_type()):
+            raise VerifyException(f"step.cross_entropy takes i32 labels, found {labels}")
+        rule(shapes.cross_entropy, shape_of(logits), shape_of(labels))
+        return make_tensor((), logits.get_element_type())
+
+
+@irdl_op_definition
+class MseOp(StepOp):
+    """`%l = step.mse %a, %b : (tensor<32x1xf32>, tensor<32x1xf32>) -> tensor<f32>` (mean reduction)"""
+
+    name = "step.mse"
+
+    lhs = operand_def(TensorType)
+    rhs = operand_def(TensorType)
+    result = result_def(TensorType)
+
+    assembly_format = "$lhs `,` $rhs attr-dict `:` functional-type(operands, results)"
+
+    def __init__(self, lhs: SSAValue, rhs: SSAValue):
+        super().__init__(operands=[lhs, rhs], result_types=[make_tensor((), element_of(lhs))])
+
+    def infer(self) -> TensorType[Attribute]:
+        a = float_tensor(self.lhs, "step.mse lhs")
+        b = float_tensor(self.rhs, "step.mse rhs")
+        if a != b:
+            raise VerifyException(f"step.mse takes two operands of the same type, found {a} and {b}")
+        return make_tensor((), a.get_element_type())
+
+
+@irdl_op_definition
+class ConstantOp(StepOp):
+    """`%c = step.constant 0.5 : tensor<f32>` or `step.constant dense<[1.0, 2.0]> : tensor<2xf32>`
+
+    The values are kept in float64 (one value for a splat, else one per element, row-major)
+    and rounded to the result's element type when the program runs.
+    """
+
+    name = "step.constant"
+
+    result = result_def(TensorType)
+    value = prop_def(DenseArrayBase)
+
+    def __init__(self, values: float | Sequence[float], result_type: Attribute):
+        data = [float(values)] if isinstance(values, (int, float)) else [float(v) for v in values]
+        super().__init__(result_types=[result_type], properties={"value": DenseArrayBase.from_list(f64, data)})
+
+    @property
+    def values(self) -> tuple[float, ...]:
+        return tuple(float(v) for v in self.value.get_values())
+
+    @property
+    def splat(self) -> float | None:
+        vals = self.values
+        return vals[0] if len(vals) == 1 else None
+
+    @classmethod
+    def parse(cls, parser: Parser) -> ConstantOp:
+        if parser.parse_optional_keyword("dense") is not None:
+            parser.parse_punctuation("<")
+            values = _parse_nested_numbers(parser)
+            parser.parse_punctuation(">")
+        else:
+            values = [_parse_signed_number(parser)]
+        attrs = parser.parse_optional_attr_dict()
+        parser.parse_punctuation(":")
+        t = parser.parse_type()
+        op = cls.create(result_types=[t], properties={"value": DenseArrayBase.from_list(f64, values)})
+        op.attributes.update(attrs)
+        return op
+
+    def print(self, printer: Printer) -> None:
+        shape = tuple(self.result.type.get_shape()) if isinstance(self.result.type, TensorType) else ()
+        vals = self.values
+        if not shape and len(vals) == 1:
+            printer.print_string(" " + format_float(vals[0]))
+        elif len(vals) == 1:
+            printer.print_string(f" dense<{format_float(vals[0])}>")
+        else:
+            printer.print_string(f" dense<{_nested_text(list(vals), shape)}>")
+        printer.print_op_attributes(self.attributes)
+        printer.print_string(" : ")
+        printer.print_attribute(self.result.type)
+
+    def infer(self) -> TensorType[Attribute]:
+        t = float_tensor(self.result, "step.constant")
+        n = len(self.values)
+        if n != 1 and n != shapes.numel(shape_of(t)):
+            raise VerifyException(
+                f"step.constant of type {t} needs 1 or {shapes.numel(shape_of(t))} values, found {n}"
+            )
+        return t
+
+
+def _parse_signed_number(parser: Parser) -> float:
+    value = parser.parse_number(" (a constant value)")
+    if isinstance(value, bool):
+        parser.raise_error("a constant value must be a number")
+    return float(value)
+
+
+def _parse_nested_numbers(parser: Parser) -> list[float]:
+    if parser.parse_optional_punctuation("[") is None:
+        return [_parse_signed_number(parser)]
+    out: list[float] = []
+    if parser.parse_optional_punctuation("]") is not None:
+        return out
+    while True:
+        out.extend(_parse_nested_numbers(parser))
+        if parser.parse_optional_punctuation("]") is not None:
+            return out
+        parser.parse_punctuation(",", " or ']' in a dense constant")
+
+
+def _nested_text(values: list[float], shape: tuple[int, ...]) -> str:
+    if not shape:
+        return format_float(values[0])
+    if len(shape) == 1:
+        return "[" + ", ".join(format_float(v) for v in values) + "]"
+    stride = len(values) // shape[0] if shape[0] else 0
+    parts = [_nested_text(values[i * stride : (i + 1) * stride], shape[1:]) for i in range(shape[0])]
+    return "[" + ", ".join(parts) + "]"
+
+
+# Ops users write (the spec's first set), in the order of `docs/language.md`.
+SPEC_OPS: tuple[type[StepOp], ...] = (
+    AddOp, SubOp, MulOp, DivOp, MaximumOp, MinimumOp,
+    ExpOp, NegOp, LogOp, TanhOp, SigmoidOp, ReluOp, SqrtOp, RsqrtOp, SquareOp, AbsOp,
+    MatmulOp, TransposeOp, ReshapeOp, BroadcastOp, SumOp, MeanOp, MaxOp, SoftmaxOp,
+    LogSoftmaxOp, CrossEntropyOp, MseOp, ConstantOp, ConvertOp,
+)  # fmt: skip
+# Ops the derivative introduces; users may write them too.
+EXTRA_OPS: tuple[type[StepOp], ...] = (CompareOp, OneHotOp)
+
+Step = Dialect("step", [*SPEC_OPS, *EXTRA_OPS], [SGDAttr])

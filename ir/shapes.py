@@ -1,0 +1,154 @@
+"""Shape and element-type rules of the step dialect, in one place.
+
+Every rule takes static shapes (tuples of ints) and returns the result shape, or raises
+`ShapeError` with a message that says what was expected and what was found. The op
+verifiers and the op builders both call these, so a program built by a pass is checked by
+the same rule as a program written by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+Shape = tuple[int, ...]
+
+
+class ShapeError(Exception):
+    """A shape rule does not hold; the message is meant for the user."""
+
+
+def fmt(shape: Sequence[int]) -> str:
+    """`(16, 32)` as MLIR writes it: `16x32`, or `scalar` for rank 0."""
+    return "x".join(str(d) for d in shape) if shape else "scalar"
+
+
+def broadcast(lhs: Shape, rhs: Shape) -> Shape:
+    """NumPy broadcasting of two shapes."""
+    rank = max(len(lhs), len(rhs))
+    a = (1,) * (rank - len(lhs)) + tuple(lhs)
+    b = (1,) * (rank - len(rhs)) + tuple(rhs)
+    out: list[int] = []
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x == y or y == 1:
+            out.append(x)
+        elif x == 1:
+            out.append(y)
+        else:
+            raise ShapeError(
+                f"shapes {fmt(lhs)} and {fmt(rhs)} do not broadcast: dimension {i} of the "
+                f"broadcast shape is {x} on one side and {y} on the other"
+            )
+    return tuple(out)
+
+
+def broadcast_to(source: Shape, target: Shape) -> Shape:
+    """`source` must broadcast to exactly `target` (NumPy's `broadcast_to`)."""
+    if len(source) > len(target):
+        raise ShapeError(f"cannot broadcast rank {len(source)} shape {fmt(source)} to lower rank {fmt(target)}")
+    padded = (1,) * (len(target) - len(source)) + tuple(source)
+    for i, (s, t) in enumerate(zip(padded, target)):
+        if s != t and s != 1:
+            raise ShapeError(f"cannot broadcast {fmt(source)} to {fmt(target)}: dimension {i} is {s}, expected 1 or {t}")
+    return tuple(target)
+
+
+def broadcast_dims(source: Shape, target: Shape) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Which dims of `target` broadcasting `source` creates or stretches.
+
+    Returns `(summed, kept_ones)`: the dims a cotangent of `target` is summed over to get back
+    to `source`'s elements, and, among those, the ones `source` kept as size 1 (which a reshape
+    restores). Used by the derivative of every broadcasting op.
+    """
+    lead = len(target) - len(source)
+    summed = tuple(range(lead)) + tuple(
+        lead + i for i, s in enumerate(source) if s == 1 and target[lead + i] != 1
+    )
+    return summed, tuple(d for d in summed if d >= lead)
+
+
+def matmul(lhs: Shape, rhs: Shape) -> Shape:
+    """`(m,k)x(k,n)`, batched `(...,m,k)x(...,k,n)` with equal batch dims, or `(...,m,k)x(k,n)`."""
+    if len(lhs) < 2 or len(rhs) < 2:
+        raise ShapeError(f"matmul needs operands of rank 2 or more, found {fmt(lhs)} and {fmt(rhs)}")
+    if lhs[-1] != rhs[-2]:
+        raise ShapeError(
+            f"matmul contraction mismatch: lhs {fmt(lhs)} has k = {lhs[-1]}, rhs {fmt(rhs)} has k = {rhs[-2]}"
+        )
+    if len(rhs) == 2:
+        return tuple(lhs[:-1]) + (rhs[-1],)
+    if tuple(lhs[:-2]) != tuple(rhs[:-2]):
+        raise ShapeError(
+            f"batched matmul needs equal batch dims, found {fmt(lhs[:-2])} and {fmt(rhs[:-2])}"
+        )
+    return tuple(lhs[:-1]) + (rhs[-1],)
+
+
+def transpose(shape: Shape, perm: Sequence[int]) -> Shape:
+    if sorted(perm) != list(range(len(shape))):
+        raise ShapeError(
+            f"perm {list(perm)} is not a permutation of the {len(shape)} dims of {fmt(shape)}"
+        )
+    return tuple(shape[p] for p in perm)
+
+
+def numel(shape: Shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def reshape(source: Shape, target: Shape) -> Shape:
+    if numel(source) != numel(target):
+        raise ShapeError(
+            f"reshape keeps the element count: {fmt(source)} has {numel(source)} elements, "
+            f"{fmt(target)} has {numel(target)}"
+        )
+    return tuple(target)
+
+
+def normalize_dims(shape: Shape, dims: Sequence[int] | None) -> tuple[int, ...]:
+    """The reduced dims, sorted; `None` means all dims."""
+    if dims is None:
+        return tuple(range(len(shape)))
+    for d in dims:
+        if not 0 <= d < len(shape):
+            raise ShapeError(f"reduction dim {d} is out of range for rank {len(shape)} shape {fmt(shape)}")
+    if len(set(dims)) != len(dims):
+        raise ShapeError(f"reduction dims {list(dims)} repeat a dim")
+    return tuple(sorted(dims))
+
+
+def reduce(shape: Shape, dims: Sequence[int] | None) -> Shape:
+    reduced = normalize_dims(shape, dims)
+    return tuple(d for i, d in enumerate(shape) if i not in reduced)
+
+
+def keepdims(shape: Shape, dims: Sequence[int] | None) -> Shape:
+    """The reduced shape with reduced dims kept as size 1 (for broadcasting back)."""
+    reduced = normalize_dims(shape, dims)
+    return tuple(1 if i in reduced else d for i, d in enumerate(shape))
+
+
+def axis(shape: Shape, ax: int) -> int:
+    if not 0 <= ax < len(shape):
+        raise ShapeError(f"axis {ax} is out of range for rank {len(shape)} shape {fmt(shape)}")
+    return ax
+
+
+def cross_entropy(logits: Shape, labels: Shape) -> Shape:
+    if len(logits) != 2:
+        raise ShapeError(f"cross_entropy takes logits of shape NxC, found {fmt(logits)}")
+    if tuple(labels) != (logits[0],):
+        raise ShapeError(
+            f"cross_entropy takes labels of shape {logits[0]} (one per row of the logits), found {fmt(labels)}"
+        )
+    return ()
+
+
+def one_hot(labels: Shape, result: Shape) -> Shape:
+    if len(result) != len(labels) + 1 or tuple(result[:-1]) != tuple(labels):
+        raise ShapeError(
+            f"one_hot of labels {fmt(labels)} gives {fmt(tuple(labels) + ('C',))}, found {fmt(result)}"  # type: ignore[arg-type]
+        )
+    return tuple(result)

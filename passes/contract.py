@@ -1,0 +1,60 @@
+"""What each pass promises, checked by running the program before and after it.
+
+A pass states its contract once, as the class attribute `contract` (a `Contract`); the
+pipeline, `stepc check` and the tests all run that same object.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from xdsl.dialects.builtin import ModuleOp
+from xdsl.passes import ModulePass
+
+
+@dataclass
+class ContractReport:
+    """One row of the check table."""
+
+    pass_name: str
+    contract: str
+    trials: int
+    max_abs: float
+    max_rel: float
+    tolerance: str
+    ok: bool
+    seconds: float
+    worst: str = ""  # the output (or parameter) with the largest error
+
+    def failure_message(self) -> str:
+        return (
+            f"contract of pass {self.pass_name} ({self.contract}) does not hold: "
+            f"worst output {self.worst or '?'} has abs error {self.max_abs:.3g}, rel error {self.max_rel:.3g} "
+            f"(tolerance {self.tolerance})"
+        )
+
+
+class Contract(ABC):
+    """A before/after property of one pass."""
+
+    name: str
+
+    @abstractmethod
+    def check(self, pass_name: str, before: ModuleOp, after: ModuleOp, *, trials: int, seed: int) -> ContractReport:
+        """Run both programs on `trials` random inputs and compare."""
+
+
+def contract_of(p: ModulePass | type[ModulePass]) -> Contract | None:
+    return getattr(p, "contract", None)
+
+
+def format_table(reports: list[ContractReport]) -> str:
+    header = f"{'pass':<20} {'contract':<24} {'trials':>6} {'max abs err':>12} {'max rel err':>12} {'tolerance':<18} {'verdict':<7} {'time':>8}"
+    lines = [header, "-" * len(header)]
+    for r in reports:
+        lines.append(
+            f"{r.pass_name:<20} {r.contract:<24} {r.trials:>6} {r.max_abs:>12.3e} {r.max_rel:>12.3e} "
+            f"{r.tolerance:<18} {'ok' if r.ok else 'FAILED':<7} {r.seconds * 1000:>6.0f}ms"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,79 @@
+"""`stepc compile`: the pipeline from a file to StableHLO, step IR or a JAX module."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from stepc.ir.diagnostics import StepcError
+from stepc.ir.parse import load
+from stepc.passes.pipeline import LOWERING, PassEvent, Pipeline
+from stepc.tools.files import atomic_write
+
+
+def module_text(event_or_module) -> str:  # type: ignore[no-untyped-def]
+    """Any module as text: StableHLO after the lowering, the step IR before it."""
+    from stepc.ir.printing import program_text
+
+    module = event_or_module.module if isinstance(event_or_module, PassEvent) else event_or_module
+    if any(op.name.startswith("stablehlo.") for op in module.walk()):
+        from stepc.backends.stablehlo import module_text as stablehlo_text
+
+        return stablehlo_text(module)
+    return program_text(module)
+
+
+class DumpWriter:
+    """`--dump-dir`: `00-input.mlir`, `01-differentiate.mlir`, ... in pipeline order."""
+
+    def __init__(self, directory: str, protect: tuple[str, ...]):
+        self.directory = Path(directory)
+        self.protect = protect
+        if self.directory.exists() and not self.directory.is_dir():
+            raise StepcError(f"--dump-dir {directory} exists and is not a directory")
+
+    def __call__(self, event: PassEvent) -> None:
+        name = f"{event.index:02d}-{event.name}.mlir"
+        atomic_write(self.directory / name, module_text(event), protect=self.protect)
+
+
+def print_after(event: PassEvent) -> None:
+    print(f"// ----- after {event.name} -----" if event.index else "// ----- input -----", file=sys.stderr)
+    print(module_text(event), file=sys.stderr)
+
+
+def time_passes(event: PassEvent) -> None:
+    if event.index:
+        check = f", contract {event.report.seconds * 1000:.1f} ms" if event.report else ""
+        print(f"{event.name:<20} {event.seconds * 1000:8.1f} ms{check}", file=sys.stderr)
+
+
+def configure(args: argparse.Namespace, lower: bool) -> Pipeline:
+    pipeline = Pipeline.default(until=args.until, lower=lower, check=not args.no_check, trials=args.trials)
+    protect = (args.file,)
+    if getattr(args, "dump_dir", None):
+        pipeline.listeners.append(DumpWriter(args.dump_dir, protect))
+    if getattr(args, "print_after_all", False):
+        pipeline.listeners.append(print_after)
+    if getattr(args, "time_passes", False):
+        pipeline.listeners.append(time_passes)
+    return pipeline
+
+
+def run(args: argparse.Namespace) -> int:
+    module = load(args.file)
+    lower = args.emit != "step" or args.until == LOWERING
+    pipeline = configure(args, lower)
+    pipeline.run(module)
+    if args.emit == "jax-py":
+        from stepc.backends.jax_py import emit_module
+
+        text = emit_module(module, source=args.file)
+    else:
+        text = module_text(module)
+    if args.output:
+        atomic_write(args.output, text, protect=(args.file,))
+    else:
+        sys.stdout.write(text)
+    return 0

@@ -1,0 +1,27 @@
+"""`stepc opt`: run named passes on a program and print it (like xdsl-opt)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from stepc.ir.parse import parse_text, read_source, verify
+from stepc.ir.program import step_function, verify_step_function
+from stepc.passes.pipeline import Pipeline
+from stepc.tools.compile_cmd import module_text
+from stepc.tools.files import atomic_write
+
+
+def run(args: argparse.Namespace) -> int:
+    text, name = read_source(args.file)
+    module = parse_text(text, name)
+    verify(module)
+    if not args.verify_only:
+        verify_step_function(step_function(module))
+    Pipeline.parse(args.passes, check=args.check).run(module)
+    out = module_text(module)
+    if args.output:
+        atomic_write(args.output, out, protect=(args.file,))
+    else:
+        sys.stdout.write(out)
+    return 0
