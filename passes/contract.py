@@ -58,3 +58,41 @@ def format_table(reports: list[ContractReport]) -> str:
             f"{r.tolerance:<18} {'ok' if r.ok else 'FAILED':<7} {r.seconds * 1000:>6.0f}ms"
         )
     return "\n".join(lines)
+
+
+def label_range(fn, arg) -> int:  # type: ignore[no-untyped-def]
+    """How many classes an i32 input ranges over: read from the ops that consume it."""
+    from stepc.ir.dialect import CrossEntropyOp, OneHotOp, shape_of
+
+    classes = []
+    for use in arg.value.uses:
+        op = use.operation
+        if isinstance(op, CrossEntropyOp) and use.index == 1:
+            classes.append(shape_of(op.logits)[-1])
+        elif isinstance(op, OneHotOp):
+            classes.append(shape_of(op.result)[-1])
+    return min(classes) if classes else 2
+
+
+def random_inputs(fn, rng, *, float_dtype=None, scale: float = 1.0):  # type: ignore[no-untyped-def]
+    """Random values for every argument of a step function, keyed by argument name.
+
+    Floats are standard normal times `scale` in the argument's own dtype (or `float_dtype`);
+    i32 labels are uniform over the classes their consumers expect (see `label_range`).
+    """
+    import numpy as np
+
+    from stepc.ir.dialect import is_i32
+    from stepc.ir.program import args
+    from stepc.ir.values import numpy_dtype
+
+    out = {}
+    for arg in args(fn):
+        shape = tuple(arg.type.get_shape())
+        element = arg.type.get_element_type()
+        if is_i32(element):
+            out[arg.name] = rng.integers(0, label_range(fn, arg), size=shape).astype(np.int32)
+        else:
+            dtype = float_dtype or numpy_dtype(element)
+            out[arg.name] = (rng.standard_normal(shape) * scale).astype(dtype)
+    return out
