@@ -8,15 +8,33 @@ still shows the line it points at.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+from weakref import WeakKeyDictionary
 
 from xdsl.dialects.builtin import FileLineColLoc, IntAttr, StringAttr
 from xdsl.ir import Attribute, Operation
 
 _SOURCES: dict[str, str] = {}
+# Where the parts of an op were written (a function's result types, its `step.sgd` entry),
+# for errors about a part rather than the whole op. Kept beside the IR, not in it, so that
+# printing a program is unchanged.
+_PARTS: WeakKeyDictionary[Operation, dict[str, SourceLoc]] = WeakKeyDictionary()
+
+
+_LINES: dict[str, list[str]] = {}
 
 
 def remember_source(name: str, text: str) -> None:
     _SOURCES[name] = text
+    _LINES.pop(name, None)
+
+
+def _lines(name: str) -> list[str]:
+    """The lines of a remembered file, split once (locations are looked up per op)."""
+    if name not in _LINES:
+        text = _SOURCES.get(name)
+        _LINES[name] = [] if text is None else text.split("\n")
+    return _LINES[name]
 
 
 @dataclass(frozen=True)
@@ -27,7 +45,7 @@ class SourceLoc:
     length: int = 1
 
     def to_attr(self) -> FileLineColLoc:
-        return FileLineColLoc(StringAttr(self.file), IntAttr(self.line), IntAttr(self.col))
+        return _loc_attr(self.file, self.line, self.col)
 
     @staticmethod
     def from_attr(attr: Attribute) -> SourceLoc | None:
@@ -43,12 +61,19 @@ class SourceLoc:
         return SourceLoc(file, line, col, max(1, length))
 
 
+@lru_cache(maxsize=1 << 16)
+def _loc_attr(file: str, line: int, col: int) -> FileLineColLoc:
+    return FileLineColLoc(_file_attr(file), IntAttr(line), IntAttr(col))
+
+
+@lru_cache(maxsize=256)
+def _file_attr(file: str) -> StringAttr:
+    return StringAttr(file)
+
+
 def _token_length(attr: FileLineColLoc) -> int:
     """The length of the token at a location, for the caret line (`^~~~`)."""
-    text = _SOURCES.get(attr.filename.data)
-    if text is None:
-        return 1
-    lines = text.split("\n")
+    lines = _lines(attr.filename.data)
     if not 1 <= attr.line.data <= len(lines):
         return 1
     rest = lines[attr.line.data - 1][attr.column.data - 1 :]
@@ -81,6 +106,15 @@ def location_of(op: Operation | None) -> SourceLoc | None:
     return None
 
 
+def remember_part(op: Operation, part: str, loc: SourceLoc) -> None:
+    _PARTS.setdefault(op, {})[part] = loc
+
+
+def part_location(op: Operation, part: str) -> SourceLoc | None:
+    """Where a part of `op` was written (`"results"`, `"step.sgd"`), else where `op` was."""
+    return _PARTS.get(op, {}).get(part) or location_of(op)
+
+
 def error_at(op: Operation | None, message: str) -> StepcError:
     return StepcError(message, location_of(op))
 
@@ -95,9 +129,11 @@ def render(message: str, loc: SourceLoc | None, notes: tuple[str, ...] = ()) -> 
         if text is not None:
             lines = text.split("\n")
             if 1 <= loc.line <= len(lines):
-                line = _printable(lines[loc.line - 1].rstrip("\r"))
-                prefix = "".join(c if c == "\t" else " " for c in line[: loc.col - 1])
-                out += f"\n{line}\n{prefix}^" + "~" * max(0, min(loc.length, len(line) - loc.col + 1) - 1)
+                raw = lines[loc.line - 1].rstrip("\r")
+                line = _printable(raw)
+                # The caret under the printed form of the column (escaped bytes are wider).
+                prefix = "".join(c if c == "\t" else " " for c in _printable(raw[: loc.col - 1]))
+                out += f"\n{line}\n{prefix}^" + "~" * max(0, min(loc.length, len(raw) - loc.col + 1) - 1)
     for note in notes:
         out += f"\nnote: {_printable(note)}"
     return out

@@ -8,8 +8,10 @@ the declared one, so the message says what was expected and what was found.
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Sequence
-from typing import ClassVar
+from functools import lru_cache
+from typing import ClassVar, Self
 
 from xdsl.dialects.builtin import (
     AnyFloat,
@@ -93,6 +95,12 @@ def float_tensor(value: SSAValue | Attribute, what: str) -> TensorType[Attribute
 
 
 def make_tensor(shape: Sequence[int], element: Attribute) -> TensorType[Attribute]:
+    return _tensor(tuple(shape), element)
+
+
+@lru_cache(maxsize=4096)
+def _tensor(shape: tuple[int, ...], element: Attribute) -> TensorType[Attribute]:
+    # Attributes are immutable values: every verifier's inferred type can be shared.
     return TensorType(element, list(shape))
 
 
@@ -132,6 +140,66 @@ def print_int_list(printer: Printer, values: Sequence[int]) -> None:
 
 def int_array(values: Sequence[int]) -> DenseArrayBase:
     return DenseArrayBase.from_list(i64, list(values))
+
+
+# The two custom forms most ops share, written out rather than declared with
+# `assembly_format`: xDSL's declarative parser is several times slower per op, and a large
+# program spends most of its parse time there.
+
+
+def parse_two_operand_form(cls: type[IRDLOperation], parser: Parser, properties: dict[str, Attribute] | None = None):  # type: ignore[no-untyped-def]
+    """`%a, %b attr-dict : (Ta, Tb) -> Tr`, the operands already after any keyword."""
+    pos = parser.pos
+    lhs = parser.parse_unresolved_operand()
+    parser.parse_punctuation(",")
+    rhs = parser.parse_unresolved_operand()
+    attrs = parser.parse_optional_attr_dict()
+    parser.parse_punctuation(":")
+    fn = parser.parse_function_type()
+    if len(fn.inputs.data) != 2 or len(fn.outputs.data) != 1:
+        parser.raise_error(
+            f"{cls.name} has the type (Ta, Tb) -> Tr, found {len(fn.inputs.data)} operand types "
+            f"and {len(fn.outputs.data)} result types",
+            pos,
+            parser.pos,
+        )
+    operands = [parser.resolve_operand(lhs, fn.inputs.data[0]), parser.resolve_operand(rhs, fn.inputs.data[1])]
+    op = cls.create(operands=operands, result_types=[fn.outputs.data[0]], properties=properties or {})
+    op.attributes.update(attrs)
+    return op
+
+
+def print_two_operand_form(op: IRDLOperation, printer: Printer) -> None:
+    printer.print_string(" ")
+    printer.print_operand(op.operands[0])
+    printer.print_string(", ")
+    printer.print_operand(op.operands[1])
+    printer.print_op_attributes(op.attributes)
+    printer.print_string(" : ")
+    printer.print_function_type([o.type for o in op.operands], [op.results[0].type])
+
+
+def parse_type_change_form(cls: type[IRDLOperation], parser: Parser):  # type: ignore[no-untyped-def]
+    """`%a attr-dict : Ta -> Tr`."""
+    operand = parser.parse_unresolved_operand()
+    attrs = parser.parse_optional_attr_dict()
+    parser.parse_punctuation(":")
+    in_t = parser.parse_type()
+    parser.parse_punctuation("->")
+    out_t = parser.parse_type()
+    op = cls.create(operands=[parser.resolve_operand(operand, in_t)], result_types=[out_t])
+    op.attributes.update(attrs)
+    return op
+
+
+def print_type_change_form(op: IRDLOperation, printer: Printer) -> None:
+    printer.print_string(" ")
+    printer.print_operand(op.operands[0])
+    printer.print_op_attributes(op.attributes)
+    printer.print_string(" : ")
+    printer.print_attribute(op.operands[0].type)
+    printer.print_string(" -> ")
+    printer.print_attribute(op.results[0].type)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,7 +285,7 @@ class SGDAttr(ParametrizedAttribute):
             if kinds[key] is bool:
                 fields[key] = parser.parse_boolean(f" for SGD field '{key}'")
             else:
-                value = parser.parse_number(f" for SGD field '{key}'")
+                value = parser.parse_number(context_msg=f" for SGD field '{key}'")
                 if isinstance(value, bool):
                     parser.raise_error(f"SGD field '{key}' takes a number", pos, parser.pos)
                 fields[key] = float(value)
@@ -273,7 +341,12 @@ class BinaryOp(StepOp):
     rhs = operand_def(TensorType)
     result = result_def(TensorType)
 
-    assembly_format = "$lhs `,` $rhs attr-dict `:` functional-type(operands, results)"
+    @classmethod
+    def parse(cls, parser: Parser) -> Self:
+        return parse_two_operand_form(cls, parser)
+
+    def print(self, printer: Printer) -> None:
+        print_two_operand_form(self, printer)
 
     def __init__(self, lhs: SSAValue, rhs: SSAValue, result_type: Attribute | None = None):
         if result_type is None:
@@ -397,29 +470,11 @@ class CompareOp(StepOp):
             parser.raise_error(
                 f"unknown comparison '{direction}'; expected one of " + ", ".join(COMPARE_DIRECTIONS), pos, parser.pos
             )
-        lhs = parser.parse_unresolved_operand()
-        parser.parse_punctuation(",")
-        rhs = parser.parse_unresolved_operand()
-        attrs = parser.parse_optional_attr_dict()
-        parser.parse_punctuation(":")
-        fn = parser.parse_function_type()
-        if len(fn.inputs.data) != 2 or len(fn.outputs.data) != 1:
-            parser.raise_error("step.compare has the type (Ta, Tb) -> Tr", pos, parser.pos)
-        operands = [parser.resolve_operand(lhs, fn.inputs.data[0]), parser.resolve_operand(rhs, fn.inputs.data[1])]
-        op = cls.create(
-            operands=operands, result_types=[fn.outputs.data[0]], properties={"direction": StringAttr(direction)}
-        )
-        op.attributes.update(attrs)
-        return op
+        return parse_two_operand_form(cls, parser, {"direction": StringAttr(direction)})
 
     def print(self, printer: Printer) -> None:
-        printer.print_string(f" {self.direction.data} ")
-        printer.print_operand(self.lhs)
-        printer.print_string(", ")
-        printer.print_operand(self.rhs)
-        printer.print_op_attributes(self.attributes)
-        printer.print_string(" : ")
-        printer.print_function_type([self.lhs.type, self.rhs.type], [self.result.type])
+        printer.print_string(f" {self.direction.data}")
+        print_two_operand_form(self, printer)
 
     def infer(self) -> TensorType[Attribute]:
         if self.direction.data not in COMPARE_DIRECTIONS:
@@ -454,7 +509,12 @@ class TypeChangeOp(StepOp):
     input = operand_def(TensorType)
     result = result_def(TensorType)
 
-    assembly_format = "$input attr-dict `:` type($input) `->` type($result)"
+    @classmethod
+    def parse(cls, parser: Parser) -> Self:
+        return parse_type_change_form(cls, parser)
+
+    def print(self, printer: Printer) -> None:
+        print_type_change_form(self, printer)
 
     def __init__(self, input: SSAValue, result_type: Attribute):
         super().__init__(operands=[input], result_types=[result_type])
@@ -744,7 +804,12 @@ class CrossEntropyOp(StepOp):
     labels = operand_def(TensorType)
     result = result_def(TensorType)
 
-    assembly_format = "$logits `,` $labels attr-dict `:` functional-type(operands, results)"
+    @classmethod
+    def parse(cls, parser: Parser) -> Self:
+        return parse_two_operand_form(cls, parser)
+
+    def print(self, printer: Printer) -> None:
+        print_two_operand_form(self, printer)
 
     def __init__(self, logits: SSAValue, labels: SSAValue):
         super().__init__(operands=[logits, labels], result_types=[make_tensor((), element_of(logits))])
@@ -768,7 +833,12 @@ class MseOp(StepOp):
     rhs = operand_def(TensorType)
     result = result_def(TensorType)
 
-    assembly_format = "$lhs `,` $rhs attr-dict `:` functional-type(operands, results)"
+    @classmethod
+    def parse(cls, parser: Parser) -> Self:
+        return parse_two_operand_form(cls, parser)
+
+    def print(self, printer: Printer) -> None:
+        print_two_operand_form(self, printer)
 
     def __init__(self, lhs: SSAValue, rhs: SSAValue):
         super().__init__(operands=[lhs, rhs], result_types=[make_tensor((), element_of(lhs))])
@@ -846,9 +916,23 @@ class ConstantOp(StepOp):
 
 
 def _parse_signed_number(parser: Parser) -> float:
-    value = parser.parse_number(" (a constant value)")
-    if isinstance(value, bool):
-        parser.raise_error("a constant value must be a number")
+    """A decimal float or integer, or a hex bit pattern as MLIR writes NaN and infinities
+    (`0x7FF0000000000000`: 16 hex digits of a float64, or 8 of a float32)."""
+    token = parser._current_token  # pyright: ignore[reportPrivateUsage]
+    if token.text.lower().startswith("0x"):
+        start, digits = token.span.start, token.text[2:]
+        parser.parse_integer(allow_boolean=False, allow_negative=False)
+        if len(digits) == 16:
+            return float(struct.unpack(">d", bytes.fromhex(digits))[0])
+        if len(digits) == 8:
+            return float(struct.unpack(">f", bytes.fromhex(digits))[0])
+        parser.raise_error(
+            "a hex constant is the bit pattern of a float64 (16 hex digits) or a float32 (8 hex digits), "
+            f"found {len(digits)} digits",
+            start,
+            token.span.end,
+        )
+    value = parser.parse_number(context_msg=" (a constant value)")
     return float(value)
 
 

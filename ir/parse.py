@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import gc
+import re
+from bisect import bisect_right
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from xdsl.context import Context
 from xdsl.dialects import func
-from xdsl.dialects.builtin import Builtin, ModuleOp
-from xdsl.ir import Operation
+from xdsl.dialects.builtin import Builtin, ModuleOp, StringAttr
+from xdsl.ir import Attribute, Operation, OpResult, SSAValue
 from xdsl.parser import Parser
+from xdsl.parser.generic_parser import ParserState
 from xdsl.utils.exceptions import ParseError, VerifyException
-from xdsl.utils.lexer import Span
+from xdsl.utils.lexer import Input, Span
+from xdsl.utils.mlir_lexer import MLIRLexer, MLIRTokenKind
 
 from stepc.ir.dialect import Step
-from stepc.ir.diagnostics import SourceLoc, StepcError, location_of, remember_source
+from stepc.ir.diagnostics import SourceLoc, StepcError, location_of, remember_part, remember_source
 from stepc.ir.program import step_function, verify_step_function
 
 # Programs beyond this size are refused before parsing (a configurable guard against hostile input).
@@ -28,36 +35,184 @@ def make_context() -> Context:
     return ctx
 
 
+class _LinearLexer(MLIRLexer):
+    """xDSL's lexer with a string-literal pattern that cannot backtrack exponentially.
+
+    xDSL 0.74 nests `+` inside `*` in it: an unterminated string on a long line takes
+    exponential time (a hang on `tensor<3"2x1xf32>`). One character per repetition accepts
+    exactly the same strings in linear time.
+    """
+
+    _unescaped_characters_regex = re.compile(r'"(?:[^"\\\n\v\f]|\\(?:["nt\\]|[0-9A-Fa-f]{2}))*"')
+
+
+# `tensor<16x32xf32>`, `tensor<f32>`: a static tensor type with no encoding, written tight.
+_PLAIN_TENSOR = r"tensor<(?:\d+x)*[a-z][a-z0-9]*>"
+_PLAIN_TENSOR_TYPE = re.compile(_PLAIN_TENSOR)
+# `(tensor<16xf32>, tensor<f32>) -> tensor<16xf32>`: an op's function type of plain tensors.
+_PLAIN_FUNCTION_TYPE = re.compile(rf"\((?:{_PLAIN_TENSOR}(?:, {_PLAIN_TENSOR})*)?\) -> {_PLAIN_TENSOR}")
+
+
 class LocatedParser(Parser):
-    """xDSL's parser, keeping every op's and every block argument's `file:line:col`."""
+    """xDSL's parser, keeping the `file:line:col` of every op, block argument and value use.
+
+    Each op parse pushes a frame that collects what is written at the op's own level (a
+    function's argument names, the type after its `->`, the entries of its `attributes`
+    dictionary), so that function-level errors can point at the part they are about.
+    """
 
     def __init__(self, ctx: Context, text: str, name: str):
-        super().__init__(ctx, text, name)
         self._file = name
         self._text = text
-        self._arg_spans: list[Span] = []
+        self._line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
+        self._frames: list[_Frame] = []
+        self._first_use: dict[str, Span] = {}  # name -> first use, for undefined values
+        self._defined_at: dict[str, Span] = {}  # name -> definition
+        self._types: dict[str, Attribute] = {}  # `tensor<16x32xf32>` -> its type
+        super().__init__(ctx, "", name)
+        self._parser_state = ParserState(_LinearLexer(Input(text, name)))
 
-    def _loc(self, span: Span) -> SourceLoc:
-        return SourceLoc.from_offset(self._file, self._text, span.start, span.end - span.start)
+    def loc(self, span: Span) -> SourceLoc:
+        """The location of a span (line lookup by bisection: linear time over a whole file)."""
+        line = bisect_right(self._line_starts, span.start)
+        col = span.start - self._line_starts[line - 1] + 1
+        return SourceLoc(self._file, line, col, max(1, span.end - span.start))
 
     def parse_operation(self) -> Operation:
         start = self._current_token.span
-        first_arg = len(self._arg_spans)
-        op = super().parse_operation()
+        frame = _Frame()
+        self._frames.append(frame)
+        try:
+            op = super().parse_operation()
+        finally:
+            self._frames.pop()
         if SourceLoc.from_attr(op.location) is None:
-            op.location = self._loc(start).to_attr()
-        if isinstance(op, func.FuncOp) and op.body.blocks:
-            spans = self._arg_spans[first_arg:]
-            for arg, span in zip(op.body.blocks.first.args, spans):
-                arg.location = self._loc(span).to_attr()
+            op.location = self.loc(start).to_attr()
+        for result in op.results:
+            if result.name_hint is not None:
+                self._defined_at.setdefault(result.name_hint, start)
+        if isinstance(op, func.FuncOp):
+            if op.body.blocks:
+                for arg, span in zip(op.body.blocks.first.args, frame.args):
+                    arg.location = self.loc(span).to_attr()
+            if frame.results is not None:
+                remember_part(op, "results", self.loc(frame.results))
+            for key, span in frame.keyword_entries:
+                remember_part(op, key, self.loc(span))
         return op
+
+    # Types by their text: a program repeats a few types thousands of times, and xDSL's
+    # token-by-token type parse is most of the parse time of a large program.
+
+    def parse_optional_type(self):  # type: ignore[override]
+        if self._current_token.kind != MLIRTokenKind.BARE_IDENT or self._current_token.text != "tensor":
+            return super().parse_optional_type()
+        return self._cached(_PLAIN_TENSOR_TYPE, super().parse_optional_type)
+
+    def parse_optional_function_type(self):  # type: ignore[override]
+        if self._current_token.kind != MLIRTokenKind.L_PAREN:
+            return None
+        return self._cached(_PLAIN_FUNCTION_TYPE, super().parse_optional_function_type)
+
+    def _cached(self, pattern: re.Pattern[str], parse):  # type: ignore[no-untyped-def]
+        """The type written at the current token, from the cache when `pattern` matches it
+        (then the lexer jumps past it), else parsed and remembered."""
+        match = pattern.match(self.lexer.input.content, self._current_token.span.start)
+        if match is None:
+            return parse()
+        cached = self._types.get(match.group())
+        if cached is None:
+            cached = parse()
+            if cached is not None and self._current_token.span.start >= match.end():
+                self._types[match.group()] = cached
+            return cached
+        self.lexer.pos = match.end()
+        self._parser_state.current_token = self.lexer.lex()
+        return cached
 
     def parse_optional_argument(self, expect_type: bool = True):  # type: ignore[override]
         token = self._current_token
         arg = super().parse_optional_argument(expect_type)
         if arg is not None:
-            self._arg_spans.append(token.span)
+            if self._frames:
+                self._frames[-1].args.append(token.span)
+            self._defined_at.setdefault(token.text[1:], token.span)
         return arg
+
+    def parse_optional_punctuation(self, punctuation):  # type: ignore[override]
+        found = super().parse_optional_punctuation(punctuation)
+        if found is not None and punctuation == "->" and self._frames and self._frames[-1].results is None:
+            self._frames[-1].results = self._current_token.span
+        return found
+
+    def parse_optional_attr_dict_with_keyword(self, reserved_attr_names=()):  # type: ignore[override]
+        frame = self._frames[-1] if self._frames else None
+        if frame is not None:
+            frame.in_keyword_dict = True
+        try:
+            return super().parse_optional_attr_dict_with_keyword(reserved_attr_names)
+        finally:
+            if frame is not None:
+                frame.in_keyword_dict = False
+
+    def _parse_attribute_entry(self):  # type: ignore[override]
+        start = self._current_token.span
+        key, value = super()._parse_attribute_entry()
+        if self._frames and self._frames[-1].in_keyword_dict:
+            self._frames[-1].keyword_entries.append((key, start))
+        return key, value
+
+    def resolve_operand(self, operand, type):  # type: ignore[override]
+        name = operand.operand_name
+        if name not in self.ssa_values:
+            self._first_use.setdefault(name, operand.span)
+        try:
+            return super().resolve_operand(operand, type)
+        except ParseError as e:
+            if "previously used or defined" not in e.msg:
+                raise
+            values = self.ssa_values.get(name)
+            if values is not None and operand.index < len(values) and name in self._defined_at:
+                line = self.loc(self._defined_at[name]).line
+                self.raise_error(
+                    f"%{name} is used here as {type}, but line {line} defines it as {values[operand.index].type}",
+                    operand.span,
+                )
+            raise
+
+    def undefined_value_error(self) -> tuple[str, SourceLoc] | None:
+        """The first use of a value that is never defined, after `parse_module` failed on it."""
+        names = [n for n in self.forward_ssa_references if n in self._first_use]
+        if not names:
+            return None
+        first = min(names, key=lambda n: self._first_use[n].start)
+        others = [f"%{n}" for n in names if n != first]
+        also = f" (also undefined: {', '.join(others)})" if others else ""
+        return f"use of undefined value %{first}{also}", self.loc(self._first_use[first])
+
+
+@dataclass
+class _Frame:
+    """What one op's parse saw at its own level."""
+
+    args: list[Span] = field(default_factory=list)
+    results: Span | None = None  # the first token after the op's `->`
+    in_keyword_dict: bool = False
+    keyword_entries: list[tuple[str, Span]] = field(default_factory=list)
+
+
+@contextmanager
+def _no_gc():
+    """Without the cycle collector for a while: building or walking a large IR allocates many
+    objects that live on, and each collection re-traverses all of them (a third of the parse
+    time of a 10,000-op program). Reference counting still frees everything else."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def parse_text(text: str, name: str = "<stdin>") -> ModuleOp:
@@ -65,31 +220,77 @@ def parse_text(text: str, name: str = "<stdin>") -> ModuleOp:
     remember_source(name, text)
     if not text.strip() or all(line.strip().startswith("//") or not line.strip() for line in text.splitlines()):
         raise StepcError("the file holds no program (expected a func.func)", SourceLoc(name, 1, 1))
-    parser = LocatedParser(make_context(), text, name)
+    parser = None
     try:
-        return parser.parse_module()
+        parser = LocatedParser(make_context(), text, name)  # lexes the first token: may fail
+        with _no_gc():
+            return parser.parse_module()
     except ParseError as e:
+        if parser is not None and e.msg.startswith("values used but not defined"):
+            undefined = parser.undefined_value_error()
+            if undefined is not None:
+                raise StepcError(*undefined) from None
         loc = SourceLoc.from_offset(name, text, e.span.start, e.span.end - e.span.start)
-        raise StepcError(_clean_parse_message(e.msg), loc) from None
+        code_end = _code_end(text)
+        if e.span.start >= code_end:  # at the end of the file: point just after its last code
+            loc = SourceLoc.from_offset(name, text, code_end)
+        unknown = re.fullmatch(r"Operation (\S+) is not registered", e.msg.strip())
+        if unknown is not None:  # xDSL points past the name: point at the name itself
+            start = text.rfind(unknown.group(1), 0, e.span.start + 1)
+            if start >= 0:
+                loc = SourceLoc.from_offset(name, text, start, len(unknown.group(1)))
+        message = _clean_parse_message(e.msg, text[e.span.start : e.span.end])
+        if "\n" not in text[e.span.start : code_end] and not text[:code_end].endswith("}"):
+            message += " (the file ends here: is it truncated?)"
+        raise StepcError(message, loc) from None
+    except RecursionError:
+        offset = parser.pos if parser is not None else 0
+        raise StepcError("the program nests too deeply to parse", SourceLoc.from_offset(name, text, offset)) from None
+    except (VerifyException, ValueError, OverflowError) as e:  # an attribute refused while parsing (axis 1e30)
+        offset = parser._current_token.span.start if parser is not None else 0
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        loc = SourceLoc.from_offset(name, text, offset)
+        number = re.search(r"Integer value (-?\d+)", message)
+        if number is not None and (start := text.rfind(number.group(1), 0, offset)) >= 0:
+            loc = SourceLoc.from_offset(name, text, start, len(number.group(1)))  # at the number itself
+        raise StepcError(message, loc) from None
 
 
-def _clean_parse_message(msg: str) -> str:
+def _code_end(text: str) -> int:
+    """The offset just after the last character of code (not whitespace, not a `//` comment)."""
+    end = len(text)
+    while True:
+        while end > 0 and text[end - 1].isspace():
+            end -= 1
+        line_start = text.rfind("\n", 0, end) + 1
+        comment = text.find("//", line_start, end)
+        if comment < 0:
+            return end
+        end = comment  # (a `//` inside a string literal is not a comment, but ends no program)
+
+
+def _clean_parse_message(msg: str, token: str = "") -> str:
     msg = msg.strip()
     if msg.startswith("Operation ") and msg.endswith(" is not registered"):
         name = msg[len("Operation ") : -len(" is not registered")]
         return f"unknown operation '{name}'"
     if msg.startswith("values used but not defined"):
         return "use of undefined value" + msg[len("values used but not defined") :]
+    if "{first_char}" in msg:  # an unformatted message in xDSL's lexer
+        msg = msg.replace("{first_char}", f"'{token[:1]}'")
     return msg
 
 
 def verify(module: ModuleOp) -> None:
-    """Verify every op, innermost first, reporting the first failure at its op."""
-    for op in _postorder(module):
-        try:
-            op.verify(verify_nested_ops=False)
-        except VerifyException as e:
-            raise StepcError(_clean_verify_message(op, str(e)), location_of(op)) from None
+    """Verify every op, innermost first, reporting the first failure at its op; then check
+    that every value is defined before it is used (xDSL's parser accepts forward uses)."""
+    with _no_gc():
+        for op in _postorder(module):
+            try:
+                op.verify(verify_nested_ops=False)
+            except VerifyException as e:
+                raise StepcError(_clean_verify_message(op, str(e)), _verify_location(op, str(e))) from None
+        _check_defined_before_use(module, set())
 
 
 def _postorder(op: Operation):
@@ -100,8 +301,48 @@ def _postorder(op: Operation):
     yield op
 
 
+def _check_defined_before_use(op: Operation, visible: set[SSAValue]) -> None:
+    """Straight-line dominance: in each block, an operand is a block argument, a value of an
+    enclosing block, or the result of an earlier op."""
+    for region in op.regions:
+        for block in region.blocks:
+            seen = visible | set(block.args)
+            for inner in block.ops:
+                for operand in inner.operands:
+                    if operand not in seen:
+                        raise StepcError(_use_before_definition(operand), location_of(inner))
+                if inner.regions:
+                    _check_defined_before_use(inner, seen)
+                seen.update(inner.results)
+
+
+def _use_before_definition(value: SSAValue) -> str:
+    name = f"%{value.name_hint}" if value.name_hint else "a value"
+    if isinstance(value, OpResult):
+        where = location_of(value.op)
+        if where is not None:
+            return f"{name} is used before its definition on line {where.line}"
+    return f"{name} is used before it is defined"
+
+
+def _verify_location(op: Operation, msg: str) -> SourceLoc | None:
+    if msg.startswith("Redefinition of symbol"):  # the module has no location: point at the second definition
+        seen: set[str] = set()
+        for inner in op.regions[0].ops if op.regions else ():
+            name = inner.properties.get("sym_name") or inner.attributes.get("sym_name")
+            if isinstance(name, StringAttr):
+                if name.data in seen:
+                    return location_of(inner)
+                seen.add(name.data)
+    return location_of(op)
+
+
 def _clean_verify_message(op: Operation, msg: str) -> str:
     msg = msg.strip().splitlines()[0] if msg.strip() else f"{op.name} is invalid"
+    if "terminates block in single-block region but is not a terminator" in msg:
+        return f"the function body ends with {op.name}: it must end with func.return of the loss"
+    if msg.startswith("Redefinition of symbol"):
+        return "a second function named " + msg.removeprefix("Redefinition of symbol ").strip()
     if not msg.startswith(op.name) and not msg.startswith("step."):
         msg = f"{op.name}: {msg}"
     return msg
@@ -132,6 +373,12 @@ def read_source(path: str | Path) -> tuple[str, str]:
         if p.stat().st_size > MAX_SOURCE_BYTES:
             raise StepcError(f"{name} is {p.stat().st_size} bytes, over the {MAX_SOURCE_BYTES}-byte limit for a program")
         data = p.read_bytes()
+    if b"\x00" in data:  # binary: say so at the first NUL, before any decoding complaint
+        first = data.index(b"\x00")
+        shown = data.decode("utf-8", "replace").replace("\x00", " ")
+        remember_source(name, shown)
+        prefix = data[:first].decode("utf-8", "replace")
+        raise StepcError("the file holds NUL bytes: it is binary, not a program", SourceLoc.from_offset(name, prefix, len(prefix)))
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

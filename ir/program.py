@@ -16,7 +16,8 @@ from xdsl.dialects.builtin import ArrayAttr, DictionaryAttr, ModuleOp, StringAtt
 from xdsl.ir import Attribute, BlockArgument, SSAValue
 
 from stepc.ir.dialect import SGDAttr, is_float, is_i32
-from stepc.ir.diagnostics import SourceLoc, StepcError, location_of
+from stepc.ir.diagnostics import SourceLoc, StepcError, location_of, part_location
+from stepc.ir.limits import check_memory
 
 PARAM = "step.param"
 SGD = "step.sgd"
@@ -134,12 +135,19 @@ def arg_location(fn: func.FuncOp, arg: BlockArgument) -> SourceLoc | None:
 def verify_step_function(fn: func.FuncOp) -> None:
     """The function-level rules of a step as a user writes it (before any pass)."""
     where = location_of(fn)
+    if not fn.body.blocks:
+        raise StepcError(f"func.func @{fn.sym_name.data} has no body: a step must be defined, not declared", where)
     results = fn.function_type.outputs.data
     if len(results) != 1:
-        raise StepcError(f"a step returns exactly one value, the scalar loss; found {len(results)} results", where)
+        raise StepcError(
+            f"a step returns exactly one value, the scalar loss; found {len(results)} results",
+            part_location(fn, "results"),
+        )
     loss_t = results[0]
     if not (isinstance(loss_t, TensorType) and loss_t.get_shape() == () and is_float(loss_t.get_element_type())):
-        raise StepcError(f"the loss must be a rank-0 float tensor (tensor<f32>, say), found {loss_t}", where)
+        raise StepcError(
+            f"the loss must be a rank-0 float tensor (tensor<f32>, say), found {loss_t}", part_location(fn, "results")
+        )
     all_args = args(fn)
     for arg in all_args:
         t = arg.value.type
@@ -158,13 +166,47 @@ def verify_step_function(fn: func.FuncOp) -> None:
     if not any(a.role == "param" for a in all_args):
         raise StepcError("a step needs at least one parameter: mark one argument {step.param}", where)
     sgd = function_sgd(fn)
+    if SGD in fn.attributes and sgd is None:
+        raise StepcError(
+            f"step.sgd must be a #step.sgd<...> attribute, found {fn.attributes[SGD]}", part_location(fn, SGD)
+        )
     if sgd is None:
         raise StepcError(
             "the function needs an optimizer: attributes {step.sgd = #step.sgd<lr = 0.1>}", where
         )
     if "lr" not in sgd.fields():
-        raise StepcError("#step.sgd on the function must give lr (the learning rate has no default)", where)
+        raise StepcError(
+            "#step.sgd on the function must give lr (the learning rate has no default)", part_location(fn, SGD)
+        )
     check_sgd(fn)
+    check_names(all_args, fn)
+    check_memory(fn)
+
+
+RESERVED_KEY = ("loss",)
+RESERVED_PREFIXES = ("grad.", "momentum.")
+
+
+def check_names(all_args: list[Arg], fn: func.FuncOp) -> None:
+    """Argument names are the keys of every dict and `.npz`: distinct, and apart from the keys
+    stepc makes (`loss`, `grad.NAME`, `momentum.NAME`)."""
+    seen: dict[str, Arg] = {}
+    for arg in all_args:
+        loc = arg_location(fn, arg.value)
+        if arg.name in seen:
+            raise StepcError(
+                f"argument {arg.index} has the name '{arg.name}' of argument {seen[arg.name].index} "
+                "(a trailing _N is not kept: %w_1 reads as %w); the names key the inputs and outputs, rename one",
+                loc,
+            )
+        seen[arg.name] = arg
+        user_named = arg.role in ("param", "input")  # state and cotangents carry stepc's own keys
+        if user_named and (arg.name in RESERVED_KEY or arg.name.startswith(RESERVED_PREFIXES)):
+            raise StepcError(
+                f"argument %{arg.name}: 'loss', 'grad.NAME' and 'momentum.NAME' are the keys of stepc's outputs; "
+                "rename it",
+                loc,
+            )
 
 
 def check_sgd(fn: func.FuncOp) -> None:
@@ -174,7 +216,7 @@ def check_sgd(fn: func.FuncOp) -> None:
     try:
         SGDAttr.check_fields(sgd.resolved())
     except Exception as e:
-        raise StepcError(str(e), location_of(fn)) from None
+        raise StepcError(str(e), part_location(fn, SGD)) from None
     for arg in params(fn):
         override = arg.sgd_override
         if override is None:

@@ -1,0 +1,329 @@
+"""Reference semantics of the step dialect: every op on NumPy arrays.
+
+The meaning of each op is one row of a table below (elementwise, reductions, comparisons) or
+one `@impl` method of `StepFunctions`, registered with xDSL's interpreter framework; `func`
+comes from xDSL's own `FuncFunctions`. Contracts, tests and `stepc check` run programs here.
+
+Precision. Every value is a NumPy array in the element type of the value's IR type. f32 and
+f64 ops compute natively in that type. f16 and bf16 (bf16 through ml_dtypes) ops compute in
+float32 and round the result to the 16-bit type (round to nearest even), once per op: the
+precision of an XLA CPU kernel that upcasts, and of PyTorch's CPU bf16/f16 kernels for these ops.
+
+Conventions (PyTorch's): relu(0) = 0; `cross_entropy` is the mean over rows of
+`-log_softmax(logits)[row, label]` (labels outside [0, C) are an error, there is no
+`ignore_index`); `mse` is the mean of the squared difference; softmax and log_softmax
+subtract the maximum first; reductions without `dims` reduce every dim; `max` of an empty
+dim is -inf; `one_hot` of a label outside [0, C) is a row of zeros; `compare` gives a 0/1
+mask in the operands' float type; `constant` values (kept in float64) are rounded to the
+result type; `convert` casts as NumPy's `astype` (round to nearest even, truncation to i32).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+from xdsl.dialects import func
+from xdsl.dialects.builtin import ModuleOp, TensorType
+from xdsl.interpreter import Interpreter, InterpreterFunctions, PythonValues, impl, register_impls
+from xdsl.interpreters.func import FuncFunctions
+from xdsl.ir import Attribute, Operation
+
+from stepc.ir.dialect import (
+    AbsOp,
+    AddOp,
+    BroadcastOp,
+    CompareOp,
+    ConstantOp,
+    ConvertOp,
+    CrossEntropyOp,
+    DivOp,
+    ExpOp,
+    LogOp,
+    LogSoftmaxOp,
+    MatmulOp,
+    MaximumOp,
+    MaxOp,
+    MeanOp,
+    MinimumOp,
+    MseOp,
+    MulOp,
+    NegOp,
+    OneHotOp,
+    ReluOp,
+    ReshapeOp,
+    RsqrtOp,
+    SigmoidOp,
+    SoftmaxOp,
+    SqrtOp,
+    SquareOp,
+    StepOp,
+    SubOp,
+    SumOp,
+    TanhOp,
+    TransposeOp,
+)
+from stepc.ir.diagnostics import StepcError, error_at, location_of
+from stepc.ir.program import arg_location, args, output_names, step_function
+from stepc.ir.shapes import fmt
+from stepc.ir.values import numpy_dtype
+
+Array = np.ndarray
+NARROW_FLOATS = ("float16", "bfloat16")
+
+
+# ---------------------------------------------------------------------------------------------
+# Precision
+
+
+def result_dtype(op: Operation, index: int = 0) -> np.dtype:
+    t = op.results[index].type
+    assert isinstance(t, TensorType)
+    return numpy_dtype(t.get_element_type())
+
+
+def compute_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype an op computes in: float32 for the 16-bit floats, else the type itself."""
+    return np.dtype(np.float32) if dtype.name in NARROW_FLOATS else dtype
+
+
+def widen(x: Array) -> Array:
+    return np.asarray(x).astype(compute_dtype(np.asarray(x).dtype), copy=False)
+
+
+def rounded(x: Any, dtype: np.dtype) -> Array:
+    """A result in its IR type (a rank-0 result stays a 0-d array, never a NumPy scalar)."""
+    return np.asarray(x).astype(dtype, copy=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The tables
+
+
+def _sigmoid(x: Array) -> Array:
+    # 1 / (1 + e^-x) for x >= 0 and e^x / (1 + e^x) below: neither side overflows.
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
+
+
+def _relu(x: Array) -> Array:
+    return np.maximum(x, np.zeros_like(x))  # relu(0) = 0, NaN stays NaN (torch.relu)
+
+
+def _rsqrt(x: Array) -> Array:
+    return np.asarray(1.0 / np.sqrt(x)).astype(x.dtype, copy=False)
+
+
+def _amax(x: Array, axis: tuple[int, ...]) -> Array:
+    return np.max(x, axis=axis, initial=-np.inf)
+
+
+UNARY: dict[type[StepOp], Callable[[Array], Array]] = {
+    ExpOp: np.exp,
+    NegOp: np.negative,
+    LogOp: np.log,
+    TanhOp: np.tanh,
+    SigmoidOp: _sigmoid,
+    ReluOp: _relu,
+    SqrtOp: np.sqrt,
+    RsqrtOp: _rsqrt,
+    SquareOp: np.square,
+    AbsOp: np.abs,
+}
+
+# NumPy broadcasting for the elementwise ops; np.matmul has exactly the matmul forms.
+BINARY: dict[type[StepOp], Callable[[Array, Array], Array]] = {
+    AddOp: np.add,
+    SubOp: np.subtract,
+    MulOp: np.multiply,
+    DivOp: np.divide,
+    MaximumOp: np.maximum,
+    MinimumOp: np.minimum,
+    MatmulOp: np.matmul,
+}
+
+REDUCTIONS: dict[type[StepOp], Callable[[Array, tuple[int, ...]], Array]] = {
+    SumOp: lambda x, axis: np.sum(x, axis=axis),
+    MeanOp: lambda x, axis: np.mean(x, axis=axis),
+    MaxOp: _amax,
+}
+
+COMPARISONS: dict[str, Callable[[Array, Array], Array]] = {
+    "eq": np.equal,
+    "ne": np.not_equal,
+    "lt": np.less,
+    "le": np.less_equal,
+    "gt": np.greater,
+    "ge": np.greater_equal,
+}
+
+
+def log_softmax(x: Array, axis: int) -> Array:
+    shifted = x - np.max(x, axis=axis, keepdims=True)
+    return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+
+
+def softmax(x: Array, axis: int) -> Array:
+    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def _elementwise(fn: Callable[..., Array]) -> Callable[..., PythonValues]:
+    def run(self: InterpreterFunctions, interpreter: Interpreter, op: Operation, values: PythonValues) -> PythonValues:
+        return (rounded(fn(*(widen(v) for v in values)), result_dtype(op)),)
+
+    return run
+
+
+def _reduction(fn: Callable[[Array, tuple[int, ...]], Array]) -> Callable[..., PythonValues]:
+    def run(self: InterpreterFunctions, interpreter: Interpreter, op: Operation, values: PythonValues) -> PythonValues:
+        assert isinstance(op, (SumOp, MeanOp, MaxOp))
+        return (rounded(fn(widen(values[0]), op.axes), result_dtype(op)),)
+
+    return run
+
+
+def _register_tables(cls: type[InterpreterFunctions]) -> type[InterpreterFunctions]:
+    """One `@impl` method per row of UNARY, BINARY and REDUCTIONS (before `register_impls`)."""
+    rows: list[tuple[type[StepOp], Callable[..., PythonValues]]] = [
+        *((op, _elementwise(fn)) for op, fn in {**UNARY, **BINARY}.items()),
+        *((op, _reduction(fn)) for op, fn in REDUCTIONS.items()),
+    ]
+    for op_type, run in rows:
+        setattr(cls, "run_" + op_type.name.removeprefix("step."), impl(op_type)(run))
+    return cls
+
+
+# ---------------------------------------------------------------------------------------------
+# The ops with attributes or their own rules
+
+
+@register_impls
+@_register_tables
+class StepFunctions(InterpreterFunctions):
+    """The step ops; the rows of the tables above are added by `_register_tables`."""
+
+    @impl(CompareOp)
+    def run_compare(self, interpreter: Interpreter, op: CompareOp, values: PythonValues) -> PythonValues:
+        lhs, rhs = (widen(v) for v in values)
+        return (rounded(COMPARISONS[op.direction.data](lhs, rhs), result_dtype(op)),)
+
+    @impl(TransposeOp)
+    def run_transpose(self, interpreter: Interpreter, op: TransposeOp, values: PythonValues) -> PythonValues:
+        return (np.ascontiguousarray(np.transpose(values[0], op.permutation)),)
+
+    @impl(ReshapeOp)
+    def run_reshape(self, interpreter: Interpreter, op: ReshapeOp, values: PythonValues) -> PythonValues:
+        return (np.reshape(values[0], _shape(op.result.type)).copy(),)
+
+    @impl(BroadcastOp)
+    def run_broadcast(self, interpreter: Interpreter, op: BroadcastOp, values: PythonValues) -> PythonValues:
+        return (np.broadcast_to(values[0], _shape(op.result.type)).copy(),)
+
+    @impl(SoftmaxOp)
+    def run_softmax(self, interpreter: Interpreter, op: SoftmaxOp, values: PythonValues) -> PythonValues:
+        return (rounded(softmax(widen(values[0]), op.axis_index), result_dtype(op)),)
+
+    @impl(LogSoftmaxOp)
+    def run_log_softmax(self, interpreter: Interpreter, op: LogSoftmaxOp, values: PythonValues) -> PythonValues:
+        return (rounded(log_softmax(widen(values[0]), op.axis_index), result_dtype(op)),)
+
+    @impl(CrossEntropyOp)
+    def run_cross_entropy(self, interpreter: Interpreter, op: CrossEntropyOp, values: PythonValues) -> PythonValues:
+        logits, labels = widen(values[0]), np.asarray(values[1])
+        classes = logits.shape[1]
+        bad = np.flatnonzero((labels < 0) | (labels >= classes))
+        if bad.size:
+            row = int(bad[0])
+            raise error_at(
+                op, f"step.cross_entropy: label {int(labels[row])} of row {row} is outside [0, {classes})"
+            )
+        picked = np.take_along_axis(log_softmax(logits, 1), labels.astype(np.intp)[:, None], axis=1)
+        return (rounded(-np.mean(picked), result_dtype(op)),)
+
+    @impl(MseOp)
+    def run_mse(self, interpreter: Interpreter, op: MseOp, values: PythonValues) -> PythonValues:
+        lhs, rhs = (widen(v) for v in values)
+        return (rounded(np.mean(np.square(lhs - rhs)), result_dtype(op)),)
+
+    @impl(ConstantOp)
+    def run_constant(self, interpreter: Interpreter, op: ConstantOp, values: PythonValues) -> PythonValues:
+        shape = _shape(op.result.type)
+        data = np.asarray(op.values, dtype=np.float64).astype(result_dtype(op))
+        return (np.broadcast_to(data[0], shape).copy() if data.size == 1 else data.reshape(shape),)
+
+    @impl(ConvertOp)
+    def run_convert(self, interpreter: Interpreter, op: ConvertOp, values: PythonValues) -> PythonValues:
+        return (np.asarray(values[0]).astype(result_dtype(op)),)
+
+    @impl(OneHotOp)
+    def run_one_hot(self, interpreter: Interpreter, op: OneHotOp, values: PythonValues) -> PythonValues:
+        classes = _shape(op.result.type)[-1]
+        labels = np.asarray(values[0])
+        return ((labels[..., None] == np.arange(classes)).astype(result_dtype(op)),)
+
+
+def _shape(t: Attribute) -> tuple[int, ...]:
+    assert isinstance(t, TensorType)
+    return tuple(t.get_shape())
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a step function
+
+
+def run_function(module_or_func: ModuleOp | func.FuncOp, inputs: Mapping[str, Any]) -> dict[str, Array]:
+    """Run a step function on named inputs; the outputs keyed by `output_names(fn)`.
+
+    Inputs are keyed by argument name and converted to each argument's dtype when NumPy's
+    `same_kind` casting allows (float64 data for an f32 argument, int64 labels for i32);
+    missing or unknown keys, wrong shapes and lossy kinds (floats for i32) are `StepcError`s.
+    """
+    fn = step_function(module_or_func) if isinstance(module_or_func, ModuleOp) else module_or_func
+    arguments = _check_inputs(fn, inputs)
+    module = fn.parent_op()
+    interpreter = Interpreter(module if isinstance(module, ModuleOp) else ModuleOp([]))
+    interpreter.register_implementations(FuncFunctions())
+    interpreter.register_implementations(StepFunctions())
+    with np.errstate(all="ignore"):  # log(-1) is NaN, 1/0 is inf, as in PyTorch: no warnings
+        results = interpreter.call_op(fn, tuple(arguments))
+    names = output_names(fn)
+    return {name: np.array(value, copy=True) for name, value in zip(names, results)}
+
+
+def _check_inputs(fn: func.FuncOp, inputs: Mapping[str, Any]) -> list[Array]:
+    fn_args = args(fn)
+    names = [a.name for a in fn_args]
+    missing = [n for n in names if n not in inputs]
+    unknown = sorted(str(k) for k in inputs if k not in names)
+    where = location_of(fn)
+    if missing or unknown:
+        parts = []
+        if missing:
+            parts.append("missing " + ", ".join(f"%{n}" for n in missing))
+        if unknown:
+            parts.append("unknown " + ", ".join(f"'{n}'" for n in unknown))
+        raise StepcError(
+            f"inputs of @{fn.sym_name.data}: {'; '.join(parts)} (the arguments are "
+            + ", ".join(f"%{n}" for n in names)
+            + ")",
+            where,
+        )
+    out: list[Array] = []
+    for arg in fn_args:
+        loc = arg_location(fn, arg.value)
+        expected_shape = tuple(arg.type.get_shape())
+        dtype = numpy_dtype(arg.type.get_element_type())
+        try:
+            value = np.asarray(inputs[arg.name])
+        except Exception as e:  # ragged lists and the like
+            raise StepcError(f"input %{arg.name} is not an array: {e}", loc) from None
+        if value.shape != expected_shape:
+            raise StepcError(
+                f"input %{arg.name}: expected shape {fmt(expected_shape)} ({arg.type}), found {fmt(value.shape)}", loc
+            )
+        if value.dtype != dtype and not np.can_cast(value.dtype, dtype, "same_kind"):
+            raise StepcError(f"input %{arg.name}: expected {dtype.name} values ({arg.type}), found {value.dtype}", loc)
+        out.append(value.astype(dtype, copy=True))
+    return out

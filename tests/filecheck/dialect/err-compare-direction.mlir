@@ -1,0 +1,9 @@
+func.func @f(%w: tensor<4x3xf32> {step.param}, %x: tensor<8x4xf32>, %labels: tensor<8xi32>) -> tensor<f32>
+    attributes {step.sgd = #step.sgd<lr = 0.1>} {
+  %c = step.compare gte %w, %w : (tensor<4x3xf32>, tensor<4x3xf32>) -> tensor<4x3xf32>
+  %loss = step.sum %c : tensor<4x3xf32> -> tensor<f32>
+  func.return %loss : tensor<f32>
+}
+// RUN: not stepc opt %s 2>&1 | filecheck %s
+// CHECK: err-compare-direction.mlir:3:21: error: {{.*}}unknown comparison 'gte'; expected one of eq, ne, lt, le, gt, ge
+// CHECK-NOT: Traceback

@@ -1,0 +1,8 @@
+func.func @f(%w: tensor<4x3xf32> {step.param}, %x: tensor<8x4xf32>, %labels: tensor<8xi32>) -> tensor<f32>
+    attributes {step.sgd = #step.sgd<lr = 0.1, momentum = -0.5>} {
+  %loss = step.sum %w : tensor<4x3xf32> -> tensor<f32>
+  func.return %loss : tensor<f32>
+}
+// RUN: not stepc opt %s 2>&1 | filecheck %s
+// CHECK: err-negative-momentum.mlir:2:17: error: {{.*}}invalid SGD momentum: -0.5 (must be >= 0, as in torch.optim.SGD)
+// CHECK-NOT: Traceback

@@ -1,0 +1,6 @@
+func.func @f(%w: tensor<4x3xf32> {step.param}, %x: tensor<8x4xf32>, %labels: tensor<8xi32>) -> tensor<f32>
+    attributes {step.sgd = #step.sgd<lr = 0.1>} {
+  %loss = step.sum %w : tensor<4x3xf32> -> 
+// RUN: not stepc opt %s 2>&1 | filecheck %s
+// CHECK: err-truncated.mlir:3:43: error: {{.*}}type expected (the file ends here: is it truncated?)
+// CHECK-NOT: Traceback

@@ -1,0 +1,9 @@
+func.func @f(%w: tensor<4x3xf32> {step.param}, %x: tensor<8x4xf32>, %labels: tensor<8xi32>) -> tensor<f32>
+    attributes {step.sgd = #step.sgd<lr = 0.1>} {
+  %c = step.exp %labels : tensor<8xi32>
+  %loss = step.sum %c : tensor<8xi32> -> tensor<f32>
+  func.return %loss : tensor<f32>
+}
+// RUN: not stepc opt %s 2>&1 | filecheck %s
+// CHECK: err-unary-int.mlir:3:3: error: {{.*}}step.exp operand must be a float tensor
+// CHECK-NOT: Traceback
