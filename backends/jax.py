@@ -1,0 +1,502 @@
+"""The lowered module as a pure, traceable JAX function, through a table of `jax.lax` calls.
+
+`JAX_RULES` maps each StableHLO op of our subset to the `jax.lax` call that computes it, so
+the function composes with `jax.jit`, `vmap`, `grad`, sharding and donation like any JAX code.
+
+    jf = jax_function(module)          # a step-dialect module (lowered on a clone) or a lowered one
+    jf.arg_names, jf.output_names      # IR names, in argument / result order
+    outputs = jf.fn(*arrays)           # positional and pure: a tuple in output order
+    outputs = jf({"w": w, "x": x})     # dict in, dict out, inputs checked (StepcError on a mistake)
+
+A program with f64 values needs `jax_enable_x64`: `__call__` turns it on around the call;
+callers of `.fn` enable it themselves (`jax.config.update("jax_enable_x64", True)`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from xdsl.dialects import func
+from xdsl.dialects.builtin import DenseIntOrFPElementsAttr, Float64Type, IntegerType, ModuleOp, TensorType
+from xdsl.ir import Attribute, Operation, SSAValue
+
+from stepc.backends import stablehlo as shlo
+from stepc.ir.diagnostics import StepcError, error_at, location_of
+from stepc.ir.program import args as function_args
+from stepc.ir.program import output_names as function_output_names
+from stepc.ir.program import step_function
+from stepc.ir.values import numpy_dtype
+
+# ---------------------------------------------------------------------------------------------
+# Element types
+
+
+def jax_dtype(element: Attribute) -> Any:
+    """The NumPy/JAX dtype of an element type (i1 masks included)."""
+    if isinstance(element, IntegerType) and element.width.data == 1:
+        return np.dtype(np.bool_)
+    return numpy_dtype(element)
+
+
+def tensor_dtype(t: Attribute) -> Any:
+    assert isinstance(t, TensorType)
+    return jax_dtype(t.get_element_type())
+
+
+def tensor_shape(t: Attribute) -> tuple[int, ...]:
+    assert isinstance(t, TensorType)
+    return tuple(t.get_shape())
+
+
+def constant_array(attr: DenseIntOrFPElementsAttr) -> np.ndarray:
+    """The values of a `dense<...>` attribute as a NumPy array of its type (splats expanded)."""
+    dtype = tensor_dtype(attr.type)
+    shape = tensor_shape(attr.type)
+    values = np.asarray(attr.get_values(), dtype=np.float64 if dtype.kind == "f" else dtype)
+    values = values.astype(dtype)
+    if values.size == 1:
+        return np.full(shape, values.reshape(()), dtype=dtype)
+    return values.reshape(shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# The table: StableHLO op -> jax.lax call.
+#
+# A rule describes its call as data (`Call`: a dotted function name such as `lax.dot_general`,
+# the op's operands as `Operand(i)`, and static arguments as plain literals). The same
+# description is evaluated here to build the JAX function and rendered as Python text by the
+# emitted module (`backends/jax_py.py`), so both run exactly the same lax calls.
+
+
+@dataclass(frozen=True)
+class Operand:
+    """The i-th operand of the op."""
+
+    index: int
+
+
+@dataclass(frozen=True)
+class Name:
+    """A dotted name in `jax.lax`, `jax.numpy` or `numpy`: `lax.GatherScatterMode.PROMISE_IN_BOUNDS`."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class Call:
+    """`fn(*args, **kwargs)` with `fn` a dotted name (`lax.add`) and arguments that are
+    `Operand`s, nested `Call`s, `Name`s or literals (ints, floats, tuples, dtypes, arrays)."""
+
+    fn: str
+    args: tuple[Any, ...] = ()
+    kwargs: tuple[tuple[str, Any], ...] = ()
+
+
+NAMESPACE: dict[str, Any] = {"jax": jax, "lax": lax, "jnp": jnp, "np": np}
+
+# Functions the table calls beyond jax.lax, as source: defined here from this text and copied
+# verbatim into the emitted module (`backends/jax_py.py`), so both run the same code.
+HELPERS_SOURCE = '''
+@jax.custom_jvp
+def abs0(x):
+    """|x| with PyTorch's derivative sign(x), 0 at 0 (lax.abs's derivative is 1 there)."""
+    return lax.abs(x)
+
+
+@abs0.defjvp
+def _abs0_jvp(primals, tangents):
+    (x,), (tangent,) = primals, tangents
+    return lax.abs(x), lax.sign(x) * tangent
+'''
+exec(compile(HELPERS_SOURCE, __file__ + ":HELPERS_SOURCE", "exec"), NAMESPACE)  # noqa: S102 - our own text
+
+
+def resolve(path: str) -> Any:
+    head, *rest = path.split(".")
+    value = NAMESPACE[head]
+    for part in rest:
+        value = getattr(value, part)
+    return value
+
+
+def evaluate(node: Any, operands: Sequence[Any]) -> Any:
+    """Run a `Call` description on concrete (or traced) operands."""
+    if isinstance(node, Operand):
+        return operands[node.index]
+    if isinstance(node, Name):
+        return resolve(node.path)
+    if isinstance(node, Call):
+        args = [evaluate(a, operands) for a in node.args]
+        kwargs = {k: evaluate(v, operands) for k, v in node.kwargs}
+        return resolve(node.fn)(*args, **kwargs)
+    if isinstance(node, tuple):
+        return tuple(evaluate(v, operands) for v in node)
+    return node
+
+
+Rule = Callable[[Operation], Call]
+
+
+def _elementwise(fn: str) -> Rule:
+    return lambda op: Call(fn, tuple(Operand(i) for i in range(len(op.operands))))
+
+
+COMPARISONS: dict[shlo.ComparisonDirection, str] = {
+    shlo.ComparisonDirection.EQ: "lax.eq",
+    shlo.ComparisonDirection.NE: "lax.ne",
+    shlo.ComparisonDirection.LT: "lax.lt",
+    shlo.ComparisonDirection.LE: "lax.le",
+    shlo.ComparisonDirection.GT: "lax.gt",
+    shlo.ComparisonDirection.GE: "lax.ge",
+}
+
+
+@dataclass(frozen=True)
+class Reducer:
+    """A reduce body's combining op as lax: the reduction over axes, the combiner, its identity."""
+
+    reduce: str
+    combine: str
+    identity: float
+
+
+REDUCERS: dict[type[Operation], Reducer] = {
+    shlo.AddOp: Reducer("lax.reduce_sum", "lax.add", 0.0),
+    shlo.MultiplyOp: Reducer("lax.reduce_prod", "lax.mul", 1.0),
+    shlo.MaxOp: Reducer("lax.reduce_max", "lax.max", -math.inf),
+    shlo.MinOp: Reducer("lax.reduce_min", "lax.min", math.inf),
+}
+
+
+def _constant(op: shlo.ConstantOp) -> Call:
+    return Call("jnp.asarray", (constant_array(op.value),))
+
+
+def _convert(op: shlo.ConvertOp) -> Call:
+    return Call("lax.convert_element_type", (Operand(0), tensor_dtype(op.result.type)))
+
+
+def _compare(op: shlo.CompareOp) -> Call:
+    return Call(COMPARISONS[op.direction], (Operand(0), Operand(1)))
+
+
+def _broadcast_in_dim(op: shlo.BroadcastInDimOp) -> Call:
+    return Call("lax.broadcast_in_dim", (Operand(0), tensor_shape(op.result.type), op.dims))
+
+
+def _reshape(op: shlo.ReshapeOp) -> Call:
+    return Call("lax.reshape", (Operand(0), tensor_shape(op.result.type)))
+
+
+def _transpose(op: shlo.TransposeOp) -> Call:
+    return Call("lax.transpose", (Operand(0), op.perm))
+
+
+def _dot_general(op: shlo.DotGeneralOp) -> Call:
+    n = op.dot_dimension_numbers
+    numbers = (
+        (n.field("lhs_contracting_dimensions"), n.field("rhs_contracting_dimensions")),
+        (n.field("lhs_batching_dimensions"), n.field("rhs_batching_dimensions")),
+    )
+    return Call(
+        "lax.dot_general",
+        (Operand(0), Operand(1), numbers),
+        (("preferred_element_type", tensor_dtype(op.result.type)),),
+    )
+
+
+def _iota(op: shlo.IotaOp) -> Call:
+    return Call("lax.broadcasted_iota", (tensor_dtype(op.output.type), tensor_shape(op.output.type), op.dimension))
+
+
+def _gather(op: shlo.GatherOp) -> Call:
+    n = op.dimension_numbers
+    indices_rank = len(tensor_shape(op.start_indices.type))
+    if n.field("index_vector_dim") != indices_rank - 1:
+        raise error_at(op, "stablehlo.gather: the JAX backend takes the index vector in the last dim of the indices")
+    numbers = Call(
+        "lax.GatherDimensionNumbers",
+        kwargs=tuple(
+            (key, n.field(key))
+            for key in (
+                "offset_dims",
+                "collapsed_slice_dims",
+                "start_index_map",
+                "operand_batching_dims",
+                "start_indices_batching_dims",
+            )
+        ),
+    )
+    return Call(
+        "lax.gather",
+        (Operand(0), Operand(1), numbers, shlo.i64_values(op.slice_sizes)),
+        (("mode", Name("lax.GatherScatterMode.PROMISE_IN_BOUNDS")),),
+    )
+
+
+def _reduce(op: shlo.ReduceOp) -> Call:
+    reducer = REDUCERS.get(op.combiner)  # type: ignore[arg-type]
+    if reducer is None:
+        raise error_at(op, "stablehlo.reduce: the JAX backend takes a body of one add, multiply, maximum or minimum")
+    reduced = Call(reducer.reduce, (Operand(0), op.dims))
+    init_op = op.init_value.owner
+    if isinstance(init_op, shlo.ConstantOp) and bool(np.all(constant_array(init_op.value) == reducer.identity)):
+        return reduced
+    return Call(reducer.combine, (reduced, Operand(1)))
+
+
+JAX_RULES: dict[type[Operation], Rule] = {
+    shlo.AddOp: _elementwise("lax.add"),
+    shlo.SubtractOp: _elementwise("lax.sub"),
+    shlo.MultiplyOp: _elementwise("lax.mul"),
+    shlo.DivideOp: _elementwise("lax.div"),
+    shlo.MaxOp: _elementwise("lax.max"),
+    shlo.MinOp: _elementwise("lax.min"),
+    shlo.NegateOp: _elementwise("lax.neg"),
+    shlo.ExpOp: _elementwise("lax.exp"),
+    shlo.LogOp: _elementwise("lax.log"),
+    shlo.TanhOp: _elementwise("lax.tanh"),
+    shlo.LogisticOp: _elementwise("lax.logistic"),
+    shlo.SqrtOp: _elementwise("lax.sqrt"),
+    shlo.RsqrtOp: _elementwise("lax.rsqrt"),
+    shlo.AbsOp: _elementwise("abs0"),
+    shlo.SelectOp: _elementwise("lax.select"),
+    shlo.ConstantOp: _constant,  # type: ignore[dict-item]
+    shlo.ConvertOp: _convert,  # type: ignore[dict-item]
+    shlo.CompareOp: _compare,  # type: ignore[dict-item]
+    shlo.BroadcastInDimOp: _broadcast_in_dim,  # type: ignore[dict-item]
+    shlo.ReshapeOp: _reshape,  # type: ignore[dict-item]
+    shlo.TransposeOp: _transpose,  # type: ignore[dict-item]
+    shlo.DotGeneralOp: _dot_general,  # type: ignore[dict-item]
+    shlo.IotaOp: _iota,  # type: ignore[dict-item]
+    shlo.GatherOp: _gather,  # type: ignore[dict-item]
+    shlo.ReduceOp: _reduce,  # type: ignore[dict-item]
+}
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """One op of the function body: its call, its operand slots and its result slot."""
+
+    op: Operation
+    call: Call
+    operands: tuple[int, ...]
+    result: int
+
+
+@dataclass(frozen=True)
+class Body:
+    """A function body as straight-line code over numbered slots (arguments first)."""
+
+    n_args: int
+    instructions: tuple[Instruction, ...]
+    outputs: tuple[int, ...]
+
+
+def straight_line(fn: func.FuncOp) -> Body:
+    """The function's ops as `Instruction`s, each op's call made once from the table."""
+    slots: dict[SSAValue, int] = {arg: i for i, arg in enumerate(fn.body.block.args)}
+    instructions: list[Instruction] = []
+    outputs: tuple[int, ...] = ()
+    for op in fn.body.block.ops:
+        if isinstance(op, func.ReturnOp):
+            outputs = tuple(slots[v] for v in op.arguments)
+            continue
+        rule = JAX_RULES.get(type(op))
+        if rule is None:
+            raise error_at(op, f"the JAX backend has no rule for {op.name} (lower the program first)")
+        slots[op.results[0]] = len(slots)
+        instructions.append(Instruction(op, rule(op), tuple(slots[v] for v in op.operands), slots[op.results[0]]))
+    return Body(len(fn.body.block.args), live_only(instructions, outputs), outputs)
+
+
+def live_only(instructions: Sequence[Instruction], outputs: Sequence[int]) -> tuple[Instruction, ...]:
+    """The instructions whose results some call reads (a reduce's identity init is not read)."""
+    live = set(outputs)
+    kept: list[Instruction] = []
+    for ins in reversed(instructions):
+        if ins.result in live:
+            kept.append(ins)
+            live.update(ins.operands[i] for i in read_operands(ins.call))
+    return tuple(reversed(kept))
+
+
+def read_operands(node: Any) -> set[int]:
+    """The operand indices a `Call` description reads."""
+    if isinstance(node, Operand):
+        return {node.index}
+    if isinstance(node, Call):
+        return set().union(*(read_operands(a) for a in (*node.args, *(v for _, v in node.kwargs))))
+    if isinstance(node, tuple):
+        return set().union(*(read_operands(v) for v in node))
+    return set()
+
+
+# ---------------------------------------------------------------------------------------------
+# The function
+
+
+@dataclass(frozen=True)
+class ArgSpec:
+    """One argument: IR name, role (param, input, cotangent, state), shape and dtype."""
+
+    name: str
+    role: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    state_key: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The key of this argument in dicts: the state key for state, else the IR name."""
+        return self.state_key or self.name
+
+
+@dataclass(eq=False)
+class JaxFunction:
+    """A lowered step function as JAX: `fn(*arrays) -> tuple`, and a dict form `__call__`."""
+
+    module: ModuleOp
+    specs: list[ArgSpec]
+    output_names: list[str]
+    output_specs: list[tuple[tuple[int, ...], np.dtype]]
+    fn: Callable[..., tuple[Any, ...]] = field(repr=False)
+    needs_x64: bool = False
+
+    @functools.cached_property
+    def jitted(self) -> Callable[..., tuple[Any, ...]]:
+        """`jax.jit(fn)`, made once: the dict form runs compiled."""
+        return jax.jit(self.fn)
+
+    @property
+    def arg_names(self) -> list[str]:
+        return [s.name for s in self.specs]
+
+    @property
+    def arg_keys(self) -> list[str]:
+        """Argument keys of the dict form (`momentum.w1` for state, IR names otherwise)."""
+        return [s.key for s in self.specs]
+
+    def __call__(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        arrays = check_inputs(self.specs, inputs)
+        with x64_enabled(self.needs_x64):
+            outputs = self.jitted(*arrays)
+            return {name: np.asarray(value) for name, value in zip(self.output_names, outputs)}
+
+
+def x64_enabled(needed: bool):  # type: ignore[no-untyped-def]
+    """A context enabling `jax_enable_x64` when the program has f64 values (no-op otherwise)."""
+    import contextlib
+
+    if not needed or jax.config.jax_enable_x64:
+        return contextlib.nullcontext()
+    return jax.enable_x64(True)
+
+
+def check_inputs(specs: Sequence[ArgSpec], inputs: Mapping[str, Any], what: str = "inputs") -> list[Any]:
+    """The arrays in argument order; a missing or extra key, a wrong shape or dtype is a StepcError.
+
+    Values may be NumPy or JAX arrays, or JAX tracers (only shapes and dtypes are read)."""
+    keys = [s.key for s in specs]
+    missing = [k for k in keys if k not in inputs]
+    extra = sorted(k for k in inputs if k not in keys)
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append("missing " + ", ".join(repr(k) for k in missing))
+        if extra:
+            parts.append("unexpected " + ", ".join(repr(k) for k in extra))
+        raise StepcError(f"{what}: {'; '.join(parts)} (expected keys: {', '.join(keys)})")
+    arrays = []
+    for spec in specs:
+        value = inputs[spec.key]
+        if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+            value = np.asarray(value)
+        shape, dtype = tuple(value.shape), np.dtype(value.dtype)
+        if shape != spec.shape:
+            raise StepcError(f"{what}: {spec.key!r} has shape {shape_text(shape)}, expected {shape_text(spec.shape)}")
+        if dtype != spec.dtype:
+            raise StepcError(f"{what}: {spec.key!r} has dtype {dtype}, expected {spec.dtype}")
+        arrays.append(value)
+    return arrays
+
+
+def shape_text(shape: Sequence[int]) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def program_form(module: ModuleOp) -> str:
+    """What a step function computes, from its signature (docs/architecture.md):
+    `forward` (the loss), `vjp` (a cotangent input), `grad` (loss and `grad.NAME`),
+    `step` (new parameters and state) or `other`."""
+    fn = step_function(module)
+    arguments = function_args(fn)
+    roles = {a.role for a in arguments}
+    names = function_output_names(fn)
+    if "state" in roles or {a.name for a in arguments if a.role == "param"} & set(names):
+        return "step"
+    if "cotangent" in roles:
+        return "vjp"
+    if names == ["loss"]:
+        return "forward"
+    if names and names[0] == "loss" and all(n.startswith("grad.") for n in names[1:]):
+        return "grad"
+    return "other"
+
+
+def lowered(module: ModuleOp) -> ModuleOp:
+    """The module itself when already lowered (no step op left), else a lowered clone."""
+    if not _has_step_ops(module):
+        return module
+    from stepc.ir.parse import make_context
+    from stepc.passes.lower_to_stablehlo import LowerToStableHLO
+
+    clone = module.clone()
+    LowerToStableHLO().apply(make_context(), clone)
+    return clone
+
+
+def _has_step_ops(module: ModuleOp) -> bool:
+    return any(op.name.startswith("step.") for op in module.walk())
+
+
+def jax_function(module: ModuleOp) -> JaxFunction:
+    """The JAX function of a step program: lowered on a clone first unless already lowered."""
+    module = lowered(module)
+    fn = step_function(module)
+    specs = [
+        ArgSpec(a.name, a.role, tuple(a.type.get_shape()), tensor_dtype(a.type), a.state_key) for a in function_args(fn)
+    ]
+    names = function_output_names(fn)
+    output_specs = [(tensor_shape(t), tensor_dtype(t)) for t in fn.function_type.outputs.data]
+    program = compile_ops(fn)
+    needs_x64 = any(
+        isinstance(t, TensorType) and isinstance(t.get_element_type(), Float64Type)
+        for op in fn.walk()
+        for t in [*op.result_types, *(o.type for o in op.operands)]
+    ) or any(s.dtype == np.float64 for s in specs)
+    return JaxFunction(module, specs, names, output_specs, program, needs_x64)
+
+
+def compile_ops(fn: func.FuncOp) -> Callable[..., tuple[Any, ...]]:
+    """The function body as a pure Python function of positional arrays."""
+    body = straight_line(fn)
+    where = location_of(fn)
+
+    def run(*arrays: Any) -> tuple[Any, ...]:
+        if len(arrays) != body.n_args:
+            raise StepcError(f"the step function takes {body.n_args} arrays, found {len(arrays)}", where)
+        values: list[Any] = [*arrays, *([None] * (max((i.result for i in body.instructions), default=0) + 1))]
+        for ins in body.instructions:
+            values[ins.result] = evaluate(ins.call, [values[i] for i in ins.operands])
+        return tuple(values[i] for i in body.outputs)
+
+    return run

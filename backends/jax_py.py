@@ -1,0 +1,287 @@
+"""`--emit jax-py`: a readable, standalone Python module that needs only JAX and NumPy.
+
+The module holds each program as one straight-line function of `jax.lax` calls, rendered
+from the same `Call` descriptions the JAX backend evaluates (`backends/jax.py`), and the
+API's functions around it, dicts keyed by IR names:
+
+| the program given is | the module offers |
+| --- | --- |
+| the whole pipeline (`fuse-sgd` ran) | `init_state(params)`, `step(params, state, batch)`, and `grad`, `forward` |
+| after `seed-scalar-loss` | `grad(params, batch)`, and `forward` |
+| the input | `forward(params, batch)` |
+| any | `run(inputs) -> outputs`, the program given, keys as `stepc exec` |
+
+`grad` and `forward` beside a later program are compiled again from the source file (no
+contracts), when it can be read.
+
+No IR name ever becomes code: names appear only as `ascii()` string literals, Python names
+are generated (`a0`, `v12`), and the one comment naming the source is reduced to printable
+ASCII on one line.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from xdsl.dialects.builtin import ModuleOp
+
+from stepc.backends.jax import HELPERS_SOURCE, Call, Name, Operand, jax_function, lowered, program_form, straight_line
+from stepc.ir.program import step_function
+
+DTYPE_NAMES = {
+    "float16": "jnp.float16",
+    "bfloat16": "jnp.bfloat16",
+    "float32": "jnp.float32",
+    "float64": "jnp.float64",
+    "int32": "jnp.int32",
+    "bool": "jnp.bool_",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Literals
+
+
+def literal(value: Any, operands: Sequence[str] | Mapping[int, str]) -> str:
+    """Python source for one argument of a `Call`."""
+    if isinstance(value, Operand):
+        return operands[value.index]
+    if isinstance(value, Name):
+        return value.path
+    if isinstance(value, Call):
+        parts = [literal(a, operands) for a in value.args]
+        parts += [f"{key}={literal(v, operands)}" for key, v in value.kwargs]
+        return f"{value.fn}({', '.join(parts)})"
+    if isinstance(value, tuple):
+        items = [literal(v, operands) for v in value]
+        return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+    if isinstance(value, np.ndarray):
+        return array_literal(value)
+    if isinstance(value, np.dtype):
+        return DTYPE_NAMES[value.name]
+    if isinstance(value, (bool, int)):
+        return repr(value)
+    if isinstance(value, float):
+        return float_literal(value)
+    if isinstance(value, str):
+        return ascii(value)
+    raise TypeError(f"no Python literal for {type(value).__name__}")
+
+
+def float_literal(x: float) -> str:
+    if math.isnan(x):
+        return "float('nan')"
+    if math.isinf(x):
+        return "float('inf')" if x > 0 else "-float('inf')"
+    return repr(float(x))
+
+
+def array_literal(array: np.ndarray) -> str:
+    """An exact NumPy constant: a splat as `np.full`, else the values row-major."""
+    dtype = DTYPE_NAMES[array.dtype.name]
+    shape = literal(tuple(int(d) for d in array.shape), [])
+    flat = array.reshape(-1)
+    cast = int if array.dtype.kind in "iub" else float
+    if flat.size and np.all((flat == flat[0]) | (np.isnan(flat.astype(np.float64)) & np.isnan(float(flat[0])))):
+        value = cast(flat[0])
+        return f"np.full({shape}, {literal(value, [])}, dtype={dtype})"
+    values = ", ".join(literal(cast(v), []) for v in flat)
+    return f"np.array([{values}], dtype={dtype}).reshape({shape})"
+
+
+def one_line_comment(text: str) -> str:
+    """Printable ASCII on one line: safe after a `#`."""
+    return "".join(c if 32 <= ord(c) < 127 else "?" for c in text)
+
+
+# ---------------------------------------------------------------------------------------------
+# One program
+
+
+def program_source(module: ModuleOp, name: str) -> list[str]:
+    """`def _NAME(a0, a1, ...)` of straight-line lax calls, and its argument and output tables."""
+    module = lowered(module)
+    fn = step_function(module)
+    jf = jax_function(module)
+    body = straight_line(fn)
+    slots = {i: f"a{i}" for i in range(body.n_args)}
+    slots.update({ins.result: f"v{n}" for n, ins in enumerate(body.instructions)})
+    lines = [f"def _{name}({', '.join(slots[i] for i in range(body.n_args))}):"]
+    for ins in body.instructions:
+        call = literal(ins.call, [slots.get(i, "None") for i in ins.operands])  # unread operands are dead
+        lines.append(f"    {slots[ins.result]} = {call}  # {one_line_comment(ins.op.name)}")
+    lines.append(f"    return {literal(tuple(Operand(i) for i in body.outputs), slots)}")
+    lines.append("")
+    lines.append("")
+    specs = [(s.key, s.role, s.shape, s.dtype.name) for s in jf.specs]
+    lines.append(f"{name.upper()}_ARGS = (")
+    for key, role, shape, dtype in specs:
+        lines.append(f"    ({key!a}, {role!a}, {literal(tuple(shape), [])}, {DTYPE_NAMES[dtype]}),")
+    lines.append(")")
+    lines.append(f"{name.upper()}_OUTPUTS = {literal(tuple(jf.output_names), [])}")
+    lines.append("")
+    lines.append("")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# The module
+
+RUNTIME = '''
+def _arrays(specs, groups):
+    """The arrays in argument order, each checked against its key, shape and dtype."""
+    arrays = []
+    for what, values in groups.items():
+        wanted = [key for key, role, _, _ in specs if _GROUP[role] == what]
+        missing = [key for key in wanted if key not in values]
+        extra = sorted(str(key) for key in values if key not in wanted)
+        if missing or extra:
+            raise ValueError(f"{what}: missing {missing}, unexpected {extra} (expected keys: {wanted})")
+    merged = {key: value for values in groups.values() for key, value in values.items()}
+    for key, role, shape, dtype in specs:
+        if key not in merged:
+            raise ValueError(f"this function takes no {role} argument {key!r}")
+        value = merged[key]
+        if not hasattr(value, "shape"):
+            value = np.asarray(value)
+        if tuple(value.shape) != shape:
+            raise ValueError(f"{key!r} has shape {tuple(value.shape)}, expected {shape}")
+        if np.dtype(value.dtype) != np.dtype(dtype):
+            raise ValueError(f"{key!r} has dtype {value.dtype}, expected {np.dtype(dtype)}")
+        arrays.append(value)
+    return arrays
+
+
+def _call(program, specs, outputs, groups):
+    return dict(zip(outputs, jax.jit(program)(*_arrays(specs, groups))))
+
+
+_GROUP = {"param": "params", "input": "batch", "state": "state", "cotangent": "inputs", "any": "inputs"}
+'''
+
+FORWARD = '''
+def forward(params, batch):
+    """The loss of the program as written."""
+    return _call(_forward, FORWARD_ARGS, FORWARD_OUTPUTS, {"params": params, "batch": batch})["loss"]
+'''
+
+GRAD = '''
+def grad(params, batch):
+    """(loss, grads) as loss.backward() leaves them; grads keyed by parameter name."""
+    out = _call(_grad, GRAD_ARGS, GRAD_OUTPUTS, {"params": params, "batch": batch})
+    loss = out.pop("loss")
+    return loss, {key[len("grad."):]: value for key, value in out.items()}
+'''
+
+STEP = '''
+STATE_INITIAL_VALUES = {state_initial}
+
+
+def init_state(params):
+    """The state of a first step (momentum buffers at zero, and so on)."""
+    _arrays([s for s in STEP_ARGS if s[1] == "param"], {{"params": params}})
+    return {{key: jnp.full(shape, STATE_INITIAL_VALUES.get(key, 0.0), dtype=dtype)
+            for key, role, shape, dtype in STEP_ARGS if role == "state"}}
+
+
+def step(params, state, batch):
+    """One SGD step: (new params, new state, loss)."""
+    out = _call(_step, STEP_ARGS, STEP_OUTPUTS, {{"params": params, "state": state, "batch": batch}})
+    loss = out.pop("loss")
+    names = [key for key, role, _, _ in STEP_ARGS if role == "param"]
+    return {{key: out.pop(key) for key in names}}, out, loss
+'''
+
+RUN = '''
+def run(inputs):
+    """The program given to stepc, dict in and dict out, keyed as `stepc exec` keys its .npz files."""
+    specs = [(key, "any", shape, dtype) for key, _, shape, dtype in {upper}_ARGS]
+    values = _arrays(specs, {{"inputs": inputs}})
+    return {{key: np.asarray(value) for key, value in zip({upper}_OUTPUTS, jax.jit(_{name})(*values))}}
+'''
+
+
+def emit_module(module: ModuleOp, source: str) -> str:
+    """The Python module for `module` (step dialect or lowered); `source` names the file it came
+    from (and is read again for `grad` and `forward` beside a later program)."""
+    form = program_form(module)
+    programs: dict[str, ModuleOp] = {form if form in ("forward", "grad", "step") else "program": module}
+    if form in ("step", "grad"):
+        programs.update({k: v for k, v in earlier_programs(source, form).items() if k not in programs})
+    given = form if form in ("forward", "grad", "step") else "program"
+    needs_x64 = any(jax_function(m).needs_x64 for m in programs.values())
+
+    out = [
+        f"# Generated by stepc from {one_line_comment(ascii(str(source)))}; it needs only JAX and NumPy.",
+        '"""A training step compiled by stepc.',
+        "",
+        "Functions (dicts keyed by the program's IR names): " + ", ".join(functions_of(programs)) + ".",
+        '"""',
+        "",
+        "import jax",
+        "import jax.numpy as jnp",
+        "import numpy as np",
+        "from jax import lax",
+        "",
+        "",
+    ]
+    if needs_x64:
+        out += ["jax.config.update('jax_enable_x64', True)  # the program computes in float64", "", ""]
+    out += HELPERS_SOURCE.strip("\n").split("\n") + ["", ""]
+    for name, program in programs.items():
+        out += program_source(program, name)
+    out += RUNTIME.strip("\n").split("\n") + ["", ""]
+    if "forward" in programs:
+        out += FORWARD.strip("\n").split("\n") + ["", ""]
+    if "grad" in programs:
+        out += GRAD.strip("\n").split("\n") + ["", ""]
+    if "step" in programs:
+        from stepc.api import state_initial_values
+
+        initial = literal_dict(state_initial_values())
+        out += STEP.format(state_initial=initial).strip("\n").split("\n") + ["", ""]
+    out += RUN.format(name=given, upper=given.upper()).strip("\n").split("\n")
+    return "\n".join(out) + "\n"
+
+
+def literal_dict(values: dict[str, float]) -> str:
+    return "{" + ", ".join(f"{k!a}: {float_literal(v)}" for k, v in sorted(values.items())) + "}"
+
+
+def functions_of(programs: dict[str, ModuleOp]) -> list[str]:
+    names = []
+    if "step" in programs:
+        names += ["init_state(params)", "step(params, state, batch)"]
+    if "grad" in programs:
+        names.append("grad(params, batch)")
+    if "forward" in programs:
+        names.append("forward(params, batch)")
+    names.append("run(inputs)")
+    return names
+
+
+def earlier_programs(source: str, form: str) -> dict[str, ModuleOp]:
+    """The input program and (for a step) the program after seed-scalar-loss, from the source file."""
+    from pathlib import Path
+
+    from stepc.ir.diagnostics import StepcError
+    from stepc.ir.parse import load
+    from stepc.passes.pipeline import Pipeline
+
+    if source == "-" or not Path(source).is_file():
+        return {}
+    try:
+        forward = load(source)
+        out = {"forward": forward.clone()}
+        if form == "step":
+            pipeline = Pipeline.default(lower=False, check=False)
+            if "fuse-sgd" in pipeline.names:
+                pipeline.names = list(pipeline.names)[: list(pipeline.names).index("fuse-sgd")]
+            pipeline.run(forward)
+            out["grad"] = forward
+        return out
+    except StepcError:
+        return {}

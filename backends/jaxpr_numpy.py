@@ -1,0 +1,210 @@
+"""Evaluate a jaxpr with NumPy: JAX's transformations without an XLA compile.
+
+`jax.make_jaxpr(jax.jvp(f, ...))` or `jax.make_jaxpr(jax.grad(f))` applies JAX's own
+differentiation rules; evaluating the resulting jaxpr here, one NumPy call per `jax.lax`
+primitive, gives the same numbers as XLA would (up to rounding) in milliseconds, where XLA
+spends a compile per program. Contracts and tests that check thousands of small random programs
+use it (`numpy_forward_mode` in `stepc.passes.contracts`); everything else runs XLA.
+
+Only the primitives that the JAX backend and the tests' JAX twins produce are implemented; any
+other is a `NotImplementedError` naming it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+Array = np.ndarray
+
+
+def _dot_general(lhs: Array, rhs: Array, *, dimension_numbers: Any, **_: Any) -> Array:
+    (lc, rc), (lb, rb) = dimension_numbers
+    letters = iter("abcdefghijklmnopqrstuvwxyz")
+    lhs_sub = [next(letters) for _ in range(lhs.ndim)]
+    rhs_sub = [""] * rhs.ndim
+    for l_dim, r_dim in zip(lb, rb):
+        rhs_sub[r_dim] = lhs_sub[l_dim]
+    for l_dim, r_dim in zip(lc, rc):
+        rhs_sub[r_dim] = lhs_sub[l_dim]
+    for i in range(rhs.ndim):
+        if not rhs_sub[i]:
+            rhs_sub[i] = next(letters)
+    batch = [lhs_sub[d] for d in lb]
+    lhs_free = [s for i, s in enumerate(lhs_sub) if i not in lb and i not in lc]
+    rhs_free = [s for i, s in enumerate(rhs_sub) if i not in rb and i not in rc]
+    spec = f"{''.join(lhs_sub)},{''.join(rhs_sub)}->{''.join(batch + lhs_free + rhs_free)}"
+    return np.einsum(spec, lhs, rhs)
+
+
+def _broadcast_in_dim(x: Array, *, shape: Sequence[int], broadcast_dimensions: Sequence[int], **_: Any) -> Array:
+    expanded = [1] * len(shape)
+    for i, d in enumerate(broadcast_dimensions):
+        expanded[d] = x.shape[i]
+    return np.broadcast_to(np.reshape(x, expanded), tuple(shape))
+
+
+def _gather(operand: Array, indices: Array, *, dimension_numbers: Any, slice_sizes: Sequence[int], **_: Any) -> Array:
+    """XLA's gather, element by element (the index vector in the last dim of `indices`)."""
+    n = dimension_numbers
+    batch_shape = indices.shape[:-1]
+    offset_dims = tuple(n.offset_dims)
+    collapsed = set(n.collapsed_slice_dims) | set(n.operand_batching_dims)
+    window_dims = [d for d in range(operand.ndim) if d not in collapsed]
+    out_rank = len(batch_shape) + len(offset_dims)
+    batch_positions = [d for d in range(out_rank) if d not in offset_dims]
+    out_shape = [0] * out_rank
+    for pos, size in zip(batch_positions, batch_shape):
+        out_shape[pos] = size
+    for pos, d in zip(offset_dims, window_dims):
+        out_shape[pos] = slice_sizes[d]
+    out = np.empty(out_shape, dtype=operand.dtype)
+    for out_index in np.ndindex(*out_shape):
+        batch_index = tuple(out_index[p] for p in batch_positions)
+        start = [0] * operand.ndim
+        for k, d in enumerate(n.start_index_map):
+            start[d] = int(indices[batch_index + (k,)])
+        for operand_dim, indices_dim in zip(n.operand_batching_dims, n.start_indices_batching_dims):
+            start[operand_dim] = batch_index[indices_dim]
+        for d in range(operand.ndim):  # clamp as XLA does
+            start[d] = min(max(start[d], 0), operand.shape[d] - slice_sizes[d])
+        full = list(start)
+        for pos, d in zip(offset_dims, window_dims):
+            full[d] += out_index[pos]
+        out[out_index] = operand[tuple(full)]
+    return out
+
+
+def _plain(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A NumPy function of arrays only (the primitive's params, such as shardings, ignored)."""
+    return lambda *xs, **_: fn(*xs)
+
+
+def _reduce(fn: Callable[..., Array]) -> Callable[..., Array]:
+    return lambda x, *, axes, **_: fn(x, axis=tuple(axes))
+
+
+def _convert(x: Array, *, new_dtype: Any, **_: Any) -> Array:
+    return np.asarray(x).astype(new_dtype)
+
+
+def _iota(*, dtype: Any, shape: Sequence[int], dimension: int, **_: Any) -> Array:
+    index = np.arange(shape[dimension], dtype=dtype)
+    expanded = [1] * len(shape)
+    expanded[dimension] = shape[dimension]
+    return np.broadcast_to(index.reshape(expanded), tuple(shape)).copy()
+
+
+def _select_n(which: Array, *cases: Array, **_: Any) -> Array:
+    return np.choose(np.asarray(which).astype(np.int64), np.broadcast_arrays(*cases))
+
+
+def _sigmoid(x: Array, **_: Any) -> Array:
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype)
+
+
+def _call(jaxpr_param: str) -> Callable[..., list[Array]]:
+    def call(*args: Array, **params: Any) -> list[Array]:
+        closed = params[jaxpr_param]
+        inner = getattr(closed, "jaxpr", closed)
+        consts = getattr(closed, "consts", ())
+        return eval_jaxpr(inner, consts, *args)
+
+    return call
+
+
+PRIMITIVES: dict[str, Callable[..., Any]] = {
+    "add": _plain(np.add),
+    "add_any": _plain(np.add),
+    "sub": _plain(np.subtract),
+    "mul": _plain(np.multiply),
+    "div": _plain(np.divide),
+    "neg": _plain(np.negative),
+    "max": _plain(np.maximum),
+    "min": _plain(np.minimum),
+    "exp": _plain(np.exp),
+    "exp2": _plain(np.exp2),
+    "log": _plain(np.log),
+    "log1p": _plain(np.log1p),
+    "expm1": _plain(np.expm1),
+    "tanh": _plain(np.tanh),
+    "logistic": _sigmoid,
+    "sqrt": _plain(np.sqrt),
+    "rsqrt": lambda x, **_: 1.0 / np.sqrt(x),
+    "abs": _plain(np.abs),
+    "sign": _plain(np.sign),
+    "square": _plain(np.square),
+    "integer_pow": lambda x, *, y, **_: np.power(x, y),
+    "pow": _plain(np.power),
+    "eq": _plain(np.equal),
+    "ne": _plain(np.not_equal),
+    "lt": _plain(np.less),
+    "le": _plain(np.less_equal),
+    "gt": _plain(np.greater),
+    "ge": _plain(np.greater_equal),
+    "and": _plain(np.logical_and),
+    "or": _plain(np.logical_or),
+    "not": _plain(np.logical_not),
+    "select_n": _select_n,
+    "stop_gradient": _plain(lambda x: x),
+    "copy": _plain(np.copy),
+    "copy_p": _plain(np.copy),
+    "convert_element_type": _convert,
+    "dot_general": _dot_general,
+    "transpose": lambda x, *, permutation, **_: np.transpose(x, permutation),
+    "reshape": lambda x, *, new_sizes, **_: np.reshape(x, tuple(new_sizes)),
+    "squeeze": lambda x, *, dimensions, **_: np.squeeze(x, axis=tuple(dimensions)),
+    "expand_dims": lambda x, *, dimensions, **_: np.expand_dims(x, tuple(dimensions)),
+    "broadcast_in_dim": _broadcast_in_dim,
+    "reduce_sum": _reduce(np.sum),
+    "reduce_max": _reduce(np.max),
+    "reduce_min": _reduce(np.min),
+    "reduce_prod": _reduce(np.prod),
+    "argmax": lambda x, *, axes, index_dtype, **_: np.argmax(x, axis=axes[0]).astype(index_dtype),
+    "iota": _iota,
+    "gather": _gather,
+    "pjit": _call("jaxpr"),
+    "jit": _call("jaxpr"),
+    "closed_call": _call("call_jaxpr"),
+    "custom_jvp_call": _call("call_jaxpr"),
+    "custom_vjp_call": _call("call_jaxpr"),
+    "custom_vjp_call_jaxpr": _call("fun_jaxpr"),
+}
+
+
+def eval_jaxpr(jaxpr: Any, consts: Sequence[Any], *args: Any) -> list[Array]:
+    """The outputs of `jaxpr` on NumPy inputs, in float64 where the jaxpr says so."""
+    from jax.extend.core import Literal
+
+    env: dict[Any, Array] = {}
+
+    def read(v: Any) -> Array:
+        return np.asarray(v.val) if isinstance(v, Literal) else env[v]
+
+    for var, value in zip(jaxpr.constvars, consts):
+        env[var] = np.asarray(value)
+    for var, value in zip(jaxpr.invars, args):
+        env[var] = np.asarray(value)
+    with np.errstate(all="ignore"):
+        for eqn in jaxpr.eqns:
+            rule = PRIMITIVES.get(eqn.primitive.name)
+            if rule is None:
+                raise NotImplementedError(f"jaxpr_numpy: no NumPy rule for the primitive '{eqn.primitive.name}'")
+            outputs = rule(*(read(v) for v in eqn.invars), **eqn.params)
+            if not eqn.primitive.multiple_results:
+                outputs = [outputs]
+            for var, value in zip(eqn.outvars, outputs):
+                env[var] = np.asarray(value, dtype=var.aval.dtype).reshape(var.aval.shape)
+    return [read(v) for v in jaxpr.outvars]
+
+
+def evaluate(fn: Callable[..., Any], *args: Any) -> list[Array]:
+    """`fn(*args)` traced by JAX (with its transformations) and evaluated with NumPy; the
+    outputs flattened (`jax.tree_util.tree_leaves` order)."""
+    import jax
+
+    closed = jax.make_jaxpr(fn)(*args)
+    return eval_jaxpr(closed.jaxpr, closed.consts, *jax.tree_util.tree_leaves(args))

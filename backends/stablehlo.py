@@ -1,0 +1,581 @@
+"""The StableHLO subset that `lower-to-stablehlo` emits, and its text as XLA reads it.
+
+Why our own subset instead of the field's StableHLO dialect for xDSL (`xdsl-jax`): every
+release of `xdsl-jax` up to 0.6.0 requires `xdsl~=0.73.0`, while the spec fixes xDSL 0.74,
+and xDSL's API moves between minor versions. So this module declares, in IRDL, exactly the
+ops the lowering emits (nothing more), with the three attributes that need StableHLO's own
+syntax: `#stablehlo<comparison_direction GT>`, `#stablehlo.dot<...>` and
+`#stablehlo.gather<...>`. The ops print in MLIR's generic form
+(`%0 = "stablehlo.add"(%a, %b) : (tensor<4xf32>, tensor<4xf32>) -> tensor<4xf32>`), which XLA's
+MLIR parser accepts as it is; `module_text` wraps the function as
+`module @name { func.func public @main(...) }`, the form
+`jax.extend.backend.get_backend().compile_and_load` compiles. The same text parses back
+with `parse_module` (the `stepc check --pass lower-to-stablehlo` path reads dumps).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+import math
+from io import StringIO
+
+from xdsl.dialects import func
+from xdsl.dialects.builtin import (
+    ArrayAttr,
+    BoolAttr,
+    DenseArrayBase,
+    DenseIntOrFPElementsAttr,
+    DictionaryAttr,
+    IntAttr,
+    IntegerAttr,
+    IntegerType,
+    ModuleOp,
+    StringAttr,
+    TensorType,
+    UnitAttr,
+    i1,
+    i64,
+)
+from xdsl.dialects.utils.enum_attribute import EnumAttribute
+from xdsl.ir import Attribute, Block, Dialect, ParametrizedAttribute, Region, SpacedOpaqueSyntaxAttribute, SSAValue
+from xdsl.irdl import (
+    IRDLOperation,
+    irdl_attr_definition,
+    irdl_op_definition,
+    operand_def,
+    opt_prop_def,
+    param_def,
+    prop_def,
+    region_def,
+    result_def,
+    traits_def,
+    var_operand_def,
+)
+from xdsl.parser import AttrParser
+from xdsl.printer import Printer
+from xdsl.traits import IsTerminator, Pure
+from xdsl.utils.exceptions import VerifyException
+from xdsl.utils.str_enum import StrEnum
+
+# ---------------------------------------------------------------------------------------------
+# Attributes
+
+
+class ComparisonDirection(StrEnum):
+    EQ = "EQ"
+    NE = "NE"
+    GE = "GE"
+    GT = "GT"
+    LE = "LE"
+    LT = "LT"
+
+
+@irdl_attr_definition
+class ComparisonDirectionAttr(EnumAttribute[ComparisonDirection], SpacedOpaqueSyntaxAttribute):
+    """`#stablehlo<comparison_direction GT>`"""
+
+    name = "stablehlo.comparison_direction"
+
+
+def _int_list(values: Sequence[int]) -> ArrayAttr[IntAttr]:
+    return ArrayAttr([IntAttr(int(v)) for v in values])
+
+
+class _DimensionNumbers(ParametrizedAttribute):
+    """Shared text form of `#stablehlo.dot<...>` and `#stablehlo.gather<...>`: `key = [..]` or
+    `key = N` fields, empty lists left out, as StableHLO prints them."""
+
+    FIELDS: ClassVar[tuple[str, ...]] = ()
+    SCALAR_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    def field(self, key: str) -> tuple[int, ...] | int:
+        param = self.parameters[self.FIELDS.index(key)]
+        if isinstance(param, IntAttr):
+            return param.data
+        assert isinstance(param, ArrayAttr)
+        return tuple(p.data for p in param.data)  # type: ignore[union-attr]
+
+    def print_parameters(self, printer: Printer) -> None:
+        items = []
+        for key in self.FIELDS:
+            value = self.field(key)
+            if key in self.SCALAR_FIELDS:
+                items.append(f"{key} = {value}")
+            elif value:
+                items.append(f"{key} = [{', '.join(str(v) for v in value)}]")  # type: ignore[union-attr]
+        printer.print_string("<" + ", ".join(items) + ">")
+
+    @classmethod
+    def parse_parameters(cls, parser: AttrParser) -> Sequence[Attribute]:
+        values: dict[str, Attribute] = {}
+
+        def parse_field() -> None:
+            pos = parser.pos
+            key = parser.parse_identifier()
+            if key not in cls.FIELDS:
+                parser.raise_error(f"unknown field '{key}' of {cls.name}", pos, parser.pos)
+            parser.parse_punctuation("=")
+            if key in cls.SCALAR_FIELDS:
+                values[key] = IntAttr(parser.parse_integer())
+            else:
+                values[key] = _int_list(
+                    parser.parse_comma_separated_list(parser.Delimiter.SQUARE, parser.parse_integer)
+                )
+
+        parser.parse_comma_separated_list(parser.Delimiter.ANGLE, parse_field)
+        return tuple(values.get(k, IntAttr(0) if k in cls.SCALAR_FIELDS else _int_list([])) for k in cls.FIELDS)
+
+
+@irdl_attr_definition
+class DotAttr(_DimensionNumbers):
+    """`#stablehlo.dot<lhs_batching_dimensions = [0], rhs_batching_dimensions = [0],
+    lhs_contracting_dimensions = [2], rhs_contracting_dimensions = [1]>`"""
+
+    name = "stablehlo.dot"
+    FIELDS = (
+        "lhs_batching_dimensions",
+        "rhs_batching_dimensions",
+        "lhs_contracting_dimensions",
+        "rhs_contracting_dimensions",
+    )
+
+    lhs_batching_dimensions: ArrayAttr[IntAttr] = param_def()
+    rhs_batching_dimensions: ArrayAttr[IntAttr] = param_def()
+    lhs_contracting_dimensions: ArrayAttr[IntAttr] = param_def()
+    rhs_contracting_dimensions: ArrayAttr[IntAttr] = param_def()
+
+    @staticmethod
+    def make(lhs_batch: Sequence[int], rhs_batch: Sequence[int], lhs_contract: Sequence[int],
+             rhs_contract: Sequence[int]) -> DotAttr:  # fmt: skip
+        return DotAttr(_int_list(lhs_batch), _int_list(rhs_batch), _int_list(lhs_contract), _int_list(rhs_contract))
+
+
+@irdl_attr_definition
+class GatherAttr(_DimensionNumbers):
+    """`#stablehlo.gather<collapsed_slice_dims = [1], operand_batching_dims = [0],
+    start_indices_batching_dims = [0], start_index_map = [1], index_vector_dim = 1>`"""
+
+    name = "stablehlo.gather"
+    FIELDS = (
+        "offset_dims",
+        "collapsed_slice_dims",
+        "operand_batching_dims",
+        "start_indices_batching_dims",
+        "start_index_map",
+        "index_vector_dim",
+    )
+    SCALAR_FIELDS = ("index_vector_dim",)
+
+    offset_dims: ArrayAttr[IntAttr] = param_def()
+    collapsed_slice_dims: ArrayAttr[IntAttr] = param_def()
+    operand_batching_dims: ArrayAttr[IntAttr] = param_def()
+    start_indices_batching_dims: ArrayAttr[IntAttr] = param_def()
+    start_index_map: ArrayAttr[IntAttr] = param_def()
+    index_vector_dim: IntAttr = param_def()
+
+    @staticmethod
+    def make(*, offset_dims: Sequence[int], collapsed_slice_dims: Sequence[int], operand_batching_dims: Sequence[int],
+             start_indices_batching_dims: Sequence[int], start_index_map: Sequence[int],
+             index_vector_dim: int) -> GatherAttr:  # fmt: skip
+        return GatherAttr(
+            _int_list(offset_dims),
+            _int_list(collapsed_slice_dims),
+            _int_list(operand_batching_dims),
+            _int_list(start_indices_batching_dims),
+            _int_list(start_index_map),
+            IntAttr(index_vector_dim),
+        )
+
+
+def i64_array(values: Sequence[int]) -> DenseArrayBase:
+    """`array<i64: 1, 0>`"""
+    return DenseArrayBase.from_list(i64, [int(v) for v in values])
+
+
+def i64_values(attr: DenseArrayBase) -> tuple[int, ...]:
+    return tuple(int(v) for v in attr.get_values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Ops
+
+
+def _type(value: SSAValue) -> TensorType[Attribute]:
+    t = value.type
+    if not isinstance(t, TensorType):
+        raise VerifyException(f"expected a tensor, found {t}")
+    return t
+
+
+class StableHLOOp(IRDLOperation):
+    """Every op of the subset is pure and prints in MLIR's generic form."""
+
+    traits = traits_def(Pure())
+
+
+class ElementwiseBinary(StableHLOOp):
+    """`%r = "stablehlo.add"(%a, %b) : (T, T) -> T`, operands of one shape (no implicit broadcast)."""
+
+    lhs = operand_def(TensorType)
+    rhs = operand_def(TensorType)
+    result = result_def(TensorType)
+
+    def __init__(self, lhs: SSAValue, rhs: SSAValue):
+        super().__init__(operands=[lhs, rhs], result_types=[lhs.type])
+
+    def verify_(self) -> None:
+        if _type(self.lhs).get_shape() != _type(self.rhs).get_shape():
+            raise VerifyException(f"{self.name}: operand shapes differ: {self.lhs.type} and {self.rhs.type}")
+
+
+class ElementwiseUnary(StableHLOOp):
+    """`%r = "stablehlo.exponential"(%a) : (T) -> T`"""
+
+    operand = operand_def(TensorType)
+    result = result_def(TensorType)
+
+    def __init__(self, operand: SSAValue):
+        super().__init__(operands=[operand], result_types=[operand.type])
+
+
+def _binary(name: str) -> type[ElementwiseBinary]:
+    cls_name = "".join(p.title() for p in name.split(".")[1].split("_")) + "Op"
+    return irdl_op_definition(type(cls_name, (ElementwiseBinary,), {"name": name, "__doc__": f'`"{name}"(%a, %b)`'}))
+
+
+def _unary(name: str) -> type[ElementwiseUnary]:
+    cls_name = "".join(p.title() for p in name.split(".")[1].split("_")) + "Op"
+    return irdl_op_definition(type(cls_name, (ElementwiseUnary,), {"name": name, "__doc__": f'`"{name}"(%a)`'}))
+
+
+AddOp = _binary("stablehlo.add")
+SubtractOp = _binary("stablehlo.subtract")
+MultiplyOp = _binary("stablehlo.multiply")
+DivideOp = _binary("stablehlo.divide")
+MaxOp = _binary("stablehlo.maximum")
+MinOp = _binary("stablehlo.minimum")
+
+NegateOp = _unary("stablehlo.negate")
+ExpOp = _unary("stablehlo.exponential")
+LogOp = _unary("stablehlo.log")
+TanhOp = _unary("stablehlo.tanh")
+LogisticOp = _unary("stablehlo.logistic")
+SqrtOp = _unary("stablehlo.sqrt")
+RsqrtOp = _unary("stablehlo.rsqrt")
+AbsOp = _unary("stablehlo.abs")
+
+
+@irdl_op_definition
+class ConstantOp(StableHLOOp):
+    """`%c = "stablehlo.constant"() <{value = dense<0.5> : tensor<f32>}> : () -> tensor<f32>`"""
+
+    name = "stablehlo.constant"
+
+    value = prop_def(DenseIntOrFPElementsAttr)
+    output = result_def(TensorType)
+
+    def __init__(self, value: DenseIntOrFPElementsAttr):
+        super().__init__(properties={"value": value}, result_types=[value.type])
+
+
+@irdl_op_definition
+class ConvertOp(StableHLOOp):
+    """`%r = "stablehlo.convert"(%a) : (tensor<4xi1>) -> tensor<4xf32>`"""
+
+    name = "stablehlo.convert"
+
+    operand = operand_def(TensorType)
+    result = result_def(TensorType)
+
+    def __init__(self, operand: SSAValue, result_type: Attribute):
+        super().__init__(operands=[operand], result_types=[result_type])
+
+
+@irdl_op_definition
+class CompareOp(StableHLOOp):
+    """`%m = "stablehlo.compare"(%a, %b) <{comparison_direction = #stablehlo<comparison_direction GT>}>
+    : (tensor<4xf32>, tensor<4xf32>) -> tensor<4xi1>`"""
+
+    name = "stablehlo.compare"
+
+    lhs = operand_def(TensorType)
+    rhs = operand_def(TensorType)
+    result = result_def(TensorType)
+    comparison_direction = prop_def(ComparisonDirectionAttr)
+
+    def __init__(self, direction: ComparisonDirection, lhs: SSAValue, rhs: SSAValue):
+        shape = _type(lhs).get_shape()
+        super().__init__(
+            operands=[lhs, rhs],
+            result_types=[TensorType(i1, shape)],
+            properties={"comparison_direction": ComparisonDirectionAttr(direction)},
+        )
+
+    @property
+    def direction(self) -> ComparisonDirection:
+        return self.comparison_direction.data
+
+
+@irdl_op_definition
+class SelectOp(StableHLOOp):
+    """`%r = "stablehlo.select"(%mask, %a, %b) : (tensor<4xi1>, T, T) -> T`"""
+
+    name = "stablehlo.select"
+
+    pred = operand_def(TensorType)
+    on_true = operand_def(TensorType)
+    on_false = operand_def(TensorType)
+    result = result_def(TensorType)
+
+    def __init__(self, pred: SSAValue, on_true: SSAValue, on_false: SSAValue):
+        super().__init__(operands=[pred, on_true, on_false], result_types=[on_true.type])
+
+
+@irdl_op_definition
+class BroadcastInDimOp(StableHLOOp):
+    """`%r = "stablehlo.broadcast_in_dim"(%a) <{broadcast_dimensions = array<i64: 1>}>
+    : (tensor<32xf32>) -> tensor<16x32xf32>`"""
+
+    name = "stablehlo.broadcast_in_dim"
+
+    operand = operand_def(TensorType)
+    result = result_def(TensorType)
+    broadcast_dimensions = prop_def(DenseArrayBase)
+
+    def __init__(self, operand: SSAValue, dims: Sequence[int], result_type: Attribute):
+        super().__init__(
+            operands=[operand], result_types=[result_type], properties={"broadcast_dimensions": i64_array(dims)}
+        )
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        return i64_values(self.broadcast_dimensions)
+
+
+@irdl_op_definition
+class ReshapeOp(StableHLOOp):
+    """`%r = "stablehlo.reshape"(%a) : (tensor<4x8xf32>) -> tensor<32xf32>`"""
+
+    name = "stablehlo.reshape"
+
+    operand = operand_def(TensorType)
+    result = result_def(TensorType)
+
+    def __init__(self, operand: SSAValue, result_type: Attribute):
+        super().__init__(operands=[operand], result_types=[result_type])
+
+
+@irdl_op_definition
+class TransposeOp(StableHLOOp):
+    """`%r = "stablehlo.transpose"(%a) <{permutation = array<i64: 1, 0>}> : (tensor<4x8xf32>) -> tensor<8x4xf32>`"""
+
+    name = "stablehlo.transpose"
+
+    operand = operand_def(TensorType)
+    result = result_def(TensorType)
+    permutation = prop_def(DenseArrayBase)
+
+    def __init__(self, operand: SSAValue, perm: Sequence[int], result_type: Attribute):
+        super().__init__(operands=[operand], result_types=[result_type], properties={"permutation": i64_array(perm)})
+
+    @property
+    def perm(self) -> tuple[int, ...]:
+        return i64_values(self.permutation)
+
+
+@irdl_op_definition
+class DotGeneralOp(StableHLOOp):
+    """`%r = "stablehlo.dot_general"(%a, %b) <{dot_dimension_numbers = #stablehlo.dot<
+    lhs_contracting_dimensions = [1], rhs_contracting_dimensions = [0]>}> : (Ta, Tb) -> Tr`"""
+
+    name = "stablehlo.dot_general"
+
+    lhs = operand_def(TensorType)
+    rhs = operand_def(TensorType)
+    result = result_def(TensorType)
+    dot_dimension_numbers = prop_def(DotAttr)
+
+    def __init__(self, lhs: SSAValue, rhs: SSAValue, numbers: DotAttr, result_type: Attribute):
+        super().__init__(operands=[lhs, rhs], result_types=[result_type], properties={"dot_dimension_numbers": numbers})
+
+
+@irdl_op_definition
+class IotaOp(StableHLOOp):
+    """`%i = "stablehlo.iota"() <{iota_dimension = 1 : i64}> : () -> tensor<16x10xi32>`"""
+
+    name = "stablehlo.iota"
+
+    output = result_def(TensorType)
+    iota_dimension = prop_def(IntegerAttr)
+
+    def __init__(self, dimension: int, result_type: Attribute):
+        super().__init__(result_types=[result_type], properties={"iota_dimension": IntegerAttr(dimension, i64)})
+
+    @property
+    def dimension(self) -> int:
+        return int(self.iota_dimension.value.data)
+
+
+@irdl_op_definition
+class GatherOp(StableHLOOp):
+    """`%r = "stablehlo.gather"(%logits, %idx) <{dimension_numbers = #stablehlo.gather<...>,
+    slice_sizes = array<i64: 1, 1>}> : (tensor<16x10xf32>, tensor<16x1xi32>) -> tensor<16xf32>`"""
+
+    name = "stablehlo.gather"
+
+    operand = operand_def(TensorType)
+    start_indices = operand_def(TensorType)
+    result = result_def(TensorType)
+    dimension_numbers = prop_def(GatherAttr)
+    slice_sizes = prop_def(DenseArrayBase)
+    indices_are_sorted = opt_prop_def(BoolAttr)
+
+    def __init__(self, operand: SSAValue, indices: SSAValue, numbers: GatherAttr, slice_sizes: Sequence[int],
+                 result_type: Attribute):  # fmt: skip
+        super().__init__(
+            operands=[operand, indices],
+            result_types=[result_type],
+            properties={"dimension_numbers": numbers, "slice_sizes": i64_array(slice_sizes)},
+        )
+
+
+@irdl_op_definition
+class ReturnOp(IRDLOperation):
+    """`"stablehlo.return"(%s) : (tensor<f32>) -> ()` (ends a reduce body)"""
+
+    name = "stablehlo.return"
+
+    results_ = var_operand_def(TensorType)
+    traits = traits_def(IsTerminator(), Pure())
+
+    def __init__(self, values: Sequence[SSAValue]):
+        super().__init__(operands=[list(values)])
+
+
+@irdl_op_definition
+class ReduceOp(StableHLOOp):
+    """One input, one init value, a body combining two rank-0 tensors:
+    `%r = "stablehlo.reduce"(%a, %zero) <{dimensions = array<i64: 1>}> ({ ^bb0(%x: tensor<f32>, %y: tensor<f32>):
+    %s = "stablehlo.add"(%x, %y) ...; "stablehlo.return"(%s) ... }) : (tensor<4x3xf32>, tensor<f32>) -> tensor<4xf32>`"""
+
+    name = "stablehlo.reduce"
+
+    input = operand_def(TensorType)
+    init_value = operand_def(TensorType)
+    result = result_def(TensorType)
+    dimensions = prop_def(DenseArrayBase)
+    body = region_def("single_block")
+
+    def __init__(self, input: SSAValue, init: SSAValue, dims: Sequence[int], combiner: type[ElementwiseBinary],
+                 result_type: Attribute):  # fmt: skip
+        scalar = init.type
+        block = Block(arg_types=[scalar, scalar])
+        combined = combiner(block.args[0], block.args[1])
+        block.add_ops([combined, ReturnOp([combined.result])])
+        super().__init__(
+            operands=[input, init],
+            result_types=[result_type],
+            properties={"dimensions": i64_array(dims)},
+            regions=[Region(block)],
+        )
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        return i64_values(self.dimensions)
+
+    @property
+    def combiner(self) -> type[IRDLOperation] | None:
+        """The body's one combining op class (add, maximum, ...), or None for another body."""
+        ops = list(self.body.block.ops)
+        if len(ops) != 2 or not isinstance(ops[1], ReturnOp):
+            return None
+        op = ops[0]
+        args = self.body.block.args
+        if not isinstance(op, ElementwiseBinary) or (op.lhs, op.rhs) != (args[0], args[1]):
+            return None
+        return type(op)
+
+
+OPS: tuple[type[IRDLOperation], ...] = (
+    AddOp, SubtractOp, MultiplyOp, DivideOp, MaxOp, MinOp,
+    NegateOp, ExpOp, LogOp, TanhOp, LogisticOp, SqrtOp, RsqrtOp, AbsOp,
+    ConstantOp, ConvertOp, CompareOp, SelectOp, BroadcastInDimOp, ReshapeOp, TransposeOp,
+    DotGeneralOp, IotaOp, GatherOp, ReduceOp, ReturnOp,
+)  # fmt: skip
+
+StableHLO = Dialect("stablehlo", list(OPS), [ComparisonDirectionAttr, DotAttr, GatherAttr])
+
+
+# ---------------------------------------------------------------------------------------------
+# Text
+
+
+def is_lowered(module: ModuleOp) -> bool:
+    """Whether the module holds StableHLO (the output of lower-to-stablehlo)."""
+    return any(op.name.startswith("stablehlo.") for op in module.walk())
+
+
+def harmless_arg_attrs(attrs: DictionaryAttr) -> DictionaryAttr:
+    """Argument attributes XLA's parser accepts: `#step.sgd<...>` overrides become a plain
+    `{step.param}` (the optimizer has been applied by then); the roles stay."""
+    out: dict[str, Attribute] = {}
+    for key, value in attrs.data.items():
+        if key == "step.param":
+            out[key] = UnitAttr()
+        elif isinstance(value, (UnitAttr, StringAttr, IntegerAttr)):  # BoolAttr is an IntegerAttr
+            out[key] = value
+    return DictionaryAttr(out)
+
+
+def module_text(module: ModuleOp) -> str:
+    """The lowered module as MLIR text that XLA compiles as it is:
+    `module @name { func.func public @main(...) -> ... { "stablehlo.add"(...) ... } }`."""
+    out = StringIO()
+    printer = _StableHLOPrinter(stream=out)
+    printer.print_op(module)
+    text = out.getvalue()
+    if text.startswith("builtin.module"):
+        text = "module" + text[len("builtin.module") :]
+    return text + "\n"
+
+
+class _StableHLOPrinter(Printer):
+    """xDSL's printer, except that float constants holding inf or NaN print as MLIR's raw
+    little-endian hex form `dense<"0x0000807F">`, which both XLA and xDSL read back exactly
+    (xDSL's parser reads a bare `0xFF800000` element as an integer)."""
+
+    def print_attribute(self, attribute: Attribute) -> None:
+        if isinstance(attribute, DenseIntOrFPElementsAttr) and _has_nonfinite(attribute):
+            self.print_string(f'dense<"0x{attribute.data.data.hex().upper()}"> : ')
+            self.print_attribute(attribute.type)
+            return
+        super().print_attribute(attribute)
+
+
+def _has_nonfinite(attr: DenseIntOrFPElementsAttr) -> bool:
+    if isinstance(attr.get_element_type(), (IntegerType,)):
+        return False
+    return not all(math.isfinite(v) for v in attr.get_values())
+
+
+def main_function(module: ModuleOp) -> func.FuncOp:
+    for op in module.ops:
+        if isinstance(op, func.FuncOp):
+            return op
+    raise ValueError("the module holds no func.func")
+
+
+def parse_module(text: str, name: str = "<stablehlo>") -> ModuleOp:
+    """Parse `module_text`'s output back (with locations, as the step IR)."""
+    from stepc.ir.parse import LocatedParser, make_context
+    from stepc.ir.diagnostics import SourceLoc, StepcError, remember_source
+    from xdsl.utils.exceptions import ParseError
+
+    remember_source(name, text)
+    ctx = make_context()
+    ctx.load_dialect(StableHLO)
+    try:
+        return LocatedParser(ctx, text, name).parse_module()
+    except ParseError as e:
+        raise StepcError(e.msg.strip(), SourceLoc.from_offset(name, text, e.span.start)) from None

@@ -1,0 +1,431 @@
+"""`lower-to-stablehlo`: every step op to the StableHLO ops XLA compiles, by one table.
+
+`LOWERINGS` maps each step op class to its rule, like `mlir.register_lowering(mul_p, ...)`
+in JAX; a step op without a rule is an error naming it (as an illegal op under MLIR's
+conversion target). A rule receives an `Emitter`, which inserts StableHLO ops before the step
+op with its location, and returns the value that replaces the step op's result.
+
+Conventions of the output (see `backends/stablehlo.py` for the text):
+- broadcasting is explicit (`broadcast_in_dim`); StableHLO elementwise ops take equal shapes;
+- `relu` is `select(x > 0, x, 0)`, never `max(x, 0)`, so that JAX's derivative at 0 is 0
+  (PyTorch's convention) when the lowered function is differentiated with `jax.grad`;
+- softmax, log_softmax and cross_entropy subtract the row maximum first (numerically stable);
+  cross_entropy is `mean(logsumexp - picked logit)` with the logit picked by a gather;
+- the function becomes `@main` (public) inside `module @<step name>`; argument roles and result
+  keys stay as attributes (`{step.param}`, `{step.output = "..."}`) that XLA ignores, so the
+  JAX backend and `stepc exec` still know every name.
+
+Contract: the JAX function of the lowered module equals the reference interpreter on random
+inputs, within a tolerance per element type.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import ClassVar
+
+import numpy as np
+from xdsl.context import Context
+from xdsl.dialects import func
+from xdsl.dialects.builtin import ArrayAttr, DenseIntOrFPElementsAttr, ModuleOp, StringAttr, TensorType, i32
+from xdsl.ir import Attribute, Operation, SSAValue
+from xdsl.passes import ModulePass
+
+from stepc.backends import stablehlo as shlo
+from stepc.ir import dialect as step
+from stepc.ir.diagnostics import error_at
+from stepc.ir.dialect import element_of, shape_of
+from stepc.ir.program import step_function
+from stepc.passes.contract import Contract, ContractReport
+
+# ---------------------------------------------------------------------------------------------
+# Building StableHLO before a step op
+
+
+class Emitter:
+    """Inserts StableHLO ops before `anchor` (the step op being lowered), at its location."""
+
+    def __init__(self, anchor: Operation):
+        self.anchor = anchor
+
+    def emit(self, op: Operation) -> SSAValue:
+        op.location = self.anchor.location
+        block = self.anchor.parent_block()
+        assert block is not None
+        block.insert_op_before(op, self.anchor)
+        return op.results[0]
+
+    def constant(self, value: float | Sequence[float], element: Attribute, shape: Sequence[int] = ()) -> SSAValue:
+        """`dense<value>` of the given element type and shape (a splat when one value)."""
+        values = [value] if isinstance(value, (int, float)) else list(value)
+        if element == i32:
+            values = [int(v) for v in values]
+        else:  # round to the element type first: 1e308 in f32 is inf (as torch), not a packing error
+            import numpy as np
+
+            from stepc.ir.values import numpy_dtype
+
+            with np.errstate(over="ignore"):
+                values = [float(np.asarray(v, dtype=np.float64).astype(numpy_dtype(element))) for v in values]
+        attr = DenseIntOrFPElementsAttr.from_list(TensorType(element, list(shape)), values)  # type: ignore[arg-type]
+        return self.emit(shlo.ConstantOp(attr))
+
+    def broadcast(self, value: SSAValue, shape: Sequence[int]) -> SSAValue:
+        """NumPy broadcasting of `value` to `shape` (trailing dims aligned); a no-op when equal."""
+        source = shape_of(value)
+        if tuple(source) == tuple(shape):
+            return value
+        lead = len(shape) - len(source)
+        return self.broadcast_dims(value, shape, range(lead, len(shape)))
+
+    def broadcast_dims(self, value: SSAValue, shape: Sequence[int], dims: Sequence[int]) -> SSAValue:
+        """`broadcast_in_dim`: dim i of `value` becomes dim `dims[i]` of the result."""
+        result_type = TensorType(element_of(value), list(shape))
+        return self.emit(shlo.BroadcastInDimOp(value, list(dims), result_type))
+
+    def kept_broadcast(self, reduced: SSAValue, shape: Sequence[int], axes: Sequence[int]) -> SSAValue:
+        """A value reduced over `axes` stretched back to `shape` (the reduced dims repeated)."""
+        kept = [d for d in range(len(shape)) if d not in axes]
+        return self.broadcast_dims(reduced, shape, kept)
+
+    def binary(self, cls: type[shlo.ElementwiseBinary], lhs: SSAValue, rhs: SSAValue) -> SSAValue:
+        shape = step_broadcast(shape_of(lhs), shape_of(rhs))
+        return self.emit(cls(self.broadcast(lhs, shape), self.broadcast(rhs, shape)))
+
+    def unary(self, cls: type[shlo.ElementwiseUnary], operand: SSAValue) -> SSAValue:
+        return self.emit(cls(operand))
+
+    def reduce(self, value: SSAValue, axes: Sequence[int], combiner: type[shlo.ElementwiseBinary]) -> SSAValue:
+        """Reduce `axes` (dropped) with `add` (init 0) or `maximum` (init -inf)."""
+        element = element_of(value)
+        init = self.constant(REDUCE_INIT[combiner], element)
+        shape = [d for i, d in enumerate(shape_of(value)) if i not in axes]
+        return self.emit(shlo.ReduceOp(value, init, list(axes), combiner, TensorType(element, shape)))
+
+    def divide_by_count(self, value: SSAValue, count: int) -> SSAValue:
+        """`value / count`, as `jnp.mean` divides its sum."""
+        divisor = self.constant(float(count), element_of(value))
+        return self.binary(shlo.DivideOp, value, divisor)
+
+    def compare(self, direction: shlo.ComparisonDirection, lhs: SSAValue, rhs: SSAValue) -> SSAValue:
+        shape = step_broadcast(shape_of(lhs), shape_of(rhs))
+        return self.emit(shlo.CompareOp(direction, self.broadcast(lhs, shape), self.broadcast(rhs, shape)))
+
+    def convert(self, value: SSAValue, element: Attribute) -> SSAValue:
+        return self.emit(shlo.ConvertOp(value, TensorType(element, list(shape_of_any(value)))))
+
+
+def step_broadcast(lhs: Sequence[int], rhs: Sequence[int]) -> tuple[int, ...]:
+    from stepc.ir.shapes import broadcast
+
+    return broadcast(tuple(lhs), tuple(rhs))
+
+
+def shape_of_any(value: SSAValue) -> tuple[int, ...]:
+    """The shape of any tensor value (i1 masks included, which the step dialect never has)."""
+    t = value.type
+    assert isinstance(t, TensorType)
+    return tuple(t.get_shape())
+
+
+REDUCE_INIT: dict[type[shlo.ElementwiseBinary], float] = {shlo.AddOp: 0.0, shlo.MaxOp: -math.inf}
+
+# ---------------------------------------------------------------------------------------------
+# The rules, one per step op
+
+
+Rule = Callable[[Emitter, Operation], SSAValue]
+
+
+def elementwise_binary(cls: type[shlo.ElementwiseBinary]) -> Rule:
+    return lambda b, op: b.binary(cls, op.lhs, op.rhs)  # type: ignore[attr-defined]
+
+
+def elementwise_unary(cls: type[shlo.ElementwiseUnary]) -> Rule:
+    return lambda b, op: b.unary(cls, op.input)  # type: ignore[attr-defined]
+
+
+def lower_square(b: Emitter, op: step.SquareOp) -> SSAValue:
+    return b.emit(shlo.MultiplyOp(op.input, op.input))
+
+
+def lower_relu(b: Emitter, op: step.ReluOp) -> SSAValue:
+    x = op.input
+    zero = b.constant(0.0, element_of(x), shape_of(x))
+    positive = b.emit(shlo.CompareOp(shlo.ComparisonDirection.GT, x, zero))
+    return b.emit(shlo.SelectOp(positive, x, zero))
+
+
+def lower_compare(b: Emitter, op: step.CompareOp) -> SSAValue:
+    direction = shlo.ComparisonDirection(op.direction.data.upper())
+    mask = b.compare(direction, op.lhs, op.rhs)
+    return b.convert(mask, element_of(op.result))
+
+
+def lower_matmul(b: Emitter, op: step.MatmulOp) -> SSAValue:
+    lhs_rank, rhs_rank = len(shape_of(op.lhs)), len(shape_of(op.rhs))
+    if rhs_rank == 2:  # (m,k)x(k,n) and (...,m,k)x(k,n): no batch dims
+        numbers = shlo.DotAttr.make([], [], [lhs_rank - 1], [0])
+    else:  # (...,m,k)x(...,k,n): the leading dims are batch dims on both sides
+        batch = list(range(lhs_rank - 2))
+        numbers = shlo.DotAttr.make(batch, batch, [lhs_rank - 1], [rhs_rank - 2])
+    return b.emit(shlo.DotGeneralOp(op.lhs, op.rhs, numbers, op.result.type))
+
+
+def lower_transpose(b: Emitter, op: step.TransposeOp) -> SSAValue:
+    return b.emit(shlo.TransposeOp(op.input, op.permutation, op.result.type))
+
+
+def lower_reshape(b: Emitter, op: step.ReshapeOp) -> SSAValue:
+    return b.emit(shlo.ReshapeOp(op.input, op.result.type))
+
+
+def lower_broadcast(b: Emitter, op: step.BroadcastOp) -> SSAValue:
+    return b.broadcast(op.input, shape_of(op.result))
+
+
+def lower_convert(b: Emitter, op: step.ConvertOp) -> SSAValue:
+    if op.input.type == op.result.type:
+        return op.input
+    return b.emit(shlo.ConvertOp(op.input, op.result.type))
+
+
+def lower_sum(b: Emitter, op: step.SumOp) -> SSAValue:
+    return b.reduce(op.input, op.axes, shlo.AddOp)
+
+
+def lower_mean(b: Emitter, op: step.MeanOp) -> SSAValue:
+    total = b.reduce(op.input, op.axes, shlo.AddOp)
+    shape = shape_of(op.input)
+    return b.divide_by_count(total, math.prod(shape[a] for a in op.axes))
+
+
+def lower_max(b: Emitter, op: step.MaxOp) -> SSAValue:
+    return b.reduce(op.input, op.axes, shlo.MaxOp)
+
+
+def shifted_by_max(b: Emitter, x: SSAValue, axis: int) -> tuple[SSAValue, SSAValue]:
+    """`(x - max(x, axis), max(x, axis))`: the stable form of every softmax-like op."""
+    row_max = b.reduce(x, [axis], shlo.MaxOp)
+    shifted = b.emit(shlo.SubtractOp(x, b.kept_broadcast(row_max, shape_of(x), [axis])))
+    return shifted, row_max
+
+
+def lower_softmax(b: Emitter, op: step.SoftmaxOp) -> SSAValue:
+    axis = op.axis_index
+    shifted, _ = shifted_by_max(b, op.input, axis)
+    exp = b.unary(shlo.ExpOp, shifted)
+    total = b.reduce(exp, [axis], shlo.AddOp)
+    return b.emit(shlo.DivideOp(exp, b.kept_broadcast(total, shape_of(op.input), [axis])))
+
+
+def lower_log_softmax(b: Emitter, op: step.LogSoftmaxOp) -> SSAValue:
+    axis = op.axis_index
+    shifted, _ = shifted_by_max(b, op.input, axis)
+    total = b.reduce(b.unary(shlo.ExpOp, shifted), [axis], shlo.AddOp)
+    log_total = b.unary(shlo.LogOp, total)
+    return b.emit(shlo.SubtractOp(shifted, b.kept_broadcast(log_total, shape_of(op.input), [axis])))
+
+
+def lower_cross_entropy(b: Emitter, op: step.CrossEntropyOp) -> SSAValue:
+    logits = op.logits
+    shifted, row_max = shifted_by_max(b, logits, 1)
+    total = b.reduce(b.unary(shlo.ExpOp, shifted), [1], shlo.AddOp)
+    logsumexp = b.emit(shlo.AddOp(b.unary(shlo.LogOp, total), row_max))
+    losses = b.emit(shlo.SubtractOp(logsumexp, pick_columns(b, logits, op.labels)))
+    return b.divide_by_count(b.reduce(losses, [0], shlo.AddOp), shape_of(logits)[0])
+
+
+def pick_columns(b: Emitter, logits: SSAValue, labels: SSAValue) -> SSAValue:
+    """`logits[i, labels[i]]` for each row i: a gather batched over the rows."""
+    n = shape_of(logits)[0]
+    indices = b.emit(shlo.ReshapeOp(labels, TensorType(i32, [n, 1])))
+    numbers = shlo.GatherAttr.make(
+        offset_dims=[],
+        collapsed_slice_dims=[1],
+        operand_batching_dims=[0],
+        start_indices_batching_dims=[0],
+        start_index_map=[1],
+        index_vector_dim=1,
+    )
+    return b.emit(shlo.GatherOp(logits, indices, numbers, [1, 1], TensorType(element_of(logits), [n])))
+
+
+def lower_mse(b: Emitter, op: step.MseOp) -> SSAValue:
+    diff = b.emit(shlo.SubtractOp(op.lhs, op.rhs))
+    square = b.emit(shlo.MultiplyOp(diff, diff))
+    shape = shape_of(op.lhs)
+    return b.divide_by_count(b.reduce(square, list(range(len(shape))), shlo.AddOp), math.prod(shape))
+
+
+def lower_constant(b: Emitter, op: step.ConstantOp) -> SSAValue:
+    return b.constant(op.values, element_of(op.result), shape_of(op.result))
+
+
+def lower_one_hot(b: Emitter, op: step.OneHotOp) -> SSAValue:
+    shape = shape_of(op.result)
+    rank = len(shape)
+    classes = b.emit(shlo.IotaOp(rank - 1, TensorType(i32, list(shape))))
+    labels = b.broadcast_dims(op.input, shape, range(rank - 1))
+    hit = b.emit(shlo.CompareOp(shlo.ComparisonDirection.EQ, labels, classes))
+    return b.convert(hit, element_of(op.result))
+
+
+LOWERINGS: dict[type[Operation], Rule] = {
+    step.AddOp: elementwise_binary(shlo.AddOp),
+    step.SubOp: elementwise_binary(shlo.SubtractOp),
+    step.MulOp: elementwise_binary(shlo.MultiplyOp),
+    step.DivOp: elementwise_binary(shlo.DivideOp),
+    step.MaximumOp: elementwise_binary(shlo.MaxOp),
+    step.MinimumOp: elementwise_binary(shlo.MinOp),
+    step.ExpOp: elementwise_unary(shlo.ExpOp),
+    step.NegOp: elementwise_unary(shlo.NegateOp),
+    step.LogOp: elementwise_unary(shlo.LogOp),
+    step.TanhOp: elementwise_unary(shlo.TanhOp),
+    step.SigmoidOp: elementwise_unary(shlo.LogisticOp),
+    step.SqrtOp: elementwise_unary(shlo.SqrtOp),
+    step.RsqrtOp: elementwise_unary(shlo.RsqrtOp),
+    step.AbsOp: elementwise_unary(shlo.AbsOp),
+    step.SquareOp: lower_square,  # type: ignore[dict-item]
+    step.ReluOp: lower_relu,  # type: ignore[dict-item]
+    step.CompareOp: lower_compare,  # type: ignore[dict-item]
+    step.MatmulOp: lower_matmul,  # type: ignore[dict-item]
+    step.TransposeOp: lower_transpose,  # type: ignore[dict-item]
+    step.ReshapeOp: lower_reshape,  # type: ignore[dict-item]
+    step.BroadcastOp: lower_broadcast,  # type: ignore[dict-item]
+    step.ConvertOp: lower_convert,  # type: ignore[dict-item]
+    step.SumOp: lower_sum,  # type: ignore[dict-item]
+    step.MeanOp: lower_mean,  # type: ignore[dict-item]
+    step.MaxOp: lower_max,  # type: ignore[dict-item]
+    step.SoftmaxOp: lower_softmax,  # type: ignore[dict-item]
+    step.LogSoftmaxOp: lower_log_softmax,  # type: ignore[dict-item]
+    step.CrossEntropyOp: lower_cross_entropy,  # type: ignore[dict-item]
+    step.MseOp: lower_mse,  # type: ignore[dict-item]
+    step.ConstantOp: lower_constant,  # type: ignore[dict-item]
+    step.OneHotOp: lower_one_hot,  # type: ignore[dict-item]
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# The pass
+
+
+class LoweringContract(Contract):
+    """The JAX function of the lowered module equals the reference interpreter on random inputs."""
+
+    name = "equal results (JAX)"
+
+    def check(self, pass_name: str, before: ModuleOp, after: ModuleOp, *, trials: int, seed: int) -> ContractReport:
+        from stepc.backends.jax import jax_function
+        from stepc.ir.interpreter import run_function
+        from stepc.passes.contract import random_inputs
+
+        start = time.perf_counter()
+        fn_before = step_function(before)
+        program = jax_function(after)
+        worst = Comparison()
+        for trial in range(trials):
+            inputs = random_inputs(fn_before, np.random.default_rng(seed * 1000 + trial))
+            expected = run_function(before, inputs)
+            found = program({spec.key: inputs[spec.name] for spec in program.specs})
+            for key, value in expected.items():
+                worst.add(key, np.asarray(value), np.asarray(found[key]))
+        return ContractReport(
+            pass_name, self.name, trials, worst.max_abs, worst.max_rel, worst.tolerance_text(), worst.ok,
+            time.perf_counter() - start, worst.worst,
+        )  # fmt: skip
+
+
+# Tolerances per element type: (relative, absolute), as `np.allclose`; the reference interpreter
+# and XLA may order sums and fuse differently, so a few ulps of the type times the depth.
+TOLERANCES: dict[str, tuple[float, float]] = {
+    "float64": (1e-9, 1e-12),
+    "float32": (2e-4, 1e-5),
+    "float16": (3e-2, 1e-2),
+    "bfloat16": (1e-1, 5e-2),
+    "int32": (0.0, 0.0),
+}
+
+
+SHORT_NAMES = {"float64": "f64", "float32": "f32", "float16": "f16", "bfloat16": "bf16", "int32": "i32"}
+
+
+class Comparison:
+    """Worst absolute and relative errors over several outputs and trials."""
+
+    def __init__(self) -> None:
+        self.max_abs = 0.0
+        self.max_rel = 0.0
+        self.ok = True
+        self.worst = ""
+        self._worst_excess = -math.inf
+        self.dtypes: set[str] = set()
+
+    def add(self, key: str, expected: np.ndarray, found: np.ndarray) -> None:
+        rtol, atol = TOLERANCES.get(str(expected.dtype), (1e-5, 1e-6))
+        self.dtypes.add(str(expected.dtype))
+        e = expected.astype(np.float64)
+        f = found.astype(np.float64)
+        if e.shape != f.shape:
+            self.ok = False
+            self.worst = f"{key} (shape {f.shape}, expected {e.shape})"
+            self.max_abs = math.inf
+            return
+        same_nonfinite = (~np.isfinite(e)) & (e == f) | (np.isnan(e) & np.isnan(f))
+        diff = np.where(same_nonfinite, 0.0, np.abs(e - f))
+        diff = np.where(np.isnan(diff), math.inf, diff)
+        rel = diff / np.maximum(np.abs(e), np.finfo(np.float64).tiny)
+        excess = diff - (atol + rtol * np.abs(e))
+        if diff.size:
+            self.max_abs = max(self.max_abs, float(diff.max()))
+            self.max_rel = max(self.max_rel, float(np.where(diff == 0, 0.0, rel).max()))
+            if float(excess.max()) > self._worst_excess:
+                self._worst_excess = float(excess.max())
+                self.worst = key
+            if float(excess.max()) > 0:
+                self.ok = False
+
+    def tolerance_text(self) -> str:
+        parts = []
+        for dtype in sorted(self.dtypes):
+            rtol, atol = TOLERANCES.get(dtype, (1e-5, 1e-6))
+            parts.append(f"{SHORT_NAMES.get(dtype, dtype)}: r{rtol:g} a{atol:g}")
+        return ", ".join(parts)
+
+
+class LowerToStableHLO(ModulePass):
+    """Every step op to StableHLO by the table `LOWERINGS`; the function becomes `@main`."""
+
+    name = "lower-to-stablehlo"
+
+    contract: ClassVar[Contract] = LoweringContract()
+
+    def apply(self, ctx: Context, op: ModuleOp) -> None:
+        fn = step_function(op)
+        for inner in list(fn.body.block.ops):
+            if isinstance(inner, func.ReturnOp) or inner.dialect_name() == "stablehlo":
+                continue
+            rule = LOWERINGS.get(type(inner))
+            if rule is None:
+                raise error_at(inner, f"lower-to-stablehlo: no lowering rule for {inner.name}")
+            result = rule(Emitter(inner), inner)
+            inner.results[0].replace_all_uses_with(result)
+            if result.name_hint is None and inner.results[0].name_hint is not None:
+                result.name_hint = inner.results[0].name_hint
+            inner.detach()
+            inner.erase()
+        name_module(op, fn)
+
+
+def name_module(module: ModuleOp, fn: func.FuncOp) -> None:
+    """`module @<step> { func.func public @main }`, with XLA-readable argument attributes."""
+    if fn.sym_name.data != "main":
+        module.sym_name = StringAttr(fn.sym_name.data)
+        fn.sym_name = StringAttr("main")
+    fn.sym_visibility = StringAttr("public")
+    if fn.arg_attrs is not None:
+        fn.arg_attrs = ArrayAttr([shlo.harmless_arg_attrs(a) for a in fn.arg_attrs.data])
+    for key in [k for k in fn.attributes if k.startswith("step.")]:
+        del fn.attributes[key]
