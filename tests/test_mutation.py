@@ -1,0 +1,214 @@
+"""Mutation testing of the derivative table: every rule, broken on purpose, is caught by the
+contract of `differentiate`, and the error names the pass.
+
+Mutations, applied by monkeypatching `stepc.passes.vjp.VJP_RULES` (or the driver):
+- `sign`: every operand cotangent the rule returns is negated;
+- `swap`: the two operands' cotangents are exchanged (binary rules whose operands have one type;
+  not `add`, where the swap is an equivalent mutant: both cotangents are the same value);
+- `drop:i`: the cotangent of operand i is dropped (a forgotten contribution);
+- `nonzero`: a zero rule (`compare`) passes the cotangent on instead;
+- the driver's accumulation at fan-out, dropped (the first or the latest contribution kept);
+- `seed-scalar-loss` seeding 2 instead of 1 (caught by its own contract).
+
+`one_hot` (an integer operand) and `constant` (no operand) have nothing to break. The score,
+caught / total, is printed (run with `-s`) and must be total / total.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+from xdsl.dialects.builtin import DenseArrayBase, f64
+from xdsl.ir import Operation, SSAValue
+
+from stepc.ir import dialect as step
+from stepc.ir.diagnostics import StepcError
+from stepc.ir.parse import load_text
+from stepc.passes import vjp
+from stepc.passes.contracts import VJPContract, numpy_forward_mode
+from stepc.passes.differentiate import CotangentMap, Differentiate
+from stepc.passes.pipeline import Pipeline
+from stepc.passes.seed_scalar_loss import SeedScalarLoss
+
+T = "tensor<3x3xf64>"
+POSITIVE = f"""%a2 = step.square %a : {T}
+  %half = step.constant 0.5 : tensor<f64>
+  %pos = step.add %a2, %half : ({T}, tensor<f64>) -> {T}"""
+
+
+@dataclass
+class Case:
+    op: type[Operation]
+    body: str  # defines %r from %a (and %b), all 3x3 f64 unless the result type says otherwise
+    mutations: tuple[str, ...]
+    result: str = T
+    extra_args: str = ""
+
+
+def binary(name: str, mutations: tuple[str, ...] = ("sign", "swap", "drop:0", "drop:1")) -> str:
+    return f"%r = step.{name} %a, %b : ({T}, {T}) -> {T}"
+
+
+UNARY_SIGN = ("sign",)
+CASES: list[Case] = [
+    Case(step.AddOp, binary("add"), ("sign", "drop:0", "drop:1")),
+    Case(step.SubOp, binary("sub"), ("sign", "swap", "drop:0", "drop:1")),
+    Case(step.MulOp, binary("mul"), ("sign", "swap", "drop:0", "drop:1")),
+    Case(step.DivOp, f"{POSITIVE.replace('%a', '%b').replace('%b2', '%b2')}\n  %r = step.div %a, %pos : ({T}, {T}) -> {T}",
+         ("sign", "drop:0", "drop:1")),
+    Case(step.MaximumOp, binary("maximum"), ("sign", "swap", "drop:0", "drop:1")),
+    Case(step.MinimumOp, binary("minimum"), ("sign", "swap", "drop:0", "drop:1")),
+    Case(step.CompareOp, f"%m = step.compare gt %a, %b : ({T}, {T}) -> {T}\n  %r = step.mul %m, %a : ({T}, {T}) -> {T}",
+         ("nonzero",)),
+    *(Case(cls, f"%r = {cls.name} %a : {T}", UNARY_SIGN)
+      for cls in (step.ExpOp, step.NegOp, step.TanhOp, step.SigmoidOp, step.ReluOp, step.SquareOp, step.AbsOp)),
+    *(Case(cls, f"{POSITIVE}\n  %r = {cls.name} %pos : {T}", UNARY_SIGN) for cls in (step.LogOp, step.SqrtOp, step.RsqrtOp)),
+    Case(step.MatmulOp, binary("matmul"), ("sign", "swap", "drop:0", "drop:1")),
+    Case(step.TransposeOp, f"%r = step.transpose %a perm [1, 0] : {T} -> {T}", UNARY_SIGN),
+    Case(step.ReshapeOp, f"%r = step.reshape %a : {T} -> tensor<9xf64>", UNARY_SIGN, "tensor<9xf64>"),
+    Case(step.BroadcastOp, "%r = step.broadcast %c : tensor<3xf64> -> tensor<2x3xf64>", UNARY_SIGN,
+         "tensor<2x3xf64>", ", %c: tensor<3xf64> {step.param}"),
+    Case(step.SumOp, f"%r = step.sum %a dims [1] : {T} -> tensor<3xf64>", UNARY_SIGN, "tensor<3xf64>"),
+    Case(step.MeanOp, f"%r = step.mean %a dims [0] : {T} -> tensor<3xf64>", UNARY_SIGN, "tensor<3xf64>"),
+    Case(step.MaxOp, f"%r = step.max %a dims [0] : {T} -> tensor<3xf64>", UNARY_SIGN, "tensor<3xf64>"),
+    Case(step.SoftmaxOp, f"%r = step.softmax %a axis 1 : {T}", UNARY_SIGN),
+    Case(step.LogSoftmaxOp, f"%r = step.log_softmax %a axis 1 : {T}", UNARY_SIGN),
+    Case(step.CrossEntropyOp, f"%r = step.cross_entropy %a, %labels : ({T}, tensor<3xi32>) -> tensor<f64>",
+         ("sign", "drop:0"), "tensor<f64>", ", %labels: tensor<3xi32>"),
+    Case(step.MseOp, f"%r = step.mse %a, %b : ({T}, {T}) -> tensor<f64>", ("sign", "swap", "drop:0", "drop:1"),
+         "tensor<f64>"),
+    Case(step.ConvertOp, f"%r = step.convert %c : tensor<3x3xf32> -> {T}", UNARY_SIGN, T,
+         ", %c: tensor<3x3xf32> {step.param}"),
+]  # fmt: skip
+NOTHING_TO_BREAK = {step.OneHotOp, step.ConstantOp}
+
+# A program where values fan out (read twice or more): the driver must add the contributions.
+FAN_OUT = f"""func.func @fan_out(%a: {T} {{step.param}}, %b: {T} {{step.param}}, %weight: {T}) -> tensor<f64>
+    attributes {{step.sgd = #step.sgd<lr = 0.1>}} {{
+  %e = step.tanh %a : {T}
+  %p = step.mul %e, %b : ({T}, {T}) -> {T}
+  %q = step.matmul %e, %a : ({T}, {T}) -> {T}
+  %s = step.add %p, %q : ({T}, {T}) -> {T}
+  %rw = step.mul %s, %weight : ({T}, {T}) -> {T}
+  %loss = step.sum %rw : {T} -> tensor<f64>
+  func.return %loss : tensor<f64>
+}}
+"""
+
+
+def program(case: Case) -> str:
+    """The case's op, then `mse` against a random target (a scalar result is the loss itself):
+    no other op shares the mutated rule, so two mutations never cancel."""
+    scalar = case.result == "tensor<f64>"
+    target = "" if scalar else f", %target: {case.result}"
+    loss = "" if scalar else f"  %loss = step.mse %r, %target : ({case.result}, {case.result}) -> tensor<f64>\n"
+    return (
+        f"func.func @mutant(%a: {T} {{step.param}}, %b: {T} {{step.param}}{case.extra_args}{target})"
+        " -> tensor<f64>\n    attributes {step.sgd = #step.sgd<lr = 0.1>} {\n"
+        f"  {case.body}\n{loss}"
+        f"  func.return %{'r' if scalar else 'loss'} : tensor<f64>\n}}\n"
+    )
+
+
+Rule = Callable[[vjp.Emitter, Operation, SSAValue], vjp.Cotangents]
+
+
+def mutate(rule: Rule, kind: str) -> Rule:
+    def mutated(emit: vjp.Emitter, op: Operation, cotangent: SSAValue) -> vjp.Cotangents:
+        if kind == "nonzero":
+            return [emit.unbroadcast(cotangent, operand) for operand in op.operands]
+        out = list(rule(emit, op, cotangent))
+        if kind == "sign":
+            return [None if c is None else emit(step.NegOp(c)) for c in out]
+        if kind == "swap":
+            out[0], out[1] = out[1], out[0]
+            return out
+        index = int(kind.split(":")[1])
+        out[index] = None
+        return out
+
+    return mutated
+
+
+def caught(text: str, name: str) -> str | None:
+    """The contract's error when the pipeline rejects the program, else None."""
+    module = load_text(text, f"{name}.ir")
+    try:
+        Pipeline(["differentiate", "seed-scalar-loss"], check=True, trials=2).run(module)
+    except StepcError as e:
+        return e.message
+    return None
+
+
+@pytest.fixture
+def fast_contract(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`differentiate`'s contract, with its `jax.jvp` evaluated by NumPy (no XLA compile per mutant)."""
+    monkeypatch.setattr(Differentiate, "contract", VJPContract(forward_mode=numpy_forward_mode))
+
+
+def test_every_rule_has_a_case() -> None:
+    assert {c.op for c in CASES} | NOTHING_TO_BREAK == set(vjp.VJP_RULES)
+
+
+def test_unmutated_cases_pass(fast_contract: None) -> None:
+    for case in CASES:
+        assert caught(program(case), case.op.name) is None, case.op.name
+    assert caught(FAN_OUT, "fan_out") is None
+
+
+def test_mutation_score(fast_contract: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    results: list[tuple[str, str | None]] = []
+    for case in CASES:
+        for kind in case.mutations:
+            with monkeypatch.context() as m:
+                m.setitem(vjp.VJP_RULES, case.op, mutate(vjp.VJP_RULES[case.op], kind))
+                results.append((f"{case.op.name} {kind}", caught(program(case), case.op.name)))
+
+    def keep_first(self: CotangentMap, emit: vjp.Emitter, value: SSAValue, cotangent: SSAValue) -> None:
+        self.values.setdefault(value, cotangent)
+
+    def keep_latest(self: CotangentMap, emit: vjp.Emitter, value: SSAValue, cotangent: SSAValue) -> None:
+        self.values[value] = cotangent
+
+    for name, accumulate in (("keep first", keep_first), ("keep latest", keep_latest)):
+        with monkeypatch.context() as m:
+            m.setattr(CotangentMap, "accumulate", accumulate)
+            results.append((f"driver accumulation dropped ({name})", caught(FAN_OUT, "fan_out")))
+
+    from stepc.passes import seed_scalar_loss
+
+    with monkeypatch.context() as m:
+        original = seed_scalar_loss.seed_function
+
+        def seed_two(fn):  # type: ignore[no-untyped-def]
+            original(fn)
+            for op in fn.walk():
+                if isinstance(op, step.ConstantOp) and op.result.name_hint == "loss_cotangent":
+                    op.properties["value"] = DenseArrayBase.from_list(f64, [2.0])
+
+        m.setattr(seed_scalar_loss, "seed_function", seed_two)
+        results.append(("seed-scalar-loss seeds 2", caught(FAN_OUT, "fan_out")))
+
+    missed = [name for name, message in results if message is None]
+    print(f"\nmutation score: {len(results) - len(missed)}/{len(results)} caught")
+    for name, message in results:
+        print(f"  {'caught' if message else 'MISSED'}: {name}: {message}")
+    assert not missed, f"mutants the contracts did not catch: {missed}"
+    for name, message in results:
+        assert message is not None
+        expected_pass = "seed-scalar-loss" if name.startswith("seed") else "differentiate"
+        assert f"contract of pass {expected_pass}" in message, (name, message)
+
+
+def test_default_contract_catches_a_mutant_through_xla(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pass's own contract (XLA-compiled `jax.jvp`), as `stepc compile` runs it."""
+    case = next(c for c in CASES if c.op is step.MatmulOp)
+    monkeypatch.setitem(vjp.VJP_RULES, step.MatmulOp, mutate(vjp.VJP_RULES[step.MatmulOp], "swap"))
+    message = caught(program(case), "matmul")
+    assert message is not None and "contract of pass differentiate" in message and "grad." in message
+
+
+def test_seed_contract_is_the_class_attribute() -> None:
+    assert isinstance(SeedScalarLoss.contract, type(SeedScalarLoss.contract))
