@@ -287,7 +287,8 @@ ALLOWED_DIRECT_WRITES = {
     ("tools/files.py", "atomic_write"),  # the temporary file itself
     ("tools/fuzz.py", "campaign"),  # the fuzzer's own scratch input and crash files
 }
-DIRECT_WRITES = {"write_text", "write_bytes", "tofile", "copy", "copyfile", "copy2", "move"}
+DIRECT_WRITES = {"write_text", "write_bytes", "tofile", "copyfile", "copy2", "move"}
+SHUTIL_ONLY = {"copy"}  # `shutil.copy` writes a file; `array.copy()` does not
 SAVES = {"savez", "savez_compressed", "save", "savefig"}  # fine into an in-memory buffer
 BUFFERS = {"buffer", "buf", "stream"}
 
@@ -297,6 +298,8 @@ def _is_write(call: ast.Call) -> bool:
     called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
     if called in DIRECT_WRITES:
         return True
+    if called in SHUTIL_ONLY:
+        return isinstance(func, ast.Attribute) and getattr(func.value, "id", "") == "shutil"
     if called == "open":
         mode = call.args[1] if len(call.args) > 1 else next((k.value for k in call.keywords if k.arg == "mode"), None)
         return isinstance(mode, ast.Constant) and any(c in str(mode.value) for c in "wax+")
