@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.stepc-installed
 
-.PHONY: run test lint bench fuzz-long clean
+.PHONY: run test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,8 +14,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The main job: compile with every pass dumped, the contract table, then train on the digits.
 run: $(STAMP)
-	@for f in examples/*.ir; do echo "== $$f"; $(BIN)/stepc compile $$f --emit step --until fuse-sgd --no-check || exit 1; done
+	@echo "== stepc compile examples/mlp_digits.ir (dumps in runs/digits/dumps)"
+	$(BIN)/stepc compile examples/mlp_digits.ir --no-check --dump-dir runs/digits/dumps -o runs/digits/mlp_digits.stablehlo.mlir
+	@ls runs/digits/dumps
+	@echo "== stepc check examples/mlp_digits.ir"
+	$(BIN)/stepc check examples/mlp_digits.ir
+	@echo "== stepc run examples/mlp_digits.ir (summary.json, loss.png, params.npz in runs/digits)"
+	$(BIN)/stepc run examples/mlp_digits.ir --out runs/digits --no-check
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

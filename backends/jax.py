@@ -115,6 +115,18 @@ def abs0(x):
 def _abs0_jvp(primals, tangents):
     (x,), (tangent,) = primals, tangents
     return lax.abs(x), lax.sign(x) * tangent
+
+
+@jax.custom_jvp
+def relu0(x, zero):
+    """max(x, 0) with PyTorch's derivative, 0 at 0 (lax.max's is 0.5 there)."""
+    return lax.max(x, zero)
+
+
+@relu0.defjvp
+def _relu0_jvp(primals, tangents):
+    (x, zero), (tangent, _) = primals, tangents
+    return lax.max(x, zero), lax.select(lax.gt(x, zero), tangent, lax.full_like(tangent, 0))
 '''
 exec(compile(HELPERS_SOURCE, __file__ + ":HELPERS_SOURCE", "exec"), NAMESPACE)  # noqa: S102 - our own text
 
@@ -147,6 +159,11 @@ Rule = Callable[[Operation], Call]
 
 def _elementwise(fn: str) -> Rule:
     return lambda op: Call(fn, tuple(Operand(i) for i in range(len(op.operands))))
+
+
+def _maximum(op: shlo.MaxOp) -> Call:
+    """`lax.max`, or `relu0` for the maximum that lowers `step.relu` (PyTorch's relu'(0) = 0)."""
+    return _elementwise("relu0" if shlo.RELU_TAG in op.attributes else "lax.max")(op)
 
 
 COMPARISONS: dict[shlo.ComparisonDirection, str] = {
@@ -258,7 +275,7 @@ JAX_RULES: dict[type[Operation], Rule] = {
     shlo.SubtractOp: _elementwise("lax.sub"),
     shlo.MultiplyOp: _elementwise("lax.mul"),
     shlo.DivideOp: _elementwise("lax.div"),
-    shlo.MaxOp: _elementwise("lax.max"),
+    shlo.MaxOp: _maximum,  # type: ignore[dict-item]
     shlo.MinOp: _elementwise("lax.min"),
     shlo.NegateOp: _elementwise("lax.neg"),
     shlo.ExpOp: _elementwise("lax.exp"),

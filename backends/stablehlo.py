@@ -62,6 +62,11 @@ from xdsl.utils.str_enum import StrEnum
 # Attributes
 
 
+
+# A discardable attribute on the `stablehlo.maximum` that lowers `step.relu`: XLA ignores it;
+# the JAX backend gives that maximum PyTorch's derivative at 0 (see backends/jax.py `relu0`).
+RELU_TAG = "step.relu"
+
 class ComparisonDirection(StrEnum):
     EQ = "EQ"
     NE = "NE"
@@ -212,6 +217,9 @@ class StableHLOOp(IRDLOperation):
     """Every op of the subset is pure and prints in MLIR's generic form."""
 
     traits = traits_def(Pure())
+    # Its verifier reads only its operand and result types, properties and attributes
+    # (`stepc.ir.parse.verify` checks each such signature once).
+    LOCAL_VERIFIER: ClassVar[bool] = True
 
 
 class ElementwiseBinary(StableHLOOp):

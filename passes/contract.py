@@ -77,7 +77,8 @@ def label_range(fn, arg) -> int:  # type: ignore[no-untyped-def]
 def random_inputs(fn, rng, *, float_dtype=None, scale: float = 1.0):  # type: ignore[no-untyped-def]
     """Random values for every argument of a step function, keyed by argument name.
 
-    Floats are standard normal times `scale` in the argument's own dtype (or `float_dtype`);
+    Floats are standard normal times `scale` (and `fan_in_scale` for weights) in the argument's
+    own dtype (or `float_dtype`);
     i32 labels are uniform over the classes their consumers expect (see `label_range`).
     """
     import numpy as np
@@ -94,5 +95,19 @@ def random_inputs(fn, rng, *, float_dtype=None, scale: float = 1.0):  # type: ig
             out[arg.name] = rng.integers(0, label_range(fn, arg), size=shape).astype(np.int32)
         else:
             dtype = float_dtype or numpy_dtype(element)
-            out[arg.name] = (rng.standard_normal(shape) * scale).astype(dtype)
+            out[arg.name] = (rng.standard_normal(shape) * scale * fan_in_scale(arg)).astype(dtype)
     return out
+
+
+def fan_in_scale(arg) -> float:  # type: ignore[no-untyped-def]
+    """1/sqrt(k) for an argument a matmul contracts over k (a weight), else 1.
+
+    With unit-normal data, every matmul's output then has unit scale, as under PyTorch's
+    default initialization: contracts test programs where they are well conditioned, not where
+    a 784-wide layer makes logits of 1e4 and softmax a step function."""
+    from stepc.ir.dialect import MatmulOp, shape_of
+
+    for use in arg.value.uses:
+        if isinstance(use.operation, MatmulOp) and use.index == 1:
+            return 1.0 / float(shape_of(arg.value)[-2]) ** 0.5
+    return 1.0

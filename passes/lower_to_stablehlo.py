@@ -7,8 +7,9 @@ op with its location, and returns the value that replaces the step op's result.
 
 Conventions of the output (see `backends/stablehlo.py` for the text):
 - broadcasting is explicit (`broadcast_in_dim`); StableHLO elementwise ops take equal shapes;
-- `relu` is `select(x > 0, x, 0)`, never `max(x, 0)`, so that JAX's derivative at 0 is 0
-  (PyTorch's convention) when the lowered function is differentiated with `jax.grad`;
+- `relu` is `maximum(x, 0)` tagged `{step.relu}`: the JAX backend gives it PyTorch's
+  derivative 0 at 0 when the lowered function is differentiated with `jax.grad`; a product
+  with a 0/1 mask (the derivative of relu) is a `select`, as `jax.grad` emits;
 - softmax, log_softmax and cross_entropy subtract the row maximum first (numerically stable);
   cross_entropy is `mean(logsumexp - picked logit)` with the logit picked by a gather;
 - the function becomes `@main` (public) inside `module @<step name>`; argument roles and result
@@ -29,7 +30,7 @@ from typing import ClassVar
 import numpy as np
 from xdsl.context import Context
 from xdsl.dialects import func
-from xdsl.dialects.builtin import ArrayAttr, DenseIntOrFPElementsAttr, ModuleOp, StringAttr, TensorType, i32
+from xdsl.dialects.builtin import ArrayAttr, DenseIntOrFPElementsAttr, ModuleOp, StringAttr, TensorType, UnitAttr, i32
 from xdsl.ir import Attribute, Operation, SSAValue
 from xdsl.passes import ModulePass
 
@@ -152,10 +153,45 @@ def lower_square(b: Emitter, op: step.SquareOp) -> SSAValue:
 
 
 def lower_relu(b: Emitter, op: step.ReluOp) -> SSAValue:
+    """`maximum(x, 0)`, as XLA and `jax.nn.relu` compute it (one op per element), tagged
+    `{step.relu}` so that the JAX backend differentiates it with PyTorch's relu'(0) = 0
+    (`lax.max` would split a tie: 0.5 at 0)."""
     x = op.input
     zero = b.constant(0.0, element_of(x), shape_of(x))
-    positive = b.emit(shlo.CompareOp(shlo.ComparisonDirection.GT, x, zero))
-    return b.emit(shlo.SelectOp(positive, x, zero))
+    relu = shlo.MaxOp(x, zero)
+    relu.attributes[shlo.RELU_TAG] = UnitAttr()
+    return b.emit(relu)
+
+
+def lower_mul(b: Emitter, op: step.MulOp) -> SSAValue:
+    """A product, except that a product with a 0/1 mask (a lowered `step.compare`, as the
+    derivatives of relu and abs use) is `select(pred, x, 0)`, as `jax.grad` of relu emits: no
+    multiply per element, and 0 rather than NaN where the mask is 0 (torch's threshold_backward)."""
+    for mask, other in ((op.rhs, op.lhs), (op.lhs, op.rhs)):
+        pred = comparison_behind(mask)
+        if pred is not None:
+            shape = shape_of(op.result)
+            if shape_of_any(pred) != shape:
+                pred_type = TensorType(element_of_any(pred), list(shape))
+                lead = len(shape) - len(shape_of_any(pred))
+                pred = b.emit(shlo.BroadcastInDimOp(pred, range(lead, len(shape)), pred_type))
+            zero = b.constant(0.0, element_of(op.result), shape)
+            return b.emit(shlo.SelectOp(pred, b.broadcast(other, shape), zero))
+    return b.binary(shlo.MultiplyOp, op.lhs, op.rhs)
+
+
+def comparison_behind(value: SSAValue) -> SSAValue | None:
+    """The i1 predicate of a mask that `lower_compare` made (`convert(compare(...))`), or None."""
+    owner = value.owner
+    if isinstance(owner, shlo.ConvertOp) and isinstance(owner.operand.owner, shlo.CompareOp):
+        return owner.operand
+    return None
+
+
+def element_of_any(value: SSAValue) -> Attribute:
+    t = value.type
+    assert isinstance(t, TensorType)
+    return t.get_element_type()
 
 
 def lower_compare(b: Emitter, op: step.CompareOp) -> SSAValue:
@@ -276,7 +312,7 @@ def lower_one_hot(b: Emitter, op: step.OneHotOp) -> SSAValue:
 LOWERINGS: dict[type[Operation], Rule] = {
     step.AddOp: elementwise_binary(shlo.AddOp),
     step.SubOp: elementwise_binary(shlo.SubtractOp),
-    step.MulOp: elementwise_binary(shlo.MultiplyOp),
+    step.MulOp: lower_mul,  # type: ignore[dict-item]
     step.DivOp: elementwise_binary(shlo.DivideOp),
     step.MaximumOp: elementwise_binary(shlo.MaxOp),
     step.MinimumOp: elementwise_binary(shlo.MinOp),
@@ -313,86 +349,32 @@ LOWERINGS: dict[type[Operation], Rule] = {
 
 
 class LoweringContract(Contract):
-    """The JAX function of the lowered module equals the reference interpreter on random inputs."""
+    """The JAX function of the lowered module equals the reference interpreter on random inputs.
+
+    Two engines (XLA and NumPy) order sums and fuse differently, so the tolerance is that of
+    `ENGINE_TOLERANCES`: a few ulps of the type times the depth of the sums, normwise.
+    """
 
     name = "equal results (JAX)"
 
     def check(self, pass_name: str, before: ModuleOp, after: ModuleOp, *, trials: int, seed: int) -> ContractReport:
         from stepc.backends.jax import jax_function
-        from stepc.ir.interpreter import run_function
         from stepc.passes.contract import random_inputs
+        from stepc.passes.contracts import ENGINE_TOLERANCES, Comparison, compare_outputs, run_program, tolerance_text
 
         start = time.perf_counter()
         fn_before = step_function(before)
         program = jax_function(after)
-        worst = Comparison()
+        comparison = Comparison()
         for trial in range(trials):
             inputs = random_inputs(fn_before, np.random.default_rng(seed * 1000 + trial))
-            expected = run_function(before, inputs)
             found = program({spec.key: inputs[spec.name] for spec in program.specs})
-            for key, value in expected.items():
-                worst.add(key, np.asarray(value), np.asarray(found[key]))
-        return ContractReport(
-            pass_name, self.name, trials, worst.max_abs, worst.max_rel, worst.tolerance_text(), worst.ok,
-            time.perf_counter() - start, worst.worst,
-        )  # fmt: skip
-
-
-# Tolerances per element type: (relative, absolute), as `np.allclose`; the reference interpreter
-# and XLA may order sums and fuse differently, so a few ulps of the type times the depth.
-TOLERANCES: dict[str, tuple[float, float]] = {
-    "float64": (1e-9, 1e-12),
-    "float32": (2e-4, 1e-5),
-    "float16": (3e-2, 1e-2),
-    "bfloat16": (1e-1, 5e-2),
-    "int32": (0.0, 0.0),
-}
-
-
-SHORT_NAMES = {"float64": "f64", "float32": "f32", "float16": "f16", "bfloat16": "bf16", "int32": "i32"}
-
-
-class Comparison:
-    """Worst absolute and relative errors over several outputs and trials."""
-
-    def __init__(self) -> None:
-        self.max_abs = 0.0
-        self.max_rel = 0.0
-        self.ok = True
-        self.worst = ""
-        self._worst_excess = -math.inf
-        self.dtypes: set[str] = set()
-
-    def add(self, key: str, expected: np.ndarray, found: np.ndarray) -> None:
-        rtol, atol = TOLERANCES.get(str(expected.dtype), (1e-5, 1e-6))
-        self.dtypes.add(str(expected.dtype))
-        e = expected.astype(np.float64)
-        f = found.astype(np.float64)
-        if e.shape != f.shape:
-            self.ok = False
-            self.worst = f"{key} (shape {f.shape}, expected {e.shape})"
-            self.max_abs = math.inf
-            return
-        same_nonfinite = (~np.isfinite(e)) & (e == f) | (np.isnan(e) & np.isnan(f))
-        diff = np.where(same_nonfinite, 0.0, np.abs(e - f))
-        diff = np.where(np.isnan(diff), math.inf, diff)
-        rel = diff / np.maximum(np.abs(e), np.finfo(np.float64).tiny)
-        excess = diff - (atol + rtol * np.abs(e))
-        if diff.size:
-            self.max_abs = max(self.max_abs, float(diff.max()))
-            self.max_rel = max(self.max_rel, float(np.where(diff == 0, 0.0, rel).max()))
-            if float(excess.max()) > self._worst_excess:
-                self._worst_excess = float(excess.max())
-                self.worst = key
-            if float(excess.max()) > 0:
-                self.ok = False
-
-    def tolerance_text(self) -> str:
-        parts = []
-        for dtype in sorted(self.dtypes):
-            rtol, atol = TOLERANCES.get(dtype, (1e-5, 1e-6))
-            parts.append(f"{SHORT_NAMES.get(dtype, dtype)}: r{rtol:g} a{atol:g}")
-        return ", ".join(parts)
+            actual = {key: np.asarray(value) for key, value in found.items()}
+            compare_outputs(run_program(before, inputs), actual, comparison, ENGINE_TOLERANCES)
+        seconds = time.perf_counter() - start
+        return comparison.report(
+            pass_name, self.name, trials, seconds, tolerance_text(comparison.dtypes, ENGINE_TOLERANCES)
+        )
 
 
 class LowerToStableHLO(ModulePass):

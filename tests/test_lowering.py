@@ -23,7 +23,7 @@ from stepc.ir.diagnostics import StepcError
 from stepc.ir.interpreter import run_function
 from stepc.ir.parse import make_context, parse_text, verify
 from stepc.passes import lower_to_stablehlo
-from stepc.passes.lower_to_stablehlo import LOWERINGS, TOLERANCES, LowerToStableHLO
+from stepc.passes.lower_to_stablehlo import LOWERINGS, LowerToStableHLO
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,10 @@ class Row:
     args: tuple[tuple[str, tuple[int, ...], str], ...]
     result: str
     ops: tuple[str, ...] = field(default=())
+
+
+# Elementwise (as np.allclose) between XLA and the NumPy interpreter, per dtype of the row.
+ELEMENTWISE_TOLERANCES = {"float64": (1e-9, 1e-12), "float32": (2e-4, 1e-5)}
 
 
 def t(shape: tuple[int, ...], element: str = "{T}") -> str:
@@ -208,7 +212,7 @@ def assert_close(expected: dict, found: dict, dtype: str) -> None:  # type: igno
     for key, value in expected.items():
         e, f = np.asarray(value), np.asarray(found[key])
         assert e.shape == f.shape and e.dtype == f.dtype, (key, e.shape, f.shape, e.dtype, f.dtype)
-        rtol, atol = TOLERANCES[dtype]
+        rtol, atol = ELEMENTWISE_TOLERANCES[dtype]
         if e.dtype == np.float16:  # the convert row: one f16 rounding either side
             rtol, atol = 1e-3, 1e-3
         np.testing.assert_allclose(f.astype(np.float64), e.astype(np.float64), rtol=rtol, atol=atol, err_msg=key)
@@ -253,11 +257,46 @@ def test_op_without_a_rule_is_a_located_error(monkeypatch: pytest.MonkeyPatch) -
     assert info.value.loc is not None and (info.value.loc.file, info.value.loc.line) == ("tanh.ir", 2)
 
 
-def test_relu_is_a_select_not_a_max() -> None:
+def test_relu_is_a_tagged_maximum_with_pytorch_derivative() -> None:
+    """relu lowers to one `maximum` per element (as XLA and jax.nn.relu compute it), tagged so the
+    JAX backend keeps relu'(0) = 0; `lax.max` alone would give 0.5 at a tie."""
+    import jax
+
+    from stepc.backends.jax import jax_function
+
     _, after = lowered(program(unary("relu"), "f32"), "relu.ir")
     text = module_text(after)
-    assert '"stablehlo.select"' in text and "comparison_direction GT" in text
-    assert "stablehlo.maximum" not in text
+    assert '"stablehlo.maximum"' in text and "{step.relu}" in text
+    fn = jax_function(after)
+    x = np.array([[-1.0, 0.0, 2.0, 0.0]] * 3, dtype=np.float32)
+    grad = jax.grad(lambda a: fn.fn(a)[0].sum())(x)
+    np.testing.assert_array_equal(np.asarray(grad), (x > 0).astype(np.float32))
+
+
+def test_product_with_a_mask_is_a_select() -> None:
+    """`ct * compare(...)` (the derivative of relu) is `select(pred, ct, 0)`: no multiply."""
+    text_ir = """func.func @masked(%a: tensor<3x4xf32> {step.param}, %ct: tensor<3x4xf32>) -> tensor<f32>
+    attributes {step.sgd = #step.sgd<lr = 0.1>} {
+  %zero = step.constant 0.0 : tensor<f32>
+  %m = step.compare gt %a, %zero : (tensor<3x4xf32>, tensor<f32>) -> tensor<3x4xf32>
+  %p = step.mul %ct, %m : (tensor<3x4xf32>, tensor<3x4xf32>) -> tensor<3x4xf32>
+  %s = step.sum %p : tensor<3x4xf32> -> tensor<f32>
+  func.return %s : tensor<f32>
+}
+"""
+    from stepc.backends.jax import jax_function
+    from stepc.ir.parse import load_text
+
+    before = load_text(text_ir, "masked.ir")
+    after = before.clone()
+    LowerToStableHLO().apply(make_context(), after)
+    text = module_text(after)
+    assert '"stablehlo.select"' in text and '"stablehlo.multiply"' not in text
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((3, 4)).astype(np.float32)
+    ct = rng.standard_normal((3, 4)).astype(np.float32)
+    found = jax_function(after)({"a": a, "ct": ct})["loss"]
+    np.testing.assert_allclose(float(found), float((ct * (a > 0)).sum()), rtol=1e-6)
 
 
 ROOT = Path(__file__).resolve().parent.parent
