@@ -15,7 +15,8 @@ with `parse_module` (the `stepc check --pass lower-to-stablehlo` path reads dump
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from typing import ClassVar
 import math
 from io import StringIO
@@ -57,6 +58,8 @@ from xdsl.printer import Printer
 from xdsl.traits import IsTerminator, Pure
 from xdsl.utils.exceptions import VerifyException
 from xdsl.utils.str_enum import StrEnum
+
+from stepc.ir.dialect import build_fixed
 
 # ---------------------------------------------------------------------------------------------
 # Attributes
@@ -153,7 +156,14 @@ class DotAttr(_DimensionNumbers):
     @staticmethod
     def make(lhs_batch: Sequence[int], rhs_batch: Sequence[int], lhs_contract: Sequence[int],
              rhs_contract: Sequence[int]) -> DotAttr:  # fmt: skip
-        return DotAttr(_int_list(lhs_batch), _int_list(rhs_batch), _int_list(lhs_contract), _int_list(rhs_contract))
+        return _dot_attr(tuple(lhs_batch), tuple(rhs_batch), tuple(lhs_contract), tuple(rhs_contract))
+
+
+@lru_cache(maxsize=256)
+def _dot_attr(lhs_batch: tuple[int, ...], rhs_batch: tuple[int, ...], lhs_contract: tuple[int, ...],
+              rhs_contract: tuple[int, ...]) -> DotAttr:  # fmt: skip
+    # Attributes are immutable values: a program's dot products share a few of them.
+    return DotAttr(_int_list(lhs_batch), _int_list(rhs_batch), _int_list(lhs_contract), _int_list(rhs_contract))
 
 
 @irdl_attr_definition
@@ -195,7 +205,13 @@ class GatherAttr(_DimensionNumbers):
 
 def i64_array(values: Sequence[int]) -> DenseArrayBase:
     """`array<i64: 1, 0>`"""
-    return DenseArrayBase.from_list(i64, [int(v) for v in values])
+    return _i64_array(tuple(int(v) for v in values))
+
+
+@lru_cache(maxsize=1024)
+def _i64_array(values: tuple[int, ...]) -> DenseArrayBase:
+    # Shared, as every attribute can be: a lowered program repeats a few dimension lists.
+    return DenseArrayBase.from_list(i64, list(values))
 
 
 def i64_values(attr: DenseArrayBase) -> tuple[int, ...]:
@@ -220,6 +236,10 @@ class StableHLOOp(IRDLOperation):
     # Its verifier reads only its operand and result types, properties and attributes
     # (`stepc.ir.parse.verify` checks each such signature once).
     LOCAL_VERIFIER: ClassVar[bool] = True
+
+    def __init__(self, *, operands: Sequence[SSAValue] = (), result_types: Sequence[Attribute] = (),
+                 properties: Mapping[str, Attribute] | None = None, regions: Sequence[Region] = ()) -> None:  # fmt: skip
+        build_fixed(self, operands, result_types, properties, regions)
 
 
 class ElementwiseBinary(StableHLOOp):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import ClassVar, Self
 
@@ -31,7 +31,7 @@ from xdsl.dialects.builtin import (
     f64,
     i64,
 )
-from xdsl.ir import Attribute, Dialect, ParametrizedAttribute, SSAValue
+from xdsl.ir import Attribute, Dialect, Operation, ParametrizedAttribute, Region, SSAValue
 from xdsl.irdl import (
     IRDLOperation,
     irdl_attr_definition,
@@ -69,6 +69,23 @@ def is_i32(element: Attribute) -> bool:
 def tensor_type(value: SSAValue | Attribute) -> TensorType[Attribute]:
     """The static tensor type of a value, or a VerifyException that says what it is instead."""
     t = value.type if isinstance(value, SSAValue) else value
+    checked = _CHECKED_TYPES.get(id(t))
+    if checked is not None and checked[0] is t:
+        return checked[0]
+    _check_type(t)
+    assert isinstance(t, TensorType)
+    if len(_CHECKED_TYPES) >= 4096:
+        _CHECKED_TYPES.clear()
+    _CHECKED_TYPES[id(t)] = (t, tuple(t.get_shape()))
+    return t
+
+
+# The types that passed `tensor_type`, with their shapes, by identity (each holds its type, so
+# the id stays its own): the shape rules ask for the same few type objects all the time.
+_CHECKED_TYPES: dict[int, tuple[TensorType[Attribute], tuple[int, ...]]] = {}
+
+
+def _check_type(t: Attribute) -> None:
     if not isinstance(t, TensorType):
         raise VerifyException(f"expected a ranked tensor, found {t}")
     if any(d < 0 for d in t.get_shape()):
@@ -76,11 +93,11 @@ def tensor_type(value: SSAValue | Attribute) -> TensorType[Attribute]:
     element = t.get_element_type()
     if not (is_float(element) or is_i32(element)):
         raise VerifyException(f"element type must be one of {ELEMENT_NAMES} or i32, found {element}")
-    return t
 
 
 def shape_of(value: SSAValue | Attribute) -> tuple[int, ...]:
-    return tuple(tensor_type(value).get_shape())
+    t = tensor_type(value)
+    return _CHECKED_TYPES[id(t)][1]
 
 
 def element_of(value: SSAValue | Attribute) -> Attribute:
@@ -102,6 +119,24 @@ def make_tensor(shape: Sequence[int], element: Attribute) -> TensorType[Attribut
 def _tensor(shape: tuple[int, ...], element: Attribute) -> TensorType[Attribute]:
     # Attributes are immutable values: every verifier's inferred type can be shared.
     return TensorType(element, list(shape))
+
+
+def build_fixed(op: IRDLOperation, operands: Sequence[SSAValue], result_types: Sequence[Attribute],
+                properties: Mapping[str, Attribute] | None = None, regions: Sequence[Region] = ()) -> None:  # fmt: skip
+    """Initialize an op of fixed operand and result lists (no variadic groups, no segment
+    sizes) as `Operation.create` does. IRDL's generic builder, three quarters of the cost of
+    building such an op (and a compiled program builds tens of thousands), only flattens
+    nested lists and drops `None`s; given anything of that kind it still runs. The verifier
+    checks the op either way."""
+    if (
+        all(isinstance(value, SSAValue) for value in operands)
+        and all(isinstance(t, Attribute) for t in result_types)
+        and (properties is None or all(isinstance(a, Attribute) for a in properties.values()))
+        and all(isinstance(region, Region) for region in regions)
+    ):
+        Operation.__init__(op, operands=operands, result_types=result_types, properties=properties or {}, regions=regions)
+    else:
+        IRDLOperation.__init__(op, operands=operands, result_types=result_types, properties=properties, regions=regions)
 
 
 def check_result(op: IRDLOperation, expected: TensorType[Attribute]) -> None:
@@ -139,7 +174,24 @@ def print_int_list(printer: Printer, values: Sequence[int]) -> None:
 
 
 def int_array(values: Sequence[int]) -> DenseArrayBase:
+    return _int_array(tuple(int(v) for v in values))
+
+
+@lru_cache(maxsize=1024)
+def _int_array(values: tuple[int, ...]) -> DenseArrayBase:
     return DenseArrayBase.from_list(i64, list(values))
+
+
+def f64_array(values: Sequence[float]) -> DenseArrayBase:
+    """`array<f64: ...>`, shared for short lists (the derivative rules' 0.5s and 1.0s)."""
+    if len(values) > 16:
+        return DenseArrayBase.from_list(f64, [float(v) for v in values])
+    return _f64_array(tuple(float(v).hex() for v in values))  # exact: -0.0 and NaN too
+
+
+@lru_cache(maxsize=1024)
+def _f64_array(values: tuple[str, ...]) -> DenseArrayBase:
+    return DenseArrayBase.from_list(f64, [float.fromhex(v) for v in values])
 
 
 # The two custom forms most ops share, written out rather than declared with
@@ -326,6 +378,13 @@ class StepOp(IRDLOperation):
     """Base of every step op: pure, with a shape rule (`infer`) that the verifier applies."""
 
     traits = traits_def(Pure())
+    # Its verifier reads only its operand and result types, properties and attributes
+    # (`stepc.ir.parse.verify` checks each such signature once).
+    LOCAL_VERIFIER: ClassVar[bool] = True
+
+    def __init__(self, *, operands: Sequence[SSAValue] = (), result_types: Sequence[Attribute] = (),
+                 properties: Mapping[str, Attribute] | None = None) -> None:  # fmt: skip
+        build_fixed(self, operands, result_types, properties)
 
     def infer(self) -> TensorType[Attribute]:
         raise NotImplementedError
@@ -866,7 +925,7 @@ class ConstantOp(StepOp):
 
     def __init__(self, values: float | Sequence[float], result_type: Attribute):
         data = [float(values)] if isinstance(values, (int, float)) else [float(v) for v in values]
-        super().__init__(result_types=[result_type], properties={"value": DenseArrayBase.from_list(f64, data)})
+        super().__init__(result_types=[result_type], properties={"value": f64_array(data)})
 
     @property
     def values(self) -> tuple[float, ...]:

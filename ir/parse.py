@@ -11,10 +11,12 @@ from pathlib import Path
 
 from xdsl.context import Context
 from xdsl.dialects import func
-from xdsl.dialects.builtin import Builtin, ModuleOp, StringAttr
-from xdsl.ir import Attribute, Operation, OpResult, SSAValue
+from xdsl.dialects.builtin import Builtin, FileLineColLoc, ModuleOp, StringAttr
+from xdsl.ir import Attribute, ErasedSSAValue, Operation, OpResult, SSAValue
+from xdsl.irdl import IRDLOperation
 from xdsl.parser import Parser
 from xdsl.parser.generic_parser import ParserState
+from xdsl.traits import OpTrait
 from xdsl.utils.exceptions import ParseError, VerifyException
 from xdsl.utils.lexer import Input, Span
 from xdsl.utils.mlir_lexer import MLIRLexer, MLIRTokenKind
@@ -86,7 +88,7 @@ class LocatedParser(Parser):
             op = super().parse_operation()
         finally:
             self._frames.pop()
-        if SourceLoc.from_attr(op.location) is None:
+        if not isinstance(op.location, FileLineColLoc):
             op.location = self.loc(start).to_attr()
         for result in op.results:
             if result.name_hint is not None:
@@ -202,7 +204,7 @@ class _Frame:
 
 
 @contextmanager
-def _no_gc():
+def no_gc():
     """Without the cycle collector for a while: building or walking a large IR allocates many
     objects that live on, and each collection re-traverses all of them (a third of the parse
     time of a 10,000-op program). Reference counting still frees everything else."""
@@ -223,7 +225,7 @@ def parse_text(text: str, name: str = "<stdin>") -> ModuleOp:
     parser = None
     try:
         parser = LocatedParser(make_context(), text, name)  # lexes the first token: may fail
-        with _no_gc():
+        with no_gc():
             return parser.parse_module()
     except ParseError as e:
         if parser is not None and e.msg.startswith("values used but not defined"):
@@ -284,36 +286,143 @@ def _clean_parse_message(msg: str, token: str = "") -> str:
 def verify(module: ModuleOp) -> None:
     """Verify every op, innermost first, reporting the first failure at its op; then check
     that every value is defined before it is used (xDSL's parser accepts forward uses)."""
-    with _no_gc():
-        for op in _postorder(module):
-            try:
-                op.verify(verify_nested_ops=False)
-            except VerifyException as e:
-                raise StepcError(_clean_verify_message(op, str(e)), _verify_location(op, str(e))) from None
-        _check_defined_before_use(module, set())
+    with no_gc():
+        undefined: list[tuple[SSAValue, Operation]] = []
+        _verify_nested(module, set(), undefined)
+        _verify_op(module, is_last=False)
+    if undefined:
+        value, user = undefined[0]
+        raise StepcError(_use_before_definition(value), location_of(user))
 
 
-def _postorder(op: Operation):
+def _verify_nested(op: Operation, visible: set[SSAValue], undefined: list[tuple[SSAValue, Operation]]) -> None:
+    """Verify the ops inside `op`, innermost first, in one walk that also records the first
+    use of a value not defined before it (straight-line dominance: an operand is a block
+    argument, a value of an enclosing block, or the result of an earlier op). `visible` grows
+    by each block's values while the block is walked and is left as it was found."""
     for region in op.regions:
         for block in region.blocks:
+            defined: list[SSAValue] = list(block.args)
+            visible.update(defined)
+            last = block.last_op
             for inner in block.ops:
-                yield from _postorder(inner)
-    yield op
-
-
-def _check_defined_before_use(op: Operation, visible: set[SSAValue]) -> None:
-    """Straight-line dominance: in each block, an operand is a block argument, a value of an
-    enclosing block, or the result of an earlier op."""
-    for region in op.regions:
-        for block in region.blocks:
-            seen = visible | set(block.args)
-            for inner in block.ops:
-                for operand in inner.operands:
-                    if operand not in seen:
-                        raise StepcError(_use_before_definition(operand), location_of(inner))
+                if not undefined:
+                    for operand in inner.operands:
+                        if operand not in visible:
+                            undefined.append((operand, inner))
+                            break
                 if inner.regions:
-                    _check_defined_before_use(inner, seen)
-                seen.update(inner.results)
+                    _verify_nested(inner, visible, undefined)
+                _verify_op(inner, is_last=inner is last)
+                results = inner.results
+                visible.update(results)
+                defined.extend(results)
+            visible.difference_update(defined)
+
+
+def _verify_op(op: Operation, is_last: bool) -> None:
+    """One op's verifier (not its nested ops'), skipped for a signature verified before."""
+    signature = None if is_last else _local_signature(op)  # the terminator rule looks at the block
+    if signature is not None and _VERIFIED.holds(signature):
+        return
+    try:
+        op.verify(verify_nested_ops=False)
+    except VerifyException as e:
+        raise StepcError(_clean_verify_message(op, str(e)), _verify_location(op, str(e))) from None
+    if signature is not None:
+        _VERIFIED.add(signature)
+
+
+class _Signatures:
+    """The signatures of ops that passed their verifier.
+
+    An op whose class declares `LOCAL_VERIFIER = True` (every step and StableHLO op without a
+    region: traits that check nothing, a verifier that reads only the op itself) is valid or
+    not by its signature alone: its class, operand types, result types, properties and
+    attributes. The pipeline verifies the whole program after every pass and a program
+    repeats a few signatures thousands of times, so each signature is verified once. What a
+    signature does not cover (an erased operand, the op that ends a block) is left to the
+    full verifier every time.
+
+    Attributes hash by value, recursively and without caching (microseconds each), so a
+    signature is first looked up by the identities of its parts (the parser, the shape rules
+    and `clone` share attribute objects), then by value. The identity table keeps the parts
+    alive so that their ids stay theirs.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.by_value: set[tuple[object, ...]] = set()
+        self.by_identity: dict[tuple[int, ...], tuple[object, ...]] = {}
+
+    def holds(self, signature: tuple[object, ...]) -> bool:
+        identity = tuple(map(id, signature))
+        if identity in self.by_identity:
+            return True
+        try:
+            if signature not in self.by_value:
+                return False
+        except TypeError:  # an attribute that cannot be hashed: never remembered
+            return False
+        self._remember_identity(identity, signature)
+        return True
+
+    def add(self, signature: tuple[object, ...]) -> None:
+        try:
+            hash(signature)
+        except TypeError:
+            return
+        if len(self.by_value) >= self.limit:
+            self.by_value.clear()
+        self.by_value.add(signature)
+        self._remember_identity(tuple(map(id, signature)), signature)
+
+    def _remember_identity(self, identity: tuple[int, ...], signature: tuple[object, ...]) -> None:
+        if len(self.by_identity) >= self.limit:
+            self.by_identity.clear()
+        self.by_identity[identity] = signature
+
+
+_VERIFIED = _Signatures(limit=1 << 16)
+_LOCAL_CLASSES: dict[type[Operation], bool] = {}
+
+
+def _local_signature(op: Operation) -> tuple[object, ...] | None:
+    """What decides whether `op` (not the last op of its block) verifies, when that is all
+    there is to it (else None): its class, operand types, result types, properties and
+    attributes, the groups apart."""
+    cls = type(op)
+    local = _LOCAL_CLASSES.get(cls)
+    if local is None:
+        local = _LOCAL_CLASSES[cls] = _has_local_verifier(cls)
+    if not local or op.regions or op.successor_uses:
+        return None
+    parts: list[object] = [cls]
+    for operand in op.operands:
+        if type(operand) is ErasedSSAValue:
+            return None
+        parts.append(operand.type)
+    parts.append(_END)
+    for result in op.results:
+        parts.append(result.type)
+    parts.append(_END)
+    for item in op.properties.items():
+        parts.extend(item)
+    parts.append(_END)
+    for item in op.attributes.items():
+        parts.extend(item)
+    return tuple(parts)
+
+
+_END = object()  # ends a group of a signature
+
+
+def _has_local_verifier(cls: type[Operation]) -> bool:
+    if not getattr(cls, "LOCAL_VERIFIER", False) or not issubclass(cls, IRDLOperation):
+        return False
+    op_def = cls.get_irdl_definition()
+    traits_check_nothing = all(type(trait).verify is OpTrait.verify for trait in op_def.traits)
+    return traits_check_nothing and not op_def.regions and not op_def.successors
 
 
 def _use_before_definition(value: SSAValue) -> str:

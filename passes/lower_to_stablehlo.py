@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from typing import ClassVar
 
 import numpy as np
@@ -37,7 +38,7 @@ from xdsl.passes import ModulePass
 from stepc.backends import stablehlo as shlo
 from stepc.ir import dialect as step
 from stepc.ir.diagnostics import error_at
-from stepc.ir.dialect import element_of, shape_of
+from stepc.ir.dialect import element_of, make_tensor, shape_of
 from stepc.ir.program import step_function
 from stepc.passes.contract import Contract, ContractReport
 
@@ -61,17 +62,9 @@ class Emitter:
     def constant(self, value: float | Sequence[float], element: Attribute, shape: Sequence[int] = ()) -> SSAValue:
         """`dense<value>` of the given element type and shape (a splat when one value)."""
         values = [value] if isinstance(value, (int, float)) else list(value)
-        if element == i32:
-            values = [int(v) for v in values]
-        else:  # round to the element type first: 1e308 in f32 is inf (as torch), not a packing error
-            import numpy as np
-
-            from stepc.ir.values import numpy_dtype
-
-            with np.errstate(over="ignore"):
-                values = [float(np.asarray(v, dtype=np.float64).astype(numpy_dtype(element))) for v in values]
-        attr = DenseIntOrFPElementsAttr.from_list(TensorType(element, list(shape)), values)  # type: ignore[arg-type]
-        return self.emit(shlo.ConstantOp(attr))
+        # Keyed by the exact bits: -0.0 == 0.0 and NaN != NaN as floats.
+        key = tuple(v.hex() if isinstance(v, float) else int(v) for v in values)
+        return self.emit(shlo.ConstantOp(dense_constant(key, element, tuple(shape))))
 
     def broadcast(self, value: SSAValue, shape: Sequence[int]) -> SSAValue:
         """NumPy broadcasting of `value` to `shape` (trailing dims aligned); a no-op when equal."""
@@ -83,7 +76,7 @@ class Emitter:
 
     def broadcast_dims(self, value: SSAValue, shape: Sequence[int], dims: Sequence[int]) -> SSAValue:
         """`broadcast_in_dim`: dim i of `value` becomes dim `dims[i]` of the result."""
-        result_type = TensorType(element_of(value), list(shape))
+        result_type = make_tensor(shape, element_of(value))
         return self.emit(shlo.BroadcastInDimOp(value, list(dims), result_type))
 
     def kept_broadcast(self, reduced: SSAValue, shape: Sequence[int], axes: Sequence[int]) -> SSAValue:
@@ -103,7 +96,7 @@ class Emitter:
         element = element_of(value)
         init = self.constant(REDUCE_INIT[combiner], element)
         shape = [d for i, d in enumerate(shape_of(value)) if i not in axes]
-        return self.emit(shlo.ReduceOp(value, init, list(axes), combiner, TensorType(element, shape)))
+        return self.emit(shlo.ReduceOp(value, init, list(axes), combiner, make_tensor(shape, element)))
 
     def divide_by_count(self, value: SSAValue, count: int) -> SSAValue:
         """`value / count`, as `jnp.mean` divides its sum."""
@@ -115,7 +108,23 @@ class Emitter:
         return self.emit(shlo.CompareOp(direction, self.broadcast(lhs, shape), self.broadcast(rhs, shape)))
 
     def convert(self, value: SSAValue, element: Attribute) -> SSAValue:
-        return self.emit(shlo.ConvertOp(value, TensorType(element, list(shape_of_any(value)))))
+        return self.emit(shlo.ConvertOp(value, make_tensor(shape_of_any(value), element)))
+
+
+@lru_cache(maxsize=1024)
+def dense_constant(key: tuple[str | int, ...], element: Attribute, shape: tuple[int, ...]) -> DenseIntOrFPElementsAttr:
+    """The attribute of `Emitter.constant` (float values as `float.hex`); shared, as every
+    attribute can be: a lowered program repeats a few constants (the zeros of reductions)."""
+    values: list[float] | list[int]
+    if element == i32:
+        values = [int(float.fromhex(v)) if isinstance(v, str) else v for v in key]
+    else:  # round to the element type first: 1e308 in f32 is inf (as torch), not a packing error
+        from stepc.ir.values import numpy_dtype
+
+        floats = np.array([float.fromhex(v) if isinstance(v, str) else float(v) for v in key], dtype=np.float64)
+        with np.errstate(over="ignore"):
+            values = [float(v) for v in floats.astype(numpy_dtype(element)).astype(np.float64)]
+    return DenseIntOrFPElementsAttr.from_list(make_tensor(shape, element), values)  # type: ignore[arg-type]
 
 
 def step_broadcast(lhs: Sequence[int], rhs: Sequence[int]) -> tuple[int, ...]:

@@ -16,7 +16,7 @@ from xdsl.passes import ModulePass
 from xdsl.utils.exceptions import PassFailedException, VerifyException
 
 from stepc.ir.diagnostics import StepcError
-from stepc.ir.parse import make_context, verify
+from stepc.ir.parse import make_context, no_gc, verify
 from stepc.passes import DEFAULT_PIPELINE, get_all_passes
 from stepc.passes.contract import ContractReport, contract_of
 
@@ -91,8 +91,9 @@ class Pipeline:
             before = module.clone() if contract is not None else None
             start = time.perf_counter()
             try:
-                p.apply(ctx, module)
-                verify(module)
+                with no_gc():  # a pass allocates many long-lived objects: see `no_gc`
+                    p.apply(ctx, module)
+                    verify(module)
             except StepcError:
                 raise
             except (PassFailedException, VerifyException) as e:
