@@ -195,21 +195,26 @@ def default_init(module: ModuleOp, seed: int) -> Arrays:
     return out
 
 
+def key_problems(arrays: Arrays, required: list[str], allowed: set[str]) -> str:
+    """`missing a, b; unknown keys c` for the keys of an .npz file, or "" when they are right."""
+    missing = [n for n in required if n not in arrays]
+    extra = sorted(k for k in arrays if k not in allowed)
+    parts = []
+    if missing:
+        parts.append(f"missing {', '.join(missing)}")
+    if extra:
+        parts.append(f"unknown keys {', '.join(extra)}")
+    return "; ".join(parts)
+
+
 def load_params(path: str | Path, spec: Signature) -> Arrays:
     """`--init FILE.npz`: one array per parameter, keyed by its IR name, of its shape."""
     arrays = _read_npz(path, what="--init")
     names = [p.name for p in spec.params]
-    missing = [n for n in names if n not in arrays]
-    extra = sorted(k for k in arrays if k not in names)
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing {', '.join(missing)}")
-        if extra:
-            parts.append(f"unknown keys {', '.join(extra)}")
+    if problems := key_problems(arrays, names, set(names)):
         raise StepcError(
-            f"--init {path}: {'; '.join(parts)} (the parameters are: {', '.join(names)})",
-            spec.params[0].loc if missing else None,
+            f"--init {path}: {problems} (the parameters are: {', '.join(names)})",
+            spec.params[0].loc if any(n not in arrays for n in names) else None,
         )
     out: Arrays = {}
     for p in spec.params:
@@ -307,16 +312,9 @@ def _user_data(path: str, spec: Signature) -> Dataset:
     arrays = _read_npz(path, what="--data")
     names = [s.name for s in spec.inputs]
     known = set(names) | {f"test.{n}" for n in names}
-    extra = sorted(k for k in arrays if k not in known)
-    missing = [n for n in names if n not in arrays]
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing {', '.join(missing)}")
-        if extra:
-            parts.append(f"unknown keys {', '.join(extra)}")
+    if problems := key_problems(arrays, names, known):
         raise StepcError(
-            f"--data {path}: {'; '.join(parts)} (the keys are the batch inputs' names: {', '.join(names)}, "
+            f"--data {path}: {problems} (the keys are the batch inputs' names: {', '.join(names)}, "
             "and optionally test.NAME for held-out data)",
             spec.loc,
         )
