@@ -14,8 +14,6 @@ from functools import lru_cache
 from typing import ClassVar, Self
 
 from xdsl.dialects.builtin import (
-    AnyFloat,
-    ArrayAttr,
     BFloat16Type,
     BoolAttr,
     DenseArrayBase,
