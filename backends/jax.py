@@ -259,6 +259,34 @@ def _gather(op: shlo.GatherOp) -> Call:
     )
 
 
+SCATTERS: dict[type[Operation], str] = {shlo.AddOp: "lax.scatter_add"}
+
+
+def _scatter(op: shlo.ScatterOp) -> Call:
+    n = op.scatter_dimension_numbers
+    indices_rank = len(tensor_shape(op.scatter_indices.type))
+    if n.field("index_vector_dim") != indices_rank - 1:
+        raise error_at(op, "stablehlo.scatter: the JAX backend takes the index vector in the last dim of the indices")
+    fn = SCATTERS.get(op.combiner)  # type: ignore[arg-type]
+    if fn is None:
+        raise error_at(op, "stablehlo.scatter: the JAX backend takes an update body of one add")
+    numbers = Call(
+        "lax.ScatterDimensionNumbers",
+        kwargs=(
+            ("update_window_dims", n.field("update_window_dims")),
+            ("inserted_window_dims", n.field("inserted_window_dims")),
+            ("scatter_dims_to_operand_dims", n.field("scatter_dims_to_operand_dims")),
+            ("operand_batching_dims", n.field("input_batching_dims")),
+            ("scatter_indices_batching_dims", n.field("scatter_indices_batching_dims")),
+        ),
+    )
+    # XLA's scatter skips an update whose index is out of bounds (FILL_OR_DROP), as a one-hot row
+    # of an out-of-range label is zero.
+    return Call(
+        fn, (Operand(0), Operand(1), Operand(2), numbers), (("mode", Name("lax.GatherScatterMode.FILL_OR_DROP")),)
+    )
+
+
 def _reduce(op: shlo.ReduceOp) -> Call:
     reducer = REDUCERS.get(op.combiner)  # type: ignore[arg-type]
     if reducer is None:
@@ -295,6 +323,7 @@ JAX_RULES: dict[type[Operation], Rule] = {
     shlo.DotGeneralOp: _dot_general,  # type: ignore[dict-item]
     shlo.IotaOp: _iota,  # type: ignore[dict-item]
     shlo.GatherOp: _gather,  # type: ignore[dict-item]
+    shlo.ScatterOp: _scatter,  # type: ignore[dict-item]
     shlo.ReduceOp: _reduce,  # type: ignore[dict-item]
 }
 

@@ -77,6 +77,31 @@ def _gather(operand: Array, indices: Array, *, dimension_numbers: Any, slice_siz
     return out
 
 
+
+def _scatter_add(operand: Array, indices: Array, updates: Array, *, dimension_numbers: Any, **_: Any) -> Array:
+    """XLA's scatter with an add body, element by element (the index vector in the last dim of
+    `indices`); an update whose window falls outside the operand is dropped (FILL_OR_DROP)."""
+    n = dimension_numbers
+    window_dims = tuple(n.update_window_dims)
+    inserted = set(n.inserted_window_dims) | set(n.operand_batching_dims)
+    operand_window_dims = [d for d in range(operand.ndim) if d not in inserted]
+    scatter_positions = [d for d in range(updates.ndim) if d not in window_dims]
+    out = np.array(operand, copy=True)
+    for update_index in np.ndindex(*updates.shape):
+        batch_index = tuple(update_index[p] for p in scatter_positions)
+        start = [0] * operand.ndim
+        for k, d in enumerate(n.scatter_dims_to_operand_dims):
+            start[d] = int(indices[batch_index + (k,)])
+        for operand_dim, indices_dim in zip(n.operand_batching_dims, n.scatter_indices_batching_dims):
+            start[operand_dim] = batch_index[indices_dim]
+        full = list(start)
+        for pos, d in zip(window_dims, operand_window_dims):
+            full[d] += update_index[pos]
+        if all(0 <= full[d] < operand.shape[d] for d in range(operand.ndim)):
+            out[tuple(full)] += updates[update_index]
+    return out
+
+
 def _plain(fn: Callable[..., Any]) -> Callable[..., Any]:
     """A NumPy function of arrays only (the primitive's params, such as shardings, ignored)."""
     return lambda *xs, **_: fn(*xs)
@@ -166,6 +191,7 @@ PRIMITIVES: dict[str, Callable[..., Any]] = {
     "argmax": lambda x, *, axes, index_dtype, **_: np.argmax(x, axis=axes[0]).astype(index_dtype),
     "iota": _iota,
     "gather": _gather,
+    "scatter-add": _scatter_add,
     "pjit": _call("jaxpr"),
     "jit": _call("jaxpr"),
     "closed_call": _call("call_jaxpr"),

@@ -3,9 +3,9 @@
 Why our own subset instead of the field's StableHLO dialect for xDSL (`xdsl-jax`): every
 release of `xdsl-jax` up to 0.6.0 requires `xdsl~=0.73.0`, while the spec fixes xDSL 0.74,
 and xDSL's API moves between minor versions. So this module declares, in IRDL, exactly the
-ops the lowering emits (nothing more), with the three attributes that need StableHLO's own
-syntax: `#stablehlo<comparison_direction GT>`, `#stablehlo.dot<...>` and
-`#stablehlo.gather<...>`. The ops print in MLIR's generic form
+ops the lowering emits (nothing more), with the four attributes that need StableHLO's own
+syntax: `#stablehlo<comparison_direction GT>`, `#stablehlo.dot<...>`, `#stablehlo.gather<...>`
+and `#stablehlo.scatter<...>`. The ops print in MLIR's generic form
 (`%0 = "stablehlo.add"(%a, %b) : (tensor<4xf32>, tensor<4xf32>) -> tensor<4xf32>`), which XLA's
 MLIR parser accepts as it is; `module_text` wraps the function as
 `module @name { func.func public @main(...) }`, the form
@@ -91,8 +91,8 @@ def _int_list(values: Sequence[int]) -> ArrayAttr[IntAttr]:
 
 
 class _DimensionNumbers(ParametrizedAttribute):
-    """Shared text form of `#stablehlo.dot<...>` and `#stablehlo.gather<...>`: `key = [..]` or
-    `key = N` fields, empty lists left out, as StableHLO prints them."""
+    """Shared text form of `#stablehlo.dot<...>`, `#stablehlo.gather<...>` and `#stablehlo.scatter<...>`:
+    `key = [..]` or `key = N` fields, empty lists left out, as StableHLO prints them."""
 
     FIELDS: ClassVar[tuple[str, ...]] = ()
     SCALAR_FIELDS: ClassVar[tuple[str, ...]] = ()
@@ -199,6 +199,43 @@ class GatherAttr(_DimensionNumbers):
             _int_list(operand_batching_dims),
             _int_list(start_indices_batching_dims),
             _int_list(start_index_map),
+            IntAttr(index_vector_dim),
+        )
+
+
+@irdl_attr_definition
+class ScatterAttr(_DimensionNumbers):
+    """`#stablehlo.scatter<inserted_window_dims = [1], input_batching_dims = [0],
+    scatter_indices_batching_dims = [0], scatter_dims_to_operand_dims = [1], index_vector_dim = 1>`"""
+
+    name = "stablehlo.scatter"
+    FIELDS = (
+        "update_window_dims",
+        "inserted_window_dims",
+        "input_batching_dims",
+        "scatter_indices_batching_dims",
+        "scatter_dims_to_operand_dims",
+        "index_vector_dim",
+    )
+    SCALAR_FIELDS = ("index_vector_dim",)
+
+    update_window_dims: ArrayAttr[IntAttr] = param_def()
+    inserted_window_dims: ArrayAttr[IntAttr] = param_def()
+    input_batching_dims: ArrayAttr[IntAttr] = param_def()
+    scatter_indices_batching_dims: ArrayAttr[IntAttr] = param_def()
+    scatter_dims_to_operand_dims: ArrayAttr[IntAttr] = param_def()
+    index_vector_dim: IntAttr = param_def()
+
+    @staticmethod
+    def make(*, update_window_dims: Sequence[int], inserted_window_dims: Sequence[int],
+             input_batching_dims: Sequence[int], scatter_indices_batching_dims: Sequence[int],
+             scatter_dims_to_operand_dims: Sequence[int], index_vector_dim: int) -> ScatterAttr:  # fmt: skip
+        return ScatterAttr(
+            _int_list(update_window_dims),
+            _int_list(inserted_window_dims),
+            _int_list(input_batching_dims),
+            _int_list(scatter_indices_batching_dims),
+            _int_list(scatter_dims_to_operand_dims),
             IntAttr(index_vector_dim),
         )
 
@@ -515,24 +552,64 @@ class ReduceOp(StableHLOOp):
     @property
     def combiner(self) -> type[IRDLOperation] | None:
         """The body's one combining op class (add, maximum, ...), or None for another body."""
-        ops = list(self.body.block.ops)
-        if len(ops) != 2 or not isinstance(ops[1], ReturnOp):
-            return None
-        op = ops[0]
-        args = self.body.block.args
-        if not isinstance(op, ElementwiseBinary) or (op.lhs, op.rhs) != (args[0], args[1]):
-            return None
-        return type(op)
+        return _single_combiner(self.body.block)
+
+
+def _single_combiner(block: Block) -> type[IRDLOperation] | None:
+    ops = list(block.ops)
+    if len(ops) != 2 or not isinstance(ops[1], ReturnOp):
+        return None
+    op = ops[0]
+    if not isinstance(op, ElementwiseBinary) or (op.lhs, op.rhs) != (block.args[0], block.args[1]):
+        return None
+    return type(op)
+
+
+@irdl_op_definition
+class ScatterOp(StableHLOOp):
+    """One input, its indices and updates, a body combining two rank-0 tensors (as `ReduceOp`'s):
+    `%r = "stablehlo.scatter"(%x, %idx, %upd) <{scatter_dimension_numbers = #stablehlo.scatter<...>}> ({
+    ^bb0(%a: tensor<f32>, %b: tensor<f32>): %s = "stablehlo.add"(%a, %b) ...; "stablehlo.return"(%s) ... })
+    : (tensor<16x10xf32>, tensor<16x1xi32>, tensor<16xf32>) -> tensor<16x10xf32>`"""
+
+    name = "stablehlo.scatter"
+
+    input = operand_def(TensorType)
+    scatter_indices = operand_def(TensorType)
+    updates = operand_def(TensorType)
+    result = result_def(TensorType)
+    scatter_dimension_numbers = prop_def(ScatterAttr)
+    indices_are_sorted = opt_prop_def(BoolAttr)
+    unique_indices = opt_prop_def(BoolAttr)
+    update_computation = region_def("single_block")
+
+    def __init__(self, input: SSAValue, indices: SSAValue, updates: SSAValue, numbers: ScatterAttr,
+                 combiner: type[ElementwiseBinary]):  # fmt: skip
+        scalar = TensorType(_type(input).get_element_type(), [])
+        block = Block(arg_types=[scalar, scalar])
+        combined = combiner(block.args[0], block.args[1])
+        block.add_ops([combined, ReturnOp([combined.result])])
+        super().__init__(
+            operands=[input, indices, updates],
+            result_types=[input.type],
+            properties={"scatter_dimension_numbers": numbers},
+            regions=[Region(block)],
+        )
+
+    @property
+    def combiner(self) -> type[IRDLOperation] | None:
+        """The body's one combining op class (add, ...), or None for another body."""
+        return _single_combiner(self.update_computation.block)
 
 
 OPS: tuple[type[IRDLOperation], ...] = (
     AddOp, SubtractOp, MultiplyOp, DivideOp, MaxOp, MinOp,
     NegateOp, ExpOp, LogOp, TanhOp, LogisticOp, SqrtOp, RsqrtOp, AbsOp,
     ConstantOp, ConvertOp, CompareOp, SelectOp, BroadcastInDimOp, ReshapeOp, TransposeOp,
-    DotGeneralOp, IotaOp, GatherOp, ReduceOp, ReturnOp,
+    DotGeneralOp, IotaOp, GatherOp, ScatterOp, ReduceOp, ReturnOp,
 )  # fmt: skip
 
-StableHLO = Dialect("stablehlo", list(OPS), [ComparisonDirectionAttr, DotAttr, GatherAttr])
+StableHLO = Dialect("stablehlo", list(OPS), [ComparisonDirectionAttr, DotAttr, GatherAttr, ScatterAttr])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ Conventions of the output (see `backends/stablehlo.py` for the text):
   with a 0/1 mask (the derivative of relu) is a `select`, as `jax.grad` emits;
 - softmax, log_softmax and cross_entropy subtract the row maximum first (numerically stable);
   cross_entropy is `mean(logsumexp - picked logit)` with the logit picked by a gather;
+- `x - one_hot(labels)` (N x C, the cross-entropy gradient) is a scatter-add of -1 at
+  `x[i, labels[i]]`, as `jax.grad` emits; the one-hot, read nowhere else, is erased;
 - the function becomes `@main` (public) inside `module @<step name>`; argument roles and result
   keys stay as attributes (`{step.param}`, `{step.output = "..."}`) that XLA ignores, so the
   JAX backend and `stepc exec` still know every name.
@@ -318,9 +320,65 @@ def lower_one_hot(b: Emitter, op: step.OneHotOp) -> SSAValue:
     return b.convert(hit, element_of(op.result))
 
 
+def lower_sub(b: Emitter, op: step.SubOp) -> SSAValue:
+    """`x - one_hot(labels)` (N x C, i32 labels) as a scatter-add of -1 at `x[i, labels[i]]`, as
+    `jax.grad` of a picked log-probability gives (a labels row out of range adds nothing, as its
+    one-hot row is zero); any other subtraction elementwise."""
+    labels = lowered_one_hot_labels(op.rhs)
+    shape = shape_of(op.lhs)
+    if labels is None or len(shape) != 2 or shape_of_any(op.rhs) != shape or element_of(op.lhs) != element_of(op.rhs):
+        return b.binary(shlo.SubtractOp, op.lhs, op.rhs)
+    n = shape[0]
+    indices = b.emit(shlo.ReshapeOp(labels, TensorType(i32, [n, 1])))
+    updates = b.constant(-1.0, element_of(op.lhs), [n])
+    numbers = shlo.ScatterAttr.make(
+        update_window_dims=[],
+        inserted_window_dims=[1],
+        input_batching_dims=[0],
+        scatter_indices_batching_dims=[0],
+        scatter_dims_to_operand_dims=[1],
+        index_vector_dim=1,
+    )
+    return b.emit(shlo.ScatterOp(op.lhs, indices, updates, numbers, shlo.AddOp))
+
+
+def lowered_one_hot_labels(value: SSAValue) -> SSAValue | None:
+    """The i32 labels [N] of a value that `lower_one_hot` made from a rank-2 `step.one_hot`
+    (`convert(compare EQ (broadcast_in_dim(labels, [0]), iota 1))`), else None."""
+    convert = value.owner
+    if not isinstance(convert, shlo.ConvertOp) or not isinstance(convert.operand.owner, shlo.CompareOp):
+        return None
+    compare = convert.operand.owner
+    labels, classes = compare.lhs.owner, compare.rhs.owner
+    if (
+        compare.direction != shlo.ComparisonDirection.EQ
+        or not isinstance(labels, shlo.BroadcastInDimOp)
+        or not isinstance(classes, shlo.IotaOp)
+        or classes.dimension != 1
+        or labels.dims != (0,)
+        or len(shape_of_any(value)) != 2
+        or element_of(labels.operand) != i32
+    ):
+        return None
+    return labels.operand
+
+
+def erase_if_unused(value: SSAValue) -> None:
+    """Erase the op of `value` when nothing reads it any more, then its operands' ops likewise
+    (the one-hot that a scatter replaced)."""
+    op = value.owner
+    if not isinstance(op, Operation) or op.dialect_name() != "stablehlo" or any(r.uses for r in op.results):
+        return
+    operands = list(op.operands)
+    op.detach()
+    op.erase()
+    for operand in operands:
+        erase_if_unused(operand)
+
+
 LOWERINGS: dict[type[Operation], Rule] = {
     step.AddOp: elementwise_binary(shlo.AddOp),
-    step.SubOp: elementwise_binary(shlo.SubtractOp),
+    step.SubOp: lower_sub,  # type: ignore[dict-item]
     step.MulOp: lower_mul,  # type: ignore[dict-item]
     step.DivOp: elementwise_binary(shlo.DivideOp),
     step.MaximumOp: elementwise_binary(shlo.MaxOp),
@@ -405,8 +463,11 @@ class LowerToStableHLO(ModulePass):
             inner.results[0].replace_all_uses_with(result)
             if result.name_hint is None and inner.results[0].name_hint is not None:
                 result.name_hint = inner.results[0].name_hint
+            operands = list(inner.operands)
             inner.detach()
             inner.erase()
+            if isinstance(result.owner, shlo.ScatterOp):  # the one-hot it replaced, when unread
+                erase_if_unused(operands[1])
         name_module(op, fn)
 
 

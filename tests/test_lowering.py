@@ -377,3 +377,90 @@ def test_whole_pipeline_text_compiles_and_equals_the_jax_function(example: str) 
     assert list(found) == list(expected)
     for key in expected:
         np.testing.assert_allclose(found[key], expected[key], rtol=1e-6, atol=1e-7, err_msg=key)
+
+
+def one_hot_difference_program(element: str) -> str:
+    """`p - one_hot(labels)` (the cross-entropy gradient's shape), the one-hot read only there."""
+    return f"""func.func @ce_grad(%p: tensor<6x5x{element}>, %labels: tensor<6xi32>) -> tensor<6x5x{element}> {{
+  %oh = step.one_hot %labels : tensor<6xi32> -> tensor<6x5x{element}>
+  %r = step.sub %p, %oh : (tensor<6x5x{element}>, tensor<6x5x{element}>) -> tensor<6x5x{element}>
+  func.return %r : tensor<6x5x{element}>
+}}
+"""
+
+
+@pytest.mark.parametrize("element,dtype", [("f32", np.float32), ("f64", np.float64)])
+def test_difference_with_a_one_hot_is_a_scatter_add(element: str, dtype: type) -> None:
+    """`x - one_hot(labels)` lowers to a scatter-add of -1 at `x[i, labels[i]]` (as `jax.grad` of
+    a picked log-probability): no iota/compare one-hot is left. It equals the interpreter and the
+    NumPy formula through the JAX backend and through XLA's text path, labels out of [0, C)
+    included (their one-hot row is zero: the scatter drops them)."""
+    before, after = lowered(one_hot_difference_program(element), "ce_grad.ir")
+    text = module_text(after)
+    assert '"stablehlo.scatter"' in text and "#stablehlo.scatter<" in text
+    for gone in ('"stablehlo.iota"', '"stablehlo.compare"', '"stablehlo.subtract"'):
+        assert gone not in text, gone
+    parse_with_jax_mlir(text)
+    assert module_text(parse_module(text)) == text
+    jf = jax_function(after)
+    xla = XlaExecutable.from_module(after)
+    rng = np.random.default_rng(3)
+    for labels in (rng.integers(0, 5, 6), np.array([0, 4, -1, 5, 2, 100])):
+        data = {"p": rng.standard_normal((6, 5)).astype(dtype), "labels": labels.astype(np.int32)}
+        formula = data["p"] - (labels[:, None] == np.arange(5)).astype(dtype)
+        expected = run_function(before, data)
+        np.testing.assert_array_equal(next(iter(expected.values())), formula)
+        assert_close(expected, jf(data), np.dtype(dtype).name)
+        assert_close(expected, xla(data), np.dtype(dtype).name)
+
+
+def test_one_hot_read_elsewhere_stays_and_broadcast_difference_subtracts() -> None:
+    """The one-hot stays when something else reads it; a difference that broadcasts its lhs
+    keeps the subtract."""
+    text_ir = """func.func @both(%p: tensor<6x5xf32>, %q: tensor<5xf32>, %labels: tensor<6xi32>) -> tensor<6x5xf32> {
+  %oh = step.one_hot %labels : tensor<6xi32> -> tensor<6x5xf32>
+  %r = step.sub %p, %oh : (tensor<6x5xf32>, tensor<6x5xf32>) -> tensor<6x5xf32>
+  %s = step.sub %q, %oh : (tensor<5xf32>, tensor<6x5xf32>) -> tensor<6x5xf32>
+  %t = step.add %r, %s : (tensor<6x5xf32>, tensor<6x5xf32>) -> tensor<6x5xf32>
+  func.return %t : tensor<6x5xf32>
+}
+"""
+    before, after = lowered(text_ir, "both.ir")
+    text = module_text(after)
+    assert text.count('"stablehlo.scatter"') == 1 and text.count('"stablehlo.subtract"') == 1
+    assert '"stablehlo.iota"' in text
+    rng = np.random.default_rng(4)
+    data = {
+        "p": rng.standard_normal((6, 5)).astype(np.float32),
+        "q": rng.standard_normal(5).astype(np.float32),
+        "labels": rng.integers(0, 5, 6).astype(np.int32),
+    }
+    oh = (data["labels"][:, None] == np.arange(5)).astype(np.float32)
+    found = next(iter(XlaExecutable.from_module(after)(data).values()))
+    np.testing.assert_allclose(found, (data["p"] - oh) + (data["q"] - oh), rtol=1e-6)
+    assert_close(run_function(before, data), jax_function(after)(data), "float32")
+
+
+def test_scatter_add_through_jaxpr_numpy_equals_xla() -> None:
+    """The NumPy jaxpr evaluator's scatter-add (used by contracts on many small programs) equals
+    XLA on the lowered `p - one_hot(labels)` and on its `jax.jvp`, out-of-range labels included."""
+    import jax
+
+    from stepc.backends.jaxpr_numpy import evaluate
+
+    _, after = lowered(one_hot_difference_program("f32"), "ce_grad.ir")
+    fn = jax_function(after).fn
+    rng = np.random.default_rng(5)
+    p = rng.standard_normal((6, 5)).astype(np.float32)
+    t = rng.standard_normal((6, 5)).astype(np.float32)
+    labels = np.array([0, 4, -1, 5, 2, 3], np.int32)
+
+    def jvp(p: np.ndarray, t: np.ndarray, labels: np.ndarray):  # type: ignore[no-untyped-def]
+        return jax.jvp(lambda x: fn(x, labels), (p,), (t,))
+
+    found = evaluate(jvp, p, t, labels)
+    expected = jax.tree_util.tree_leaves(jax.jit(jvp)(p, t, labels))
+    assert len(found) == len(expected) == 2
+    for f, e in zip(found, expected):
+        np.testing.assert_allclose(f, np.asarray(e), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(found[0], p - (labels[:, None] == np.arange(5)), rtol=1e-6)
