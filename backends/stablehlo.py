@@ -132,7 +132,24 @@ class _DimensionNumbers(ParametrizedAttribute):
                 )
 
         parser.parse_comma_separated_list(parser.Delimiter.ANGLE, parse_field)
+        return cls._parameters(values)
+
+    @classmethod
+    def _parameters(cls, values: dict[str, Attribute]) -> tuple[Attribute, ...]:
+        """The parameters in `FIELDS` order; a field not given is empty (or 0), as in the text."""
         return tuple(values.get(k, IntAttr(0) if k in cls.SCALAR_FIELDS else _int_list([])) for k in cls.FIELDS)
+
+    @classmethod
+    def make(cls, **fields: Sequence[int] | int):  # type: ignore[no-untyped-def]
+        """`GatherAttr.make(collapsed_slice_dims=[1], index_vector_dim=1, ...)`: fields by name."""
+        unknown = sorted(set(fields) - set(cls.FIELDS))
+        if unknown:
+            raise TypeError(f"{cls.name} has no fields {unknown}")
+        values: dict[str, Attribute] = {
+            k: IntAttr(v) if k in cls.SCALAR_FIELDS else _int_list(v)  # type: ignore[arg-type]
+            for k, v in fields.items()
+        }
+        return cls(*cls._parameters(values))
 
 
 @irdl_attr_definition
@@ -189,19 +206,6 @@ class GatherAttr(_DimensionNumbers):
     start_index_map: ArrayAttr[IntAttr] = param_def()
     index_vector_dim: IntAttr = param_def()
 
-    @staticmethod
-    def make(*, offset_dims: Sequence[int], collapsed_slice_dims: Sequence[int], operand_batching_dims: Sequence[int],
-             start_indices_batching_dims: Sequence[int], start_index_map: Sequence[int],
-             index_vector_dim: int) -> GatherAttr:  # fmt: skip
-        return GatherAttr(
-            _int_list(offset_dims),
-            _int_list(collapsed_slice_dims),
-            _int_list(operand_batching_dims),
-            _int_list(start_indices_batching_dims),
-            _int_list(start_index_map),
-            IntAttr(index_vector_dim),
-        )
-
 
 @irdl_attr_definition
 class ScatterAttr(_DimensionNumbers):
@@ -225,19 +229,6 @@ class ScatterAttr(_DimensionNumbers):
     scatter_indices_batching_dims: ArrayAttr[IntAttr] = param_def()
     scatter_dims_to_operand_dims: ArrayAttr[IntAttr] = param_def()
     index_vector_dim: IntAttr = param_def()
-
-    @staticmethod
-    def make(*, update_window_dims: Sequence[int], inserted_window_dims: Sequence[int],
-             input_batching_dims: Sequence[int], scatter_indices_batching_dims: Sequence[int],
-             scatter_dims_to_operand_dims: Sequence[int], index_vector_dim: int) -> ScatterAttr:  # fmt: skip
-        return ScatterAttr(
-            _int_list(update_window_dims),
-            _int_list(inserted_window_dims),
-            _int_list(input_batching_dims),
-            _int_list(scatter_indices_batching_dims),
-            _int_list(scatter_dims_to_operand_dims),
-            IntAttr(index_vector_dim),
-        )
 
 
 def i64_array(values: Sequence[int]) -> DenseArrayBase:

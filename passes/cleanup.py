@@ -13,7 +13,7 @@ xDSL's driver unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import ClassVar
 
 from xdsl.context import Context
@@ -21,6 +21,7 @@ from xdsl.dialects import func
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Attribute, Block, Operation
 from xdsl.irdl import IRDLOperation
+from xdsl.passes import ModulePass
 from xdsl.traits import HasCanonicalizationPatternsTrait, HasFolder, IsTerminator
 from xdsl.transforms.canonicalize import CanonicalizePass
 from xdsl.transforms.common_subexpression_elimination import CommonSubexpressionElimination
@@ -30,28 +31,28 @@ from stepc.passes.contract import Contract
 from stepc.passes.contracts import IdentityContract
 
 
-class CSE(CommonSubexpressionElimination):
+class StraightLineCleanup(ModulePass):
+    """A cleanup with a direct route per straight-line block (`per_block`), falling back to
+    xDSL's own pass (the next class in the MRO) for any other module."""
+
     contract: ClassVar[Contract] = IdentityContract()
+    per_block: ClassVar[Callable[[Block], None]]
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         blocks = straight_line_blocks(op)
         if blocks is None:
-            super().apply(ctx, op)
+            super().apply(ctx, op)  # type: ignore[safe-super]
             return
         for block in blocks:
-            merge_duplicates(block)
+            type(self).per_block(block)
 
 
-class DCE(DeadCodeElimination):
-    contract: ClassVar[Contract] = IdentityContract()
+class CSE(StraightLineCleanup, CommonSubexpressionElimination):
+    per_block = staticmethod(lambda block: merge_duplicates(block))
 
-    def apply(self, ctx: Context, op: ModuleOp) -> None:
-        blocks = straight_line_blocks(op)
-        if blocks is None:
-            super().apply(ctx, op)
-            return
-        for block in blocks:
-            erase_dead(block)
+
+class DCE(StraightLineCleanup, DeadCodeElimination):
+    per_block = staticmethod(lambda block: erase_dead(block))
 
 
 class Canonicalize(CanonicalizePass):

@@ -288,7 +288,7 @@ def lower_cross_entropy(b: Emitter, op: step.CrossEntropyOp) -> SSAValue:
 def pick_columns(b: Emitter, logits: SSAValue, labels: SSAValue) -> SSAValue:
     """`logits[i, labels[i]]` for each row i: a gather batched over the rows."""
     n = shape_of(logits)[0]
-    indices = b.emit(shlo.ReshapeOp(labels, TensorType(i32, [n, 1])))
+    indices = row_indices(b, labels)
     numbers = shlo.GatherAttr.make(
         offset_dims=[],
         collapsed_slice_dims=[1],
@@ -298,6 +298,11 @@ def pick_columns(b: Emitter, logits: SSAValue, labels: SSAValue) -> SSAValue:
         index_vector_dim=1,
     )
     return b.emit(shlo.GatherOp(logits, indices, numbers, [1, 1], TensorType(element_of(logits), [n])))
+
+
+def row_indices(b: Emitter, labels: SSAValue) -> SSAValue:
+    """The labels `[n]` as gather/scatter start indices `[n, 1]` (one column index per row)."""
+    return b.emit(shlo.ReshapeOp(labels, TensorType(i32, [shape_of(labels)[0], 1])))
 
 
 def lower_mse(b: Emitter, op: step.MseOp) -> SSAValue:
@@ -328,9 +333,8 @@ def lower_sub(b: Emitter, op: step.SubOp) -> SSAValue:
     shape = shape_of(op.lhs)
     if labels is None or len(shape) != 2 or shape_of_any(op.rhs) != shape or element_of(op.lhs) != element_of(op.rhs):
         return b.binary(shlo.SubtractOp, op.lhs, op.rhs)
-    n = shape[0]
-    indices = b.emit(shlo.ReshapeOp(labels, TensorType(i32, [n, 1])))
-    updates = b.constant(-1.0, element_of(op.lhs), [n])
+    indices = row_indices(b, labels)
+    updates = b.constant(-1.0, element_of(op.lhs), [shape[0]])
     numbers = shlo.ScatterAttr.make(
         update_window_dims=[],
         inserted_window_dims=[1],

@@ -207,6 +207,17 @@ def key_problems(arrays: Arrays, required: list[str], allowed: set[str]) -> str:
     return "; ".join(parts)
 
 
+def finite_numbers(a: np.ndarray, dtype: np.dtype, kinds: str, loc, not_numbers: str, not_finite: str):  # type: ignore[no-untyped-def]
+    """`a` as `dtype`, refusing arrays of another kind (NumPy kind letters `kinds`, or bf16)
+    and non-finite values, with the given messages at `loc`."""
+    if a.dtype.kind not in kinds and a.dtype.name != "bfloat16":
+        raise StepcError(not_numbers, loc)
+    values = a.astype(dtype)
+    if not np.all(np.isfinite(values.astype(np.float64))):
+        raise StepcError(not_finite, loc)
+    return values
+
+
 def load_params(path: str | Path, spec: Signature) -> Arrays:
     """`--init FILE.npz`: one array per parameter, keyed by its IR name, of its shape."""
     arrays = _read_npz(path, what="--init")
@@ -221,12 +232,11 @@ def load_params(path: str | Path, spec: Signature) -> Arrays:
         a = arrays[p.name]
         if tuple(a.shape) != p.shape:
             raise StepcError(f"--init {path}: %{p.name} is {p.type_text}, the file holds shape {a.shape}", p.loc)
-        if a.dtype.kind not in "fiu" and a.dtype.name != "bfloat16":
-            raise StepcError(f"--init {path}: %{p.name} must hold numbers, the file holds dtype {a.dtype}", p.loc)
-        values = a.astype(p.dtype)
-        if not np.all(np.isfinite(values.astype(np.float64))):
-            raise StepcError(f"--init {path}: %{p.name} holds non-finite values (NaN or inf)", p.loc)
-        out[p.name] = values
+        out[p.name] = finite_numbers(
+            a, p.dtype, "fiu", p.loc,
+            f"--init {path}: %{p.name} must hold numbers, the file holds dtype {a.dtype}",
+            f"--init {path}: %{p.name} holds non-finite values (NaN or inf)",
+        )  # fmt: skip
     return out
 
 
@@ -358,12 +368,11 @@ def _checked_columns(path: str, spec: Signature, columns: Mapping[str, np.ndarra
         if s.dtype == np.int32:
             out[s.name] = _labels(path, key, s, a)
         else:
-            if a.dtype.kind not in "fiub" and a.dtype.name != "bfloat16":
-                raise StepcError(f"--data {path}: '{key}' has dtype {a.dtype}; %{s.name} needs numbers", s.loc)
-            values = a.astype(s.dtype)
-            if not np.all(np.isfinite(values.astype(np.float64))):
-                raise StepcError(f"--data {path}: '{key}' holds non-finite values (NaN or inf)", s.loc)
-            out[s.name] = values
+            out[s.name] = finite_numbers(
+                a, s.dtype, "fiub", s.loc,
+                f"--data {path}: '{key}' has dtype {a.dtype}; %{s.name} needs numbers",
+                f"--data {path}: '{key}' holds non-finite values (NaN or inf)",
+            )  # fmt: skip
     return out
 
 
