@@ -9,8 +9,9 @@ It prints, for each model in `MODELS`:
 1. step time of stepc's compiled step (`jax.jit(stepc.compile(path).step)`) against the
    hand-written JAX step (`jax.jit` of `value_and_grad` plus the SGD update), `optax.sgd`, and
    PyTorch eager (`torch.optim.SGD(foreach=True)`), as ratios of medians. The contenders run
-   in interleaved blocks in one process (each round runs every contender's block, in a
-   rotated order), so a slow spell of the machine hits all of them alike. Before timing, the
+   in interleaved blocks in one process, so a slow spell of the machine hits all of them alike;
+   each contender runs right after each of the others equally often, and each timed block
+   follows an untimed lead-in of its own (`balanced_order`, `interleaved_medians`). Before timing, the
    four are run three steps from the same parameters and must agree on the losses;
 2. XLA's cost and memory analyses of the compiled step: flops, temp and peak bytes, stepc
    against the hand-written JAX step;
@@ -116,32 +117,82 @@ def contenders_for(model: str, prog: Any) -> tuple[list[Contender], dict[str, li
     return contenders, first_losses
 
 
-def interleaved_medians(contenders: list[Contender], rounds: int, block_seconds: float) -> dict[str, dict[str, float]]:
-    """Seconds per step of each contender: the median over `rounds` interleaved blocks.
+def balanced_order(n: int, blocks_each: int) -> list[int]:
+    """The order of the timed blocks of `n` contenders: each contender runs at least
+    `blocks_each` blocks, and right after each of the others equally often.
+
+    A block that follows another contender's pays for what that contender left behind (a block
+    right after PyTorch's ran 15-30% slower here: its OpenMP threads still spin for a few ms), so
+    who-follows-whom must be the same for everyone. The order repeats an Eulerian circuit of the
+    complete directed graph on the contenders (Hierholzer): each ordered pair of distinct
+    contenders is adjacent exactly once per circuit, the circuit's end included, and each
+    contender runs `n - 1` blocks per circuit.
+    """
+    if n < 1 or blocks_each < 1:
+        raise ValueError(f"balanced_order needs n >= 1 and blocks_each >= 1, got {n}, {blocks_each}")
+    if n == 1:
+        return [0] * blocks_each
+    unused = {a: [b for b in range(n) if b != a] for a in range(n)}
+    stack, walk = [0], []
+    while stack:
+        v = stack[-1]
+        if unused[v]:
+            stack.append(unused[v].pop())
+        else:
+            walk.append(stack.pop())
+    circuit = walk[::-1][:-1]  # a closed walk: drop the repeated start
+    return circuit * -(-blocks_each // (n - 1))
+
+
+def interleaved_medians(contenders: list[Contender], rounds: int, block_seconds: float,
+                        lead_seconds: float = 0.02) -> dict[str, dict[str, float]]:
+    """Seconds per step of each contender: the median over at least `rounds` interleaved blocks.
 
     The block length (steps) is calibrated once per contender so a block takes about
-    `block_seconds`; each round runs every contender's block, rotating the order.
+    `block_seconds`. The blocks run in `balanced_order` (each contender right after each of the
+    others equally often), and each timed block starts after an untimed lead-in of the same
+    contender (about `lead_seconds`, at least two steps) that lets the previous contender's
+    threads settle and wakes this one's.
     """
-    blocks = {}
-    for c in contenders:
+    order = balanced_order(len(contenders), rounds)
+    # calibrate the one that runs last in the order last: the first timed block then follows it,
+    # as it does in the order's wrap-around, and no pair is counted once more than the others
+    last = contenders[order[-1]]
+    blocks, leads = {}, {}
+    for c in [c for c in contenders if c is not last] + [last]:
         c.run(2)  # warm
         start = time.perf_counter()
         c.run(3)
         per_step = (time.perf_counter() - start) / 3
         blocks[c.name] = max(1, min(2000, round(block_seconds / max(per_step, 1e-7))))
+        leads[c.name] = max(2, min(2000, round(lead_seconds / max(per_step, 1e-7)))) if lead_seconds > 0 else 0
     samples: dict[str, list[float]] = {c.name: [] for c in contenders}
-    for r in range(rounds):
-        order = contenders[r % len(contenders) :] + contenders[: r % len(contenders)]
-        for c in order:
-            k = blocks[c.name]
-            start = time.perf_counter()
-            c.run(k)
-            samples[c.name].append((time.perf_counter() - start) / k)
+    for i in order:
+        c = contenders[i]
+        k = blocks[c.name]
+        if leads[c.name]:
+            c.run(leads[c.name])
+        start = time.perf_counter()
+        c.run(k)
+        samples[c.name].append((time.perf_counter() - start) / k)
     return {
         name: {"median_s": statistics.median(s), "min_s": min(s), "max_s": max(s), "block_steps": blocks[name],
-               "rounds": len(s)}
+               "lead_steps": leads[name], "rounds": len(s), "samples_s": s}
         for name, s in samples.items()
     }
+
+
+def ratio_interval(num: list[float], den: list[float], level: float = 0.95, resamples: int = 2000,
+                   seed: int = 0) -> tuple[float, float]:
+    """A bootstrap interval of `median(num) / median(den)`: resample each contender's blocks
+    with replacement, take the ratio of the medians, keep the central `level` of the ratios.
+    An interval that holds 1.0 says the two are not told apart by this run."""
+    rng = np.random.default_rng(seed)
+    a, b = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    ra = np.median(rng.choice(a, size=(resamples, a.size)), axis=1)
+    rb = np.median(rng.choice(b, size=(resamples, b.size)), axis=1)
+    lo, hi = np.quantile(ra / rb, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
 
 
 def xla_costs(compiled: Any) -> dict[str, float]:
@@ -358,7 +409,8 @@ class Results:
 
 
 def run_benchmarks(models: list[str], rounds: int, block_seconds: float, scaling_sizes: tuple[int, ...],
-                   check: bool = True, xla_max_ops: int = 3000, out: Any = sys.stdout) -> Results:
+                   check: bool = True, xla_max_ops: int = 3000, out: Any = sys.stdout,
+                   lead_seconds: float = 0.02) -> Results:
     results = Results(machine())
     say = lambda text="": print(text, file=out, flush=True)  # noqa: E731
     m = results.machine
@@ -395,14 +447,18 @@ def run_benchmarks(models: list[str], rounds: int, block_seconds: float, scaling
         results.agreement[model] = {"first_losses": first, "max_rel_diff_vs_jax": agreement}
         if max(agreement.values()) > 1e-3:
             raise SystemExit(f"{model}: the contenders disagree on the first losses: {first}")
-        timing = interleaved_medians(contenders, rounds, block_seconds)
+        timing = interleaved_medians(contenders, rounds, block_seconds, lead_seconds)
         results.step_time[model] = timing
         jax_median = timing["jax"]["median_s"]
         ratios = {name: timing[name]["median_s"] / jax_median for name in timing}
+        intervals = {name: ratio_interval(timing[name]["samples_s"], timing["jax"]["samples_s"])
+                     for name in timing if name != "jax"}
         results.step_time[model]["ratio_vs_jax"] = ratios
+        results.step_time[model]["ratio_vs_jax_95"] = intervals
+        ci = lambda name: f"{ratios[name]:.3f} ({intervals[name][0]:.2f}-{intervals[name][1]:.2f})"  # noqa: E731
         time_rows.append([
             model, *(fmt_time(timing[c]["median_s"]) for c in CONTENDERS),
-            f"{ratios['stepc']:.3f}", f"{ratios['optax']:.3f}", f"{ratios['torch']:.3f}",
+            ci("stepc"), ci("optax"), f"{ratios['torch']:.3f}",
             f"{timing['stepc']['median_s'] / timing['torch']['median_s']:.3f}",
         ])
         costs = {c.name: xla_costs(c.compiled) for c in contenders if c.compiled is not None}
@@ -413,9 +469,13 @@ def run_benchmarks(models: list[str], rounds: int, block_seconds: float, scaling
             fmt_bytes(s["temp_bytes"]), fmt_bytes(j["temp_bytes"]), _ratio(s["temp_bytes"], j["temp_bytes"]),
             fmt_bytes(s["peak_bytes"]), fmt_bytes(j["peak_bytes"]), _ratio(s["peak_bytes"], j["peak_bytes"]),
         ])
-    say(f"## Step time: median over {rounds} interleaved blocks of ~{block_seconds * 1e3:.0f} ms\n")
-    say(table(["model", "stepc", "hand JAX", "optax", "PyTorch eager", "stepc/JAX", "optax/JAX", "torch/JAX",
-               "stepc/torch"], time_rows))
+    blocks_each = len(balanced_order(len(CONTENDERS), rounds)) // len(CONTENDERS)
+    say(f"## Step time: median over {blocks_each} interleaved blocks of ~{block_seconds * 1e3:.0f} ms per contender "
+        f"(each right after each other contender equally often, after a ~{lead_seconds * 1e3:.0f} ms untimed lead-in)\n")
+    say(table(["model", "stepc", "hand JAX", "optax", "PyTorch eager", "stepc/JAX (95%)", "optax/JAX (95%)",
+               "torch/JAX", "stepc/torch"], time_rows))
+    say("\n(95%: a bootstrap interval of the ratio of medians over the blocks; an interval holding 1.00 means this "
+        "run does not tell the two apart)")
     say("\nAll four agree on the first three losses (max relative difference against hand JAX: "
         + ", ".join(f"{k} {max(v['max_rel_diff_vs_jax'].values()):.1e}" for k, v in results.agreement.items()) + ")")
     say("\n## XLA cost and memory analyses of the compiled step (stepc against hand JAX)\n")
@@ -458,8 +518,13 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smoke test: few short rounds, small programs")
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of: {', '.join(MODELS)}")
-    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 21, quick 3)")
+    parser.add_argument("--rounds", type=int,
+                        help="timed blocks per contender (default 63, quick 3; rounded up to a multiple of 3 so "
+                        "that each contender follows each other one equally often)")
     parser.add_argument("--block-ms", type=float, help="the length of one timed block (default 50 ms, quick 5)")
+    parser.add_argument("--lead-ms", type=float,
+                        help="the untimed run of the same contender before each timed block (default 20 ms, quick 2; "
+                        "0: none)")
     parser.add_argument("--scaling", help="comma-separated op counts (default 100,300,1000,3000,10000)")
     parser.add_argument("--xla-max-ops", type=int, default=3000,
                         help="compile the scaling programs with XLA only up to this size (default 3000: XLA's own "
@@ -471,13 +536,15 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         parser.error(f"unknown models {unknown}; choose from {list(MODELS)}")
-    rounds = args.rounds or (3 if args.quick else 21)
+    rounds = args.rounds or (3 if args.quick else 63)
     block = (args.block_ms or (5 if args.quick else 50)) / 1e3
+    lead = (args.lead_ms if args.lead_ms is not None else (2 if args.quick else 20)) / 1e3
     if args.scaling is not None:
         sizes = tuple(int(s) for s in args.scaling.split(",") if s.strip())
     else:
         sizes = QUICK_SCALING_SIZES if args.quick else SCALING_SIZES
-    results = run_benchmarks(models, rounds, block, sizes, check=not args.no_check, xla_max_ops=args.xla_max_ops)
+    results = run_benchmarks(models, rounds, block, sizes, check=not args.no_check, xla_max_ops=args.xla_max_ops,
+                             lead_seconds=lead)
     if args.json:
         Path(args.json).write_text(json.dumps(results.__dict__, indent=2) + "\n")
     return 0
