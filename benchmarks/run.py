@@ -145,7 +145,7 @@ def balanced_order(n: int, blocks_each: int) -> list[int]:
 
 
 def interleaved_medians(contenders: list[Contender], rounds: int, block_seconds: float,
-                        lead_seconds: float = 0.02) -> dict[str, dict[str, float]]:
+                        lead_seconds: float = 0.02) -> dict[str, dict[str, Any]]:
     """Seconds per step of each contender: the median over at least `rounds` interleaved blocks.
 
     The block length (steps) is calibrated once per contender so a block takes about
