@@ -5,7 +5,9 @@ at the location of the forward op), the forward op, and the cotangent of its res
 returns one cotangent per operand, of the operand's type, or None for a symbolic zero (an
 operand the result does not depend on differentiably: labels, masks). Rules reuse the forward
 op's result where the derivative is a function of it (exp, tanh, sigmoid, sqrt, rsqrt, div,
-softmax, log_softmax, max) instead of recomputing it.
+softmax, max) instead of recomputing it; log_softmax's rule takes `softmax` of its input, whose
+lowering repeats the forward's row maximum, shifted input, exponentials and their sum, which
+XLA's CSE then shares (one divide instead of a second exponential).
 
 Non-smooth points follow PyTorch: relu'(0) = 0 and abs'(0) = 0 (masks from `step.compare`),
 `maximum`/`minimum` split the cotangent equally between tied operands, and the `max` reduction
@@ -356,12 +358,13 @@ def vjp_softmax(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangents
 
 @vjp(LogSoftmaxOp)
 def vjp_log_softmax(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangents:
-    # ct - softmax * sum(ct), with softmax = exp of the output
+    # ct - softmax(x) * sum(ct): softmax of the input, not exp of the output, so that after
+    # lowering XLA's CSE shares the exponentials with the forward (as in jax.grad of log_softmax)
     assert isinstance(op, LogSoftmaxOp)
     y = op.results[0]
     axis = [op.axis_index]
     total = emit.keepdims(emit(SumOp(cotangent, axis)), shape_of(y), axis)
-    return (emit(SubOp(cotangent, emit(MulOp(emit(ExpOp(y)), total)))),)
+    return (emit(SubOp(cotangent, emit(MulOp(emit(SoftmaxOp(op.operands[0], op.axis_index)), total)))),)
 
 
 @vjp(CrossEntropyOp)
