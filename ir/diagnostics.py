@@ -83,6 +83,19 @@ def _token_length(attr: FileLineColLoc) -> int:
     return max(1, n)
 
 
+def _with_angle_brackets(rest: str, length: int) -> int:
+    """`length`, or up to the matching `>` when the marked word opens one (`tensor<8x3xf32>`,
+    `#step.sgd<lr = 0.1>`): the caret then spans the whole type or attribute."""
+    if length < 1 or rest[length : length + 1] != "<":
+        return length
+    depth = 0
+    for i in range(length, len(rest)):
+        depth += {"<": 1, ">": -1}.get(rest[i], 0)
+        if depth == 0:
+            return i + 1
+    return length
+
+
 class StepcError(Exception):
     """An error the user caused, with the place in their file it is about."""
 
@@ -133,7 +146,8 @@ def render(message: str, loc: SourceLoc | None, notes: tuple[str, ...] = ()) -> 
                 line = _printable(raw)
                 # The caret under the printed form of the column (escaped bytes are wider).
                 prefix = "".join(c if c == "\t" else " " for c in _printable(raw[: loc.col - 1]))
-                out += f"\n{line}\n{prefix}^" + "~" * max(0, min(loc.length, len(raw) - loc.col + 1) - 1)
+                length = _with_angle_brackets(raw[loc.col - 1 :], loc.length)
+                out += f"\n{line}\n{prefix}^" + "~" * max(0, min(length, len(raw) - loc.col + 1) - 1)
     for note in notes:
         out += f"\nnote: {_printable(note)}"
     return out

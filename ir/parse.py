@@ -22,7 +22,7 @@ from xdsl.utils.lexer import Input, Span
 from xdsl.utils.mlir_lexer import MLIRLexer, MLIRTokenKind
 
 from stepc.ir.dialect import Step
-from stepc.ir.diagnostics import SourceLoc, StepcError, location_of, remember_part, remember_source
+from stepc.ir.diagnostics import SourceLoc, StepcError, location_of, part_location, remember_part, remember_source
 from stepc.ir.program import step_function, verify_step_function
 
 # Programs beyond this size are refused before parsing (a configurable guard against hostile input).
@@ -101,6 +101,8 @@ class LocatedParser(Parser):
                 remember_part(op, "results", self.loc(frame.results))
             for key, span in frame.keyword_entries:
                 remember_part(op, key, self.loc(span))
+        for name, span in frame.forward_uses:  # for `verify`'s use-before-definition error
+            remember_part(op, f"use %{name}", self.loc(span))
         return op
 
     # Types by their text: a program repeats a few types thousands of times, and xDSL's
@@ -168,6 +170,8 @@ class LocatedParser(Parser):
         name = operand.operand_name
         if name not in self.ssa_values:
             self._first_use.setdefault(name, operand.span)
+            if self._frames:
+                self._frames[-1].forward_uses.append((name, operand.span))
         try:
             return super().resolve_operand(operand, type)
         except ParseError as e:
@@ -201,6 +205,7 @@ class _Frame:
     results: Span | None = None  # the first token after the op's `->`
     in_keyword_dict: bool = False
     keyword_entries: list[tuple[str, Span]] = field(default_factory=list)
+    forward_uses: list[tuple[str, Span]] = field(default_factory=list)  # operands not defined yet
 
 
 @contextmanager
@@ -292,7 +297,8 @@ def verify(module: ModuleOp) -> None:
         _verify_op(module, is_last=False)
     if undefined:
         value, user = undefined[0]
-        raise StepcError(_use_before_definition(value), location_of(user))
+        where = part_location(user, f"use %{value.name_hint}") if value.name_hint else location_of(user)
+        raise StepcError(_use_before_definition(value), where)
 
 
 def _verify_nested(op: Operation, visible: set[SSAValue], undefined: list[tuple[SSAValue, Operation]]) -> None:

@@ -180,6 +180,7 @@ def test_forward_use_is_reported_after_op_errors() -> None:
     with pytest.raises(StepcError, match="%q is used before its definition on line 19") as caught:
         verify(parse_text(forward, "forward.ir"))
     assert caught.value.loc is not None and caught.value.loc.line == 11
+    assert caught.value.loc.col == forward.splitlines()[10].index("%q") + 1  # the caret is on the use
     bad_add = "  %bad = step.add %x, %t1 : (tensor<2x4xf32>, tensor<2x3xf32>) -> tensor<2x4xf32>\n  %loss ="
     both = forward.replace("  %loss =", bad_add)
     with pytest.raises(StepcError, match="step.add") as caught:

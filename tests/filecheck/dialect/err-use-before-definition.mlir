@@ -5,5 +5,7 @@ func.func @f(%w: tensor<4x3xf32> {step.param}, %x: tensor<8x4xf32>, %labels: ten
   func.return %loss : tensor<f32>
 }
 // RUN: not stepc opt %s 2>&1 | filecheck %s
-// CHECK: err-use-before-definition.mlir:3:3: error: {{.*}}%h is used before its definition on line 4
+// CHECK: err-use-before-definition.mlir:3:20: error: {{.*}}%h is used before its definition on line 4
+// CHECK-NEXT: %loss = step.sum %h
+// CHECK-NEXT: {{^ +}}^~{{$}}
 // CHECK-NOT: Traceback
