@@ -1,6 +1,6 @@
 """stepc against what a user would otherwise write: one command, every number.
 
-    .venv/bin/python benchmarks/run.py            # the full run (a few minutes on 2 CPU cores)
+    .venv/bin/python benchmarks/run.py            # the full run (about 2 minutes on 2 CPU cores)
     .venv/bin/python benchmarks/run.py --quick    # a smoke test (CI): tiny blocks, small programs
     .venv/bin/python benchmarks/run.py --json results.json
 
