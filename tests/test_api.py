@@ -160,6 +160,25 @@ def test_input_errors(programs) -> None:  # type: ignore[no-untyped-def]
         prog.forward([params["w1"]], batch)
 
 
+def test_float64_program_under_the_users_jit_says_to_enable_x64() -> None:
+    """`jax.jit` casts float64 arrays to float32 unless x64 is on; the error says so and how to
+    fix it. With x64 on, the jitted step equals NumPy's least-squares gradient step."""
+    prog = stepc.compile((ROOT / "examples" / "linreg.ir").read_text().replace("f32", "f64"), check=False)
+    rng = np.random.default_rng(0)
+    params = {"w": rng.standard_normal((4, 1)), "b": rng.standard_normal(1)}
+    batch = {"x": rng.standard_normal((32, 4)), "t": rng.standard_normal((32, 1))}
+    with jax.enable_x64(False):
+        with pytest.raises(StepcError, match=r"'w' has dtype float32, expected float64 .*jax_enable_x64"):
+            jax.jit(prog.step)(params, {}, batch)
+    with jax.enable_x64(True):
+        new, _, loss = jax.jit(prog.step)(params, {}, batch)
+        assert new["w"].dtype == np.float64
+    residual = batch["x"] @ params["w"] + params["b"] - batch["t"]
+    np.testing.assert_allclose(loss, np.mean(residual**2), rtol=1e-12)
+    grad_w = 2 * batch["x"].T @ residual / residual.size  # lr 0.01 in examples/linreg.ir
+    np.testing.assert_allclose(new["w"], params["w"] - 0.01 * grad_w, rtol=1e-12)
+
+
 def test_until_stops_the_api_clearly() -> None:
     prog = stepc.compile(str(ROOT / "examples" / "linreg.ir"), check=False, until="seed-scalar-loss")
     _, inputs = example_inputs("linreg")
