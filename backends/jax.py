@@ -472,8 +472,8 @@ def check_inputs(specs: Sequence[ArgSpec], inputs: Mapping[str, Any], what: str 
         if dtype != spec.dtype:
             hint = ""
             if spec.dtype.itemsize == 8 and dtype.itemsize == 4 and not _x64_on():
-                hint = (" (JAX turns 64-bit arrays into 32-bit ones unless jax_enable_x64 is on: a float64 "
-                        "program under your own jax.jit needs jax.config.update('jax_enable_x64', True) first)")
+                hint = (" (JAX turns 64-bit arrays into 32-bit ones unless jax_enable_x64 is on: a program with "
+                        "64-bit values under your own jax.jit needs jax.config.update('jax_enable_x64', True) first)")
             raise StepcError(f"{what}: {spec.key!r} has dtype {dtype}, expected {spec.dtype}{hint}")
         arrays.append(value)
     return arrays
