@@ -471,18 +471,12 @@ def check_inputs(specs: Sequence[ArgSpec], inputs: Mapping[str, Any], what: str 
             raise StepcError(f"{what}: {spec.key!r} has shape {shape_text(shape)}, expected {shape_text(spec.shape)}")
         if dtype != spec.dtype:
             hint = ""
-            if spec.dtype.itemsize == 8 and dtype.itemsize == 4 and not _x64_on():
+            if spec.dtype.itemsize == 8 and dtype.itemsize == 4 and not jax.config.jax_enable_x64:
                 hint = (" (JAX turns 64-bit arrays into 32-bit ones unless jax_enable_x64 is on: a program with "
                         "64-bit values under your own jax.jit needs jax.config.update('jax_enable_x64', True) first)")
             raise StepcError(f"{what}: {spec.key!r} has dtype {dtype}, expected {spec.dtype}{hint}")
         arrays.append(value)
     return arrays
-
-
-def _x64_on() -> bool:
-    import jax
-
-    return bool(jax.config.jax_enable_x64)
 
 
 def shape_text(shape: Sequence[int]) -> str:

@@ -46,6 +46,18 @@ def _broadcast_in_dim(x: Array, *, shape: Sequence[int], broadcast_dimensions: S
     return np.broadcast_to(np.reshape(x, expanded), tuple(shape))
 
 
+def _window_start(rank: int, indices: Array, batch_index: tuple[int, ...], index_map: Sequence[int],
+                  operand_batching_dims: Sequence[int], indices_batching_dims: Sequence[int]) -> list[int]:
+    """Where one gather/scatter window starts in the operand: the index vector at `batch_index`
+    (in the last dim of `indices`) placed by `index_map`, and the batching dims taken as they are."""
+    start = [0] * rank
+    for k, d in enumerate(index_map):
+        start[d] = int(indices[batch_index + (k,)])
+    for operand_dim, indices_dim in zip(operand_batching_dims, indices_batching_dims):
+        start[operand_dim] = batch_index[indices_dim]
+    return start
+
+
 def _gather(operand: Array, indices: Array, *, dimension_numbers: Any, slice_sizes: Sequence[int], **_: Any) -> Array:
     """XLA's gather, element by element (the index vector in the last dim of `indices`)."""
     n = dimension_numbers
@@ -63,11 +75,8 @@ def _gather(operand: Array, indices: Array, *, dimension_numbers: Any, slice_siz
     out = np.empty(out_shape, dtype=operand.dtype)
     for out_index in np.ndindex(*out_shape):
         batch_index = tuple(out_index[p] for p in batch_positions)
-        start = [0] * operand.ndim
-        for k, d in enumerate(n.start_index_map):
-            start[d] = int(indices[batch_index + (k,)])
-        for operand_dim, indices_dim in zip(n.operand_batching_dims, n.start_indices_batching_dims):
-            start[operand_dim] = batch_index[indices_dim]
+        start = _window_start(operand.ndim, indices, batch_index, n.start_index_map,
+                              n.operand_batching_dims, n.start_indices_batching_dims)
         for d in range(operand.ndim):  # clamp as XLA does
             start[d] = min(max(start[d], 0), operand.shape[d] - slice_sizes[d])
         full = list(start)
@@ -89,11 +98,8 @@ def _scatter_add(operand: Array, indices: Array, updates: Array, *, dimension_nu
     out = np.array(operand, copy=True)
     for update_index in np.ndindex(*updates.shape):
         batch_index = tuple(update_index[p] for p in scatter_positions)
-        start = [0] * operand.ndim
-        for k, d in enumerate(n.scatter_dims_to_operand_dims):
-            start[d] = int(indices[batch_index + (k,)])
-        for operand_dim, indices_dim in zip(n.operand_batching_dims, n.scatter_indices_batching_dims):
-            start[operand_dim] = batch_index[indices_dim]
+        start = _window_start(operand.ndim, indices, batch_index, n.scatter_dims_to_operand_dims,
+                              n.operand_batching_dims, n.scatter_indices_batching_dims)
         full = list(start)
         for pos, d in zip(window_dims, operand_window_dims):
             full[d] += update_index[pos]

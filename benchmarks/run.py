@@ -87,21 +87,34 @@ def jax_contender(name: str, step: Any, params: Any, state: Any, batch: Any) -> 
     return Contender(name, run, compiled)
 
 
-def contenders_for(model: str, prog: Any) -> tuple[list[Contender], dict[str, list[float]]]:
-    """The four steps of one model from the same parameters, and their first three losses."""
-    import jax
+@dataclass
+class ModelSetup:
+    """One benchmark model's hand-written losses, SGD groups, initial parameters and batch."""
 
+    jax_loss: Callable[..., Any]
+    torch_loss: Callable[..., Any]
+    groups: dict[str, references.Group]
+    params: dict[str, np.ndarray]
+    batch: dict[str, np.ndarray]
+
+
+def model_setup(model: str) -> ModelSetup:
     from stepc.ir.parse import load
     from stepc.tools import train
 
     path, family = MODELS[model]
     module = load(ROOT / path)
-    spec = train.signature(module)
     jax_loss, torch_loss, make_batch = references.MODELS[family]
-    groups = references.sgd_groups(module)
-    params = train.default_init(module, seed=0)
-    batch = make_batch(spec, np.random.default_rng(0))
+    batch = make_batch(train.signature(module), np.random.default_rng(0))
+    return ModelSetup(jax_loss, torch_loss, references.sgd_groups(module), train.default_init(module, seed=0), batch)
 
+
+def contenders_for(model: str, prog: Any) -> tuple[list[Contender], dict[str, list[float]]]:
+    """The four steps of one model from the same parameters, and their first three losses."""
+    import jax
+
+    m = model_setup(model)
+    jax_loss, torch_loss, groups, params, batch = m.jax_loss, m.torch_loss, m.groups, m.params, m.batch
     stepc_step = jax.jit(prog.step)
     hand_step = references.hand_jax_step(jax_loss, groups)
     optax_step, optax_state = references.optax_step(jax_loss, groups, params)
@@ -267,19 +280,10 @@ def compile_stages(path: Path, check: bool = True) -> tuple[list[tuple[str, floa
 
 def hand_compile_times(model: str) -> dict[str, float]:
     """For reference: the hand-written JAX step's own trace-and-lower and XLA compile times."""
-    from stepc.ir.parse import load
-    from stepc.tools import train
-
-    path, family = MODELS[model]
-    module = load(ROOT / path)
-    spec = train.signature(module)
-    jax_loss, _, make_batch = references.MODELS[family]
-    groups = references.sgd_groups(module)
-    params = train.default_init(module, seed=0)
-    batch = make_batch(spec, np.random.default_rng(0))
-    step = references.hand_jax_step(jax_loss, groups)  # already jax.jit
+    m = model_setup(model)
+    step = references.hand_jax_step(m.jax_loss, m.groups)  # already jax.jit
     start = time.perf_counter()
-    lowered = step.trace(params, references.hand_jax_state(params, groups), batch).lower()
+    lowered = step.trace(m.params, references.hand_jax_state(m.params, m.groups), m.batch).lower()
     trace = time.perf_counter() - start
     start = time.perf_counter()
     lowered.compile()
@@ -469,7 +473,7 @@ def run_benchmarks(models: list[str], rounds: int, block_seconds: float, scaling
             fmt_bytes(s["temp_bytes"]), fmt_bytes(j["temp_bytes"]), _ratio(s["temp_bytes"], j["temp_bytes"]),
             fmt_bytes(s["peak_bytes"]), fmt_bytes(j["peak_bytes"]), _ratio(s["peak_bytes"], j["peak_bytes"]),
         ])
-    blocks_each = len(balanced_order(len(CONTENDERS), rounds)) // len(CONTENDERS)
+    blocks_each = min((t["stepc"]["rounds"] for t in results.step_time.values()), default=rounds)
     say(f"## Step time: median over {blocks_each} interleaved blocks of ~{block_seconds * 1e3:.0f} ms per contender "
         f"(each right after each other contender equally often, after a ~{lead_seconds * 1e3:.0f} ms untimed lead-in)\n")
     say(table(["model", "stepc", "hand JAX", "optax", "PyTorch eager", "stepc/JAX (95%)", "optax/JAX (95%)",
