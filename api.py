@@ -27,12 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 from xdsl.dialects.builtin import ModuleOp
 
-from stepc.backends.jax import JaxFunction, check_inputs, jax_function, program_form, x64_enabled
+from stepc.backends.jax import JaxFunction, jax_function, x64_enabled
 from stepc.ir.diagnostics import StepcError
 from stepc.ir.parse import load, load_text
-from stepc.passes.pipeline import PassEvent, Pipeline
+from stepc.ir.program import GRAD_PREFIX, LOSS, Form, Role, check_inputs, initial_state_value, program_form
+from stepc.passes.lower_to_stablehlo import lowered_clone
+from stepc.pipeline import PassEvent, Pipeline
 
 FUSE_SGD = "fuse-sgd"
 SEED = "seed-scalar-loss"
@@ -88,7 +92,7 @@ class Program:
         """The program after each pass by pass name (the last run of a repeated cleanup), and
         `input`; plus `forward`, `grad` and `step` where the pipeline reached them."""
         out = {name: module for name, module in self.stages}
-        for role in ("forward", "grad", "step"):
+        for role in (Form.FORWARD, Form.GRAD, Form.STEP):
             module = self._module(role)
             if module is not None:
                 out[role] = module
@@ -100,10 +104,10 @@ class Program:
 
     def _module(self, role: str) -> ModuleOp | None:
         """The last program of the given form (`program_form`); `forward` is the input's."""
-        if role == "forward":
+        if role == Form.FORWARD:
             module = self.stages[0][1]
-            return module if program_form(module) == "forward" else None
-        if role not in ("grad", "step"):
+            return module if program_form(module) == Form.FORWARD else None
+        if role not in (Form.GRAD, Form.STEP):
             raise ValueError(role)
         for _, module in reversed(self.stages):
             if program_form(module) == role:
@@ -124,55 +128,54 @@ class Program:
 
     @functools.cache  # noqa: B019 - one Program, a few roles: the cache lives as long as the Program
     def function(self, role: str) -> JaxFunction:
-        """The JAX function of the `forward`, `grad` or `step` program."""
-        return jax_function(self.module(role))
+        """The JAX function of the `forward`, `grad` or `step` program (lowered when it is not yet)."""
+        return jax_function(lowered_clone(self.module(role)))
 
     # ---- names
 
     def param_names(self) -> list[str]:
-        return [s.name for s in self.function("forward").specs if s.role == "param"]
+        return [s.name for s in self.function(Form.FORWARD).specs if s.role == Role.PARAM]
 
     def input_names(self) -> list[str]:
-        return [s.name for s in self.function("forward").specs if s.role == "input"]
+        return [s.name for s in self.function(Form.FORWARD).specs if s.role == Role.INPUT]
 
     def state_keys(self) -> list[str]:
-        return [s.key for s in self.function("step").specs if s.role == "state"]
+        return [s.key for s in self.function(Form.STEP).specs if s.role == Role.STATE]
 
     # ---- the functions
 
     def forward(self, params: Mapping[str, Any], batch: Mapping[str, Any]) -> Any:
         """The loss of the program as written."""
-        (loss,) = self._run("forward", {"params": params, "batch": batch})
+        (loss,) = self._run(Form.FORWARD, {"params": params, "batch": batch})
         return loss
 
     def grad(self, params: Mapping[str, Any], batch: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
         """`(loss, grads)` as `loss.backward()` leaves them; grads keyed by parameter name."""
-        jf = self.function("grad")
-        outputs = dict(zip(jf.output_names, self._run("grad", {"params": params, "batch": batch})))
-        loss = outputs.pop("loss")
-        return loss, {key.removeprefix("grad."): value for key, value in outputs.items()}
+        jf = self.function(Form.GRAD)
+        outputs = dict(zip(jf.output_names, self._run(Form.GRAD, {"params": params, "batch": batch})))
+        loss = outputs.pop(LOSS)
+        return loss, {key.removeprefix(GRAD_PREFIX): value for key, value in outputs.items()}
 
     def init_state(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """The state of a first step: each state argument's documented initial value
-        (`STATE_INITIAL_VALUES` of `passes/fuse_sgd.py`, e.g. `first_step` = 1), else zeros."""
-        import jax.numpy as jnp
-
-        jf = self.function("step")
-        check_inputs([s for s in jf.specs if s.role == "param"], params, "params")
-        initial = state_initial_values()
+        (`ir.program.STATE_INITIAL_VALUES`, e.g. `first_step` = 1), else zeros."""
+        jf = self.function(Form.STEP)
+        check_inputs([s for s in jf.specs if s.role == Role.PARAM], params, "params", x64=_x64())
         with x64_enabled(jf.needs_x64):
             return {
-                s.key: jnp.full(s.shape, initial.get(s.key, 0.0), dtype=s.dtype) for s in jf.specs if s.role == "state"
+                s.key: jnp.full(s.shape, initial_state_value(s.key), dtype=s.dtype)
+                for s in jf.specs
+                if s.role == Role.STATE
             }
 
     def step(
         self, params: Mapping[str, Any], state: Mapping[str, Any], batch: Mapping[str, Any]
     ) -> tuple[dict[str, Any], dict[str, Any], Any]:
         """One SGD step: `(new params, new state, loss)` (the loss at the old parameters)."""
-        jf = self.function("step")
-        outputs = dict(zip(jf.output_names, self._run("step", {"params": params, "batch": batch, "state": state})))
-        loss = outputs.pop("loss")
-        param_names = [s.name for s in jf.specs if s.role == "param"]
+        jf = self.function(Form.STEP)
+        outputs = dict(zip(jf.output_names, self._run(Form.STEP, {"params": params, "batch": batch, "state": state})))
+        loss = outputs.pop(LOSS)
+        param_names = [s.name for s in jf.specs if s.role == Role.PARAM]
         new_params = {name: outputs.pop(name) for name in param_names}
         return new_params, outputs, loss
 
@@ -184,7 +187,7 @@ class Program:
             if not isinstance(values, Mapping):
                 raise StepcError(f"{what}: expected a dict keyed by IR names, found {type(values).__name__}")
             specs = [s for s in jf.specs if ROLE_GROUP[s.role] == what]
-            for spec, value in zip(specs, check_inputs(specs, values, what)):
+            for spec, value in zip(specs, check_inputs(specs, values, what, x64=_x64())):
                 arrays[spec.key] = value
         missing = [s for s in jf.specs if s.key not in arrays]
         if missing:
@@ -196,13 +199,9 @@ class Program:
             return jf.fn(*(arrays[s.key] for s in jf.specs))
 
 
-ROLE_GROUP = {"param": "params", "input": "batch", "state": "state", "cotangent": "cotangent"}
+ROLE_GROUP = {Role.PARAM: "params", Role.INPUT: "batch", Role.STATE: "state", Role.COTANGENT: "cotangent"}
 
 
-def state_initial_values() -> dict[str, float]:
-    """State keys that do not start at zero, as `fuse-sgd` documents them."""
-    try:
-        from stepc.passes.fuse_sgd import STATE_INITIAL_VALUES
-    except ImportError:  # a pipeline without fuse-sgd has no state
-        return {}
-    return dict(STATE_INITIAL_VALUES)
+def _x64() -> bool:
+    """Whether JAX keeps 64-bit arrays now (the input validator's hint reads it)."""
+    return bool(jax.config.jax_enable_x64)

@@ -28,11 +28,10 @@ from xdsl.dialects import func
 from xdsl.dialects.builtin import DenseIntOrFPElementsAttr, Float64Type, IntegerType, ModuleOp, TensorType
 from xdsl.ir import Attribute, Operation, SSAValue
 
-from stepc.backends import stablehlo as shlo
+from stepc.backends import helpers
+from stepc.ir import stablehlo as shlo
 from stepc.ir.diagnostics import StepcError, error_at, location_of
-from stepc.ir.program import args as function_args
-from stepc.ir.program import output_names as function_output_names
-from stepc.ir.program import step_function
+from stepc.ir.program import ArgSpec, arg_specs, check_inputs, output_names, step_function
 from stepc.ir.values import numpy_dtype
 
 # ---------------------------------------------------------------------------------------------
@@ -74,6 +73,13 @@ def constant_array(attr: DenseIntOrFPElementsAttr) -> np.ndarray:
 # the op's operands as `Operand(i)`, and static arguments as plain literals). The same
 # description is evaluated here to build the JAX function and rendered as Python text by the
 # emitted module (`backends/jax_py.py`), so both run exactly the same lax calls.
+#
+# Under a mesh of explicit axes every value's type carries its sharding, and JAX refuses a
+# call whose result sharding is ambiguous or illegal; a hand-written step never meets this in
+# `dot_general`, whose transpose rules pass `out_sharding` themselves, but stepc's step is
+# already differentiated. So `dot_general` and the operands of every elementwise op of two or
+# more operands go through helpers (`backends/helpers.py`) that settle those shardings, and add
+# no op without explicit axes.
 
 
 @dataclass(frozen=True)
@@ -91,44 +97,35 @@ class Name:
 
 
 @dataclass(frozen=True)
+class Starred:
+    """`*value` among a call's arguments: the items of a tuple-valued `Call` (`lax.add(*aligned(a, b))`)."""
+
+    value: Call
+
+
+@dataclass(frozen=True)
 class Call:
     """`fn(*args, **kwargs)` with `fn` a dotted name (`lax.add`) and arguments that are
-    `Operand`s, nested `Call`s, `Name`s or literals (ints, floats, tuples, dtypes, arrays)."""
+    `Operand`s, nested `Call`s (or `Starred` ones), `Name`s or literals (ints, floats, tuples,
+    dtypes, arrays)."""
 
     fn: str
     args: tuple[Any, ...] = ()
     kwargs: tuple[tuple[str, Any], ...] = ()
 
 
-NAMESPACE: dict[str, Any] = {"jax": jax, "lax": lax, "jnp": jnp, "np": np}
-
-# Functions the table calls beyond jax.lax, as source: defined here from this text and copied
-# verbatim into the emitted module (`backends/jax_py.py`), so both run the same code.
-HELPERS_SOURCE = '''
-@jax.custom_jvp
-def abs0(x):
-    """|x| with PyTorch's derivative sign(x), 0 at 0 (lax.abs's derivative is 1 there)."""
-    return lax.abs(x)
-
-
-@abs0.defjvp
-def _abs0_jvp(primals, tangents):
-    (x,), (tangent,) = primals, tangents
-    return lax.abs(x), lax.sign(x) * tangent
-
-
-@jax.custom_jvp
-def relu0(x, zero):
-    """max(x, 0) with PyTorch's derivative, 0 at 0 (lax.max's is 0.5 there)."""
-    return lax.max(x, zero)
-
-
-@relu0.defjvp
-def _relu0_jvp(primals, tangents):
-    (x, zero), (tangent, _) = primals, tangents
-    return lax.max(x, zero), lax.select(lax.gt(x, zero), tangent, lax.full_like(tangent, 0))
-'''
-exec(compile(HELPERS_SOURCE, __file__ + ":HELPERS_SOURCE", "exec"), NAMESPACE)  # noqa: S102 - our own text
+# The names a `Call` may start with: JAX, NumPy, and the functions the table calls beyond
+# jax.lax (`backends/helpers.py`, whose code the emitted module carries too).
+NAMESPACE: dict[str, Any] = {
+    "jax": jax,
+    "lax": lax,
+    "jnp": jnp,
+    "np": np,
+    "abs0": helpers.abs0,
+    "relu0": helpers.relu0,
+    "dot_general": helpers.dot_general,
+    "aligned": helpers.aligned,
+}
 
 
 def resolve(path: str) -> Any:
@@ -146,7 +143,12 @@ def evaluate(node: Any, operands: Sequence[Any]) -> Any:
     if isinstance(node, Name):
         return resolve(node.path)
     if isinstance(node, Call):
-        args = [evaluate(a, operands) for a in node.args]
+        args: list[Any] = []
+        for a in node.args:
+            if isinstance(a, Starred):
+                args.extend(evaluate(a.value, operands))
+            else:
+                args.append(evaluate(a, operands))
         kwargs = {k: evaluate(v, operands) for k, v in node.kwargs}
         return resolve(node.fn)(*args, **kwargs)
     if isinstance(node, tuple):
@@ -158,7 +160,15 @@ Rule = Callable[[Operation], Call]
 
 
 def _elementwise(fn: str) -> Rule:
-    return lambda op: Call(fn, tuple(Operand(i) for i in range(len(op.operands))))
+    return lambda op: elementwise_call(fn, len(op.operands))
+
+
+def elementwise_call(fn: str, arity: int) -> Call:
+    """`fn(a)`, or `fn(*aligned(a, b, ...))`: operands of two or more may clash in their explicit shardings."""
+    operands = tuple(Operand(i) for i in range(arity))
+    if arity < 2:
+        return Call(fn, operands)
+    return Call(fn, (Starred(Call("aligned", operands)),))
 
 
 def _maximum(op: shlo.MaxOp) -> Call:
@@ -202,7 +212,7 @@ def _convert(op: shlo.ConvertOp) -> Call:
 
 
 def _compare(op: shlo.CompareOp) -> Call:
-    return Call(COMPARISONS[op.direction], (Operand(0), Operand(1)))
+    return elementwise_call(COMPARISONS[op.direction], 2)
 
 
 def _broadcast_in_dim(op: shlo.BroadcastInDimOp) -> Call:
@@ -223,8 +233,9 @@ def _dot_general(op: shlo.DotGeneralOp) -> Call:
         (n.field("lhs_contracting_dimensions"), n.field("rhs_contracting_dimensions")),
         (n.field("lhs_batching_dimensions"), n.field("rhs_batching_dimensions")),
     )
+    # `lax.dot_general` naming its output sharding where explicit axes need one (helpers.py).
     return Call(
-        "lax.dot_general",
+        "dot_general",
         (Operand(0), Operand(1), numbers),
         (("preferred_element_type", tensor_dtype(op.result.type)),),
     )
@@ -379,6 +390,8 @@ def read_operands(node: Any) -> set[int]:
     """The operand indices a `Call` description reads."""
     if isinstance(node, Operand):
         return {node.index}
+    if isinstance(node, Starred):
+        return read_operands(node.value)
     if isinstance(node, Call):
         return set().union(*(read_operands(a) for a in (*node.args, *(v for _, v in node.kwargs))))
     if isinstance(node, tuple):
@@ -388,22 +401,6 @@ def read_operands(node: Any) -> set[int]:
 
 # ---------------------------------------------------------------------------------------------
 # The function
-
-
-@dataclass(frozen=True)
-class ArgSpec:
-    """One argument: IR name, role (param, input, cotangent, state), shape and dtype."""
-
-    name: str
-    role: str
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    state_key: str | None = None
-
-    @property
-    def key(self) -> str:
-        """The key of this argument in dicts: the state key for state, else the IR name."""
-        return self.state_key or self.name
 
 
 @dataclass(eq=False)
@@ -432,7 +429,7 @@ class JaxFunction:
         return [s.key for s in self.specs]
 
     def __call__(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        arrays = check_inputs(self.specs, inputs)
+        arrays = check_inputs(self.specs, inputs, x64=bool(jax.config.jax_enable_x64))
         with x64_enabled(self.needs_x64):
             outputs = self.jitted(*arrays)
             return {name: np.asarray(value) for name, value in zip(self.output_names, outputs)}
@@ -447,85 +444,12 @@ def x64_enabled(needed: bool):  # type: ignore[no-untyped-def]
     return jax.enable_x64(True)
 
 
-def check_inputs(specs: Sequence[ArgSpec], inputs: Mapping[str, Any], what: str = "inputs") -> list[Any]:
-    """The arrays in argument order; a missing or extra key, a wrong shape or dtype is a StepcError.
-
-    Values may be NumPy or JAX arrays, or JAX tracers (only shapes and dtypes are read)."""
-    keys = [s.key for s in specs]
-    missing = [k for k in keys if k not in inputs]
-    extra = sorted(k for k in inputs if k not in keys)
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append("missing " + ", ".join(repr(k) for k in missing))
-        if extra:
-            parts.append("unexpected " + ", ".join(repr(k) for k in extra))
-        raise StepcError(f"{what}: {'; '.join(parts)} (expected keys: {', '.join(keys)})")
-    arrays = []
-    for spec in specs:
-        value = inputs[spec.key]
-        if not hasattr(value, "shape") or not hasattr(value, "dtype"):
-            value = np.asarray(value)
-        shape, dtype = tuple(value.shape), np.dtype(value.dtype)
-        if shape != spec.shape:
-            raise StepcError(f"{what}: {spec.key!r} has shape {shape_text(shape)}, expected {shape_text(spec.shape)}")
-        if dtype != spec.dtype:
-            hint = ""
-            if spec.dtype.itemsize == 8 and dtype.itemsize == 4 and not jax.config.jax_enable_x64:
-                hint = (" (JAX turns 64-bit arrays into 32-bit ones unless jax_enable_x64 is on: a program with "
-                        "64-bit values under your own jax.jit needs jax.config.update('jax_enable_x64', True) first)")
-            raise StepcError(f"{what}: {spec.key!r} has dtype {dtype}, expected {spec.dtype}{hint}")
-        arrays.append(value)
-    return arrays
-
-
-def shape_text(shape: Sequence[int]) -> str:
-    return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
-
-
-def program_form(module: ModuleOp) -> str:
-    """What a step function computes, from its signature (docs/architecture.md):
-    `forward` (the loss), `vjp` (a cotangent input), `grad` (loss and `grad.NAME`),
-    `step` (new parameters and state) or `other`."""
-    fn = step_function(module)
-    arguments = function_args(fn)
-    roles = {a.role for a in arguments}
-    names = function_output_names(fn)
-    if "state" in roles or {a.name for a in arguments if a.role == "param"} & set(names):
-        return "step"
-    if "cotangent" in roles:
-        return "vjp"
-    if names == ["loss"]:
-        return "forward"
-    if names and names[0] == "loss" and all(n.startswith("grad.") for n in names[1:]):
-        return "grad"
-    return "other"
-
-
-def lowered(module: ModuleOp) -> ModuleOp:
-    """The module itself when already lowered (no step op left), else a lowered clone."""
-    if not _has_step_ops(module):
-        return module
-    from stepc.ir.parse import make_context
-    from stepc.passes.lower_to_stablehlo import LowerToStableHLO
-
-    clone = module.clone()
-    LowerToStableHLO().apply(make_context(), clone)
-    return clone
-
-
-def _has_step_ops(module: ModuleOp) -> bool:
-    return any(op.name.startswith("step.") for op in module.walk())
-
-
 def jax_function(module: ModuleOp) -> JaxFunction:
-    """The JAX function of a step program: lowered on a clone first unless already lowered."""
-    module = lowered(module)
+    """The JAX function of a lowered step program (`passes.lower_to_stablehlo.lowered_clone`
+    lowers a step-dialect one); a step op left in it is an error naming the op."""
     fn = step_function(module)
-    specs = [
-        ArgSpec(a.name, a.role, tuple(a.type.get_shape()), tensor_dtype(a.type), a.state_key) for a in function_args(fn)
-    ]
-    names = function_output_names(fn)
+    specs = arg_specs(fn)
+    names = output_names(fn)
     output_specs = [(tensor_shape(t), tensor_dtype(t)) for t in fn.function_type.outputs.data]
     program = compile_ops(fn)
     needs_x64 = any(

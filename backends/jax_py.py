@@ -11,8 +11,9 @@ API's functions around it, dicts keyed by IR names:
 | the input | `forward(params, batch)` |
 | any | `run(inputs) -> outputs`, the program given, keys as `stepc exec` |
 
-`grad` and `forward` beside a later program are compiled again from the source file (no
-contracts), when it can be read.
+The caller (`stepc compile --emit jax-py`) hands in every lowered program the module offers,
+keyed by form: `grad` and `forward` beside a later program are compiled again from the source
+file (no contracts), when it can be read.
 
 No IR name ever becomes code: names appear only as `ascii()` string literals, Python names
 are generated (`a0`, `v12`), and the one comment naming the source is reduced to printable
@@ -21,6 +22,8 @@ ASCII on one line.
 
 from __future__ import annotations
 
+import ast
+import inspect
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -28,8 +31,9 @@ from typing import Any
 import numpy as np
 from xdsl.dialects.builtin import ModuleOp
 
-from stepc.backends.jax import HELPERS_SOURCE, Call, Name, Operand, jax_function, lowered, program_form, straight_line
-from stepc.ir.program import step_function
+from stepc.backends import helpers
+from stepc.backends.jax import Call, Name, Operand, Starred, jax_function, straight_line
+from stepc.ir.program import STATE_INITIAL_VALUES, step_function
 
 DTYPE_NAMES = {
     "float16": "jnp.float16",
@@ -51,6 +55,8 @@ def literal(value: Any, operands: Sequence[str] | Mapping[int, str]) -> str:
         return operands[value.index]
     if isinstance(value, Name):
         return value.path
+    if isinstance(value, Starred):
+        return "*" + literal(value.value, operands)
     if isinstance(value, Call):
         parts = [literal(a, operands) for a in value.args]
         parts += [f"{key}={literal(v, operands)}" for key, v in value.kwargs]
@@ -103,7 +109,6 @@ def one_line_comment(text: str) -> str:
 
 def program_source(module: ModuleOp, name: str) -> list[str]:
     """`def _NAME(a0, a1, ...)` of straight-line lax calls, and its argument and output tables."""
-    module = lowered(module)
     fn = step_function(module)
     jf = jax_function(module)
     body = straight_line(fn)
@@ -116,7 +121,7 @@ def program_source(module: ModuleOp, name: str) -> list[str]:
     lines.append(f"    return {literal(tuple(Operand(i) for i in body.outputs), slots)}")
     lines.append("")
     lines.append("")
-    specs = [(s.key, s.role, s.shape, s.dtype.name) for s in jf.specs]
+    specs = [(s.key, str(s.role), s.shape, s.dtype.name) for s in jf.specs]  # a Role's text: "param"
     lines.append(f"{name.upper()}_ARGS = (")
     for key, role, shape, dtype in specs:
         lines.append(f"    ({key!a}, {role!a}, {literal(tuple(shape), [])}, {DTYPE_NAMES[dtype]}),")
@@ -204,14 +209,10 @@ def run(inputs):
 '''
 
 
-def emit_module(module: ModuleOp, source: str) -> str:
-    """The Python module for `module` (step dialect or lowered); `source` names the file it came
-    from (and is read again for `grad` and `forward` beside a later program)."""
-    form = program_form(module)
-    programs: dict[str, ModuleOp] = {form if form in ("forward", "grad", "step") else "program": module}
-    if form in ("step", "grad"):
-        programs.update({k: v for k, v in earlier_programs(source, form).items() if k not in programs})
-    given = form if form in ("forward", "grad", "step") else "program"
+def emit_module(programs: Mapping[str, ModuleOp], given: str, source: str) -> str:
+    """The Python module of lowered `programs` keyed by form (`forward`, `grad`, `step`, or
+    `program` for any other); `given` is the key of the program compiled, which `run` runs;
+    `source` names the file it came from."""
     needs_x64 = any(jax_function(m).needs_x64 for m in programs.values())
 
     out = [
@@ -230,7 +231,7 @@ def emit_module(module: ModuleOp, source: str) -> str:
     ]
     if needs_x64:
         out += ["jax.config.update('jax_enable_x64', True)  # the program computes in float64", "", ""]
-    out += HELPERS_SOURCE.strip("\n").split("\n") + ["", ""]
+    out += helpers_source().strip("\n").split("\n") + ["", ""]
     for name, program in programs.items():
         out += program_source(program, name)
     out += RUNTIME.strip("\n").split("\n") + ["", ""]
@@ -239,19 +240,25 @@ def emit_module(module: ModuleOp, source: str) -> str:
     if "grad" in programs:
         out += GRAD.strip("\n").split("\n") + ["", ""]
     if "step" in programs:
-        from stepc.api import state_initial_values
-
-        initial = literal_dict(state_initial_values())
+        initial = literal_dict(dict(STATE_INITIAL_VALUES))
         out += STEP.format(state_initial=initial).strip("\n").split("\n") + ["", ""]
     out += RUN.format(name=given, upper=given.upper()).strip("\n").split("\n")
     return "\n".join(out) + "\n"
+
+
+def helpers_source() -> str:
+    """The code of `backends/helpers.py` after its imports (which the emitted module's own header
+    makes: `jax` and `lax` only), as `inspect.getsource` reads it."""
+    source = inspect.getsource(helpers)
+    imports = [node for node in ast.parse(source).body if isinstance(node, (ast.Import, ast.ImportFrom))]
+    return "\n".join(source.splitlines()[max(node.end_lineno or node.lineno for node in imports) :]) + "\n"
 
 
 def literal_dict(values: dict[str, float]) -> str:
     return "{" + ", ".join(f"{k!a}: {float_literal(v)}" for k, v in sorted(values.items())) + "}"
 
 
-def functions_of(programs: dict[str, ModuleOp]) -> list[str]:
+def functions_of(programs: Mapping[str, ModuleOp]) -> list[str]:
     names = []
     if "step" in programs:
         names += ["init_state(params)", "step(params, state, batch)"]
@@ -261,27 +268,3 @@ def functions_of(programs: dict[str, ModuleOp]) -> list[str]:
         names.append("forward(params, batch)")
     names.append("run(inputs)")
     return names
-
-
-def earlier_programs(source: str, form: str) -> dict[str, ModuleOp]:
-    """The input program and (for a step) the program after seed-scalar-loss, from the source file."""
-    from pathlib import Path
-
-    from stepc.ir.diagnostics import StepcError
-    from stepc.ir.parse import load
-    from stepc.passes.pipeline import Pipeline
-
-    if source == "-" or not Path(source).is_file():
-        return {}
-    try:
-        forward = load(source)
-        out = {"forward": forward.clone()}
-        if form == "step":
-            pipeline = Pipeline.default(lower=False, check=False)
-            if "fuse-sgd" in pipeline.names:
-                pipeline.names = list(pipeline.names)[: list(pipeline.names).index("fuse-sgd")]
-            pipeline.run(forward)
-            out["grad"] = forward
-        return out
-    except StepcError:
-        return {}

@@ -4,7 +4,7 @@ This is the check that the text `stepc compile` writes is what XLA compiles: it 
 XLA's own MLIR parser (`compile_and_load` takes the text), not through JAX tracing. Tests run
 it against the JAX function of the same module (`backends/jax.py`).
 
-    exe = XlaExecutable.from_module(module)   # or from_text(text, arg_names, output_names)
+    exe = XlaExecutable.from_module(module)   # a lowered module; or from_text(text, arg_names, output_names)
     outputs = exe({"w": w, "x": x})           # dict in, dict out
     exe.cost_analysis()["flops"]
 """
@@ -15,17 +15,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import jax
 import numpy as np
+from jax._src.interpreters import mlir
+from jax._src.lib import xla_client
+from jax._src.lib.mlir import ir
+from jax.extend.backend import get_backend
 from xdsl.dialects.builtin import ModuleOp
 
 from stepc.ir.diagnostics import StepcError
+from stepc.ir.program import args, output_names, step_function
+from stepc.ir.stablehlo import module_text
 
 
 def compile_text(text: str) -> Any:
     """An XLA LoadedExecutable from MLIR text, on the first device of the default backend."""
-    from jax._src.lib import xla_client
-    from jax.extend.backend import get_backend
-
     backend = get_backend()
     try:
         return backend.compile_and_load(text, backend.devices()[:1], xla_client.CompileOptions())
@@ -35,9 +39,6 @@ def compile_text(text: str) -> Any:
 
 def parse_with_jax_mlir(text: str) -> None:
     """Parse (and verify) the text with JAX's MLIR bindings and the StableHLO dialect loaded."""
-    from jax._src.interpreters import mlir
-    from jax._src.lib.mlir import ir
-
     with mlir.make_ir_context():
         module = ir.Module.parse(text)
         if not module.operation.verify():
@@ -59,18 +60,11 @@ class XlaExecutable:
 
     @staticmethod
     def from_module(module: ModuleOp) -> XlaExecutable:
-        """Lower (a clone) when needed, print, compile."""
-        from stepc.backends.jax import lowered
-        from stepc.backends.stablehlo import module_text
-        from stepc.ir.program import args, output_names, step_function
-
-        module = lowered(module)
+        """Print a lowered module and compile the text."""
         fn = step_function(module)
         return XlaExecutable.from_text(module_text(module), [a.name for a in args(fn)], output_names(fn))
 
     def run(self, *arrays: Any) -> tuple[np.ndarray, ...]:
-        import jax
-
         device = self.executable.local_devices()[0]
         with jax.enable_x64(True):  # the arrays keep their dtypes (f64 stays f64)
             buffers = [jax.device_put(np.asarray(a), device) for a in arrays]

@@ -77,8 +77,9 @@ TWINS: dict[str, Callable[..., Any]] = {
 def example_inputs(name: str, seed: int = 0) -> tuple[list[str], dict[str, np.ndarray]]:
     """The argument names of an example and random inputs for them (labels in range)."""
     from stepc.ir.parse import load
+    from stepc.passes.lower_to_stablehlo import lowered_clone
     from stepc.ir.program import args, step_function
-    from stepc.passes.contract import random_inputs
+    from stepc.check.contract import random_inputs
 
     fn = step_function(load(ROOT / "examples" / f"{name}.ir"))
     return [a.name for a in args(fn)], random_inputs(fn, np.random.default_rng(seed))
@@ -88,8 +89,9 @@ def flops(name: str) -> tuple[float, float]:
     """(lowered forward, twin) flops of one example."""
     from stepc.backends.xla import XlaExecutable
     from stepc.ir.parse import load
+    from stepc.passes.lower_to_stablehlo import lowered_clone
 
-    lowered = XlaExecutable.from_module(load(ROOT / "examples" / f"{name}.ir"))
+    lowered = XlaExecutable.from_module(lowered_clone(load(ROOT / "examples" / f"{name}.ir")))
     names, inputs = example_inputs(name)
     twin = jax.jit(TWINS[name]).lower(*(inputs[n] for n in names)).compile()
     twin_cost = twin.cost_analysis()

@@ -77,13 +77,13 @@ def measure(name: str) -> tuple[float, float]:
     from stepc.backends.jax import jax_function
     from stepc.ir.parse import load
     from stepc.ir.program import params, step_function
-    from stepc.passes.contract import random_inputs
-    from stepc.passes.pipeline import Pipeline
+    from stepc.check.contract import random_inputs
+    from stepc.pipeline import Pipeline
 
     module = load(ROOT / "examples" / f"{name}.ir")
     inputs = random_inputs(step_function(module), np.random.default_rng(0))
     param_names = [p.name for p in params(step_function(module))]
-    Pipeline.default(until="seed-scalar-loss", lower=False, check=False).run(module)
+    Pipeline.default(until="seed-scalar-loss", lower=True, check=False).run(module)
     compiled_step = jax_function(module)
     arrays = [inputs[n] for n in compiled_step.arg_names]
     ours = flops(jax.jit(compiled_step.fn).lower(*arrays).compile())

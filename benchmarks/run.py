@@ -100,13 +100,13 @@ class ModelSetup:
 
 def model_setup(model: str) -> ModelSetup:
     from stepc.ir.parse import load
-    from stepc.tools import train
+    from stepc.tools import data as train_data
 
     path, family = MODELS[model]
     module = load(ROOT / path)
     jax_loss, torch_loss, make_batch = references.MODELS[family]
-    batch = make_batch(train.signature(module), np.random.default_rng(0))
-    return ModelSetup(jax_loss, torch_loss, references.sgd_groups(module), train.default_init(module, seed=0), batch)
+    batch = make_batch(train_data.signature(module), np.random.default_rng(0))
+    return ModelSetup(jax_loss, torch_loss, references.sgd_groups(module), train_data.default_init(module, seed=0), batch)
 
 
 def contenders_for(model: str, prog: Any) -> tuple[list[Contender], dict[str, list[float]]]:
@@ -236,8 +236,8 @@ def compile_stages(path: Path, check: bool = True) -> tuple[list[tuple[str, floa
     from stepc.api import Program
     from stepc.ir.diagnostics import StepcError
     from stepc.ir.parse import load
-    from stepc.passes.pipeline import PassEvent, Pipeline
-    from stepc.tools import train
+    from stepc.pipeline import PassEvent, Pipeline
+    from stepc.tools import data as train_data
 
     stages: list[tuple[str, float]] = []
     start = time.perf_counter()
@@ -255,8 +255,8 @@ def compile_stages(path: Path, check: bool = True) -> tuple[list[tuple[str, floa
             if event.report is not None:
                 stages.append((f"contract {number} {event.name}", event.report.seconds))
 
-    spec = train.signature(module)
-    params = train.default_init(module, seed=0)
+    spec = train_data.signature(module)
+    params = train_data.default_init(module, seed=0)
     batch = {s.name: np.zeros(s.shape, s.dtype) for s in spec.inputs}
     failure = None
     try:
@@ -316,7 +316,7 @@ def scaling_row(n_ops: int, xla: bool = True) -> dict[str, Any]:
     import jax
 
     from stepc.ir.parse import load_text
-    from stepc.passes.pipeline import PassEvent, Pipeline
+    from stepc.pipeline import PassEvent, Pipeline
 
     text = deep_program(n_ops)
     start = time.perf_counter()

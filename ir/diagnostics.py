@@ -96,10 +96,19 @@ def _with_angle_brackets(rest: str, length: int) -> int:
     return length
 
 
+@dataclass(frozen=True)
+class Note:
+    """A note that points at a second place, as MLIR's `FILE:LINE:COL: note:` (the use of a value
+    whose definition the error is about, say)."""
+
+    message: str
+    loc: SourceLoc | None = None
+
+
 class StepcError(Exception):
     """An error the user caused, with the place in their file it is about."""
 
-    def __init__(self, message: str, loc: SourceLoc | None = None, notes: tuple[str, ...] = ()):
+    def __init__(self, message: str, loc: SourceLoc | None = None, notes: tuple[str | Note, ...] = ()):
         super().__init__(message)
         self.message = message
         self.loc = loc
@@ -132,24 +141,31 @@ def error_at(op: Operation | None, message: str) -> StepcError:
     return StepcError(message, location_of(op))
 
 
-def render(message: str, loc: SourceLoc | None, notes: tuple[str, ...] = ()) -> str:
+def render(message: str, loc: SourceLoc | None, notes: tuple[str | Note, ...] = ()) -> str:
+    """The error as the user sees it: `FILE:LINE:COL: error: MESSAGE`, the source line and a
+    caret; then each note, with its own line and caret when it has a place."""
+    out = _located("error", message, loc)
+    for note in notes:
+        if isinstance(note, Note):
+            out += "\n" + _located("note", note.message, note.loc)
+        else:
+            out += f"\nnote: {_printable(note)}"
+    return out
+
+
+def _located(severity: str, message: str, loc: SourceLoc | None) -> str:
+    """One diagnostic: its header, then the source line it points at with a caret under it."""
     message = _printable(message)
     if loc is None:
-        out = f"stepc: error: {message}"
-    else:
-        out = f"{_printable(loc.file)}:{loc.line}:{loc.col}: error: {message}"
-        text = _SOURCES.get(loc.file)
-        if text is not None:
-            lines = text.split("\n")
-            if 1 <= loc.line <= len(lines):
-                raw = lines[loc.line - 1].rstrip("\r")
-                line = _printable(raw)
-                # The caret under the printed form of the column (escaped bytes are wider).
-                prefix = "".join(c if c == "\t" else " " for c in _printable(raw[: loc.col - 1]))
-                length = _with_angle_brackets(raw[loc.col - 1 :], loc.length)
-                out += f"\n{line}\n{prefix}^" + "~" * max(0, min(length, len(raw) - loc.col + 1) - 1)
-    for note in notes:
-        out += f"\nnote: {_printable(note)}"
+        return f"stepc: {severity}: {message}"
+    out = f"{_printable(loc.file)}:{loc.line}:{loc.col}: {severity}: {message}"
+    lines = _lines(loc.file)
+    if 1 <= loc.line <= len(lines):
+        raw = lines[loc.line - 1].rstrip("\r")
+        # The caret under the printed form of the column (escaped bytes are wider).
+        prefix = "".join(c if c == "\t" else " " for c in _printable(raw[: loc.col - 1]))
+        length = _with_angle_brackets(raw[loc.col - 1 :], loc.length)
+        out += f"\n{_printable(raw)}\n{prefix}^" + "~" * max(0, min(length, len(raw) - loc.col + 1) - 1)
     return out
 
 

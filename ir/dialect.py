@@ -7,9 +7,12 @@ the declared one, so the message says what was expected and what was found.
 
 from __future__ import annotations
 
+import difflib
 import math
 import struct
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
 from functools import lru_cache
 from typing import ClassVar, Self
 
@@ -366,6 +369,116 @@ class SGDAttr(ParametrizedAttribute):
                 f"found momentum = {format_float(float(fields.get('momentum', 0.0)))}, "
                 f"dampening = {format_float(float(fields.get('dampening', 0.0)))}"
             )
+
+
+# ---------------------------------------------------------------------------------------------
+# Attribute names
+
+
+class Position(StrEnum):
+    """Where a `step.*` attribute is written."""
+
+    FUNCTION = "function"  # `attributes {...}` of the func.func
+    ARGUMENT = "argument"  # `%w: tensor<...> {...}`
+    RESULT = "result"  # `-> (tensor<...> {...})`
+    OP = "op"  # an op's own attribute dictionary
+
+
+@dataclass(frozen=True)
+class StepAttribute:
+    """A `step.*` attribute name of the spec: where it is written, what it means, an example of
+    its text, and whether this version implements it."""
+
+    position: Position
+    meaning: str
+    example: str
+    supported: bool = True
+
+
+# Every `step.*` attribute name there is: those of the spec (`step-ir.md`: the optimizers, the
+# attributes around them, the argument and result roles) and those the passes write into later
+# stages, which must read back from a dump. Any other `step.*` name is a typo, refused with the
+# nearest of these; a name the spec defines but this version does not implement is refused as
+# such, rather than silently ignored.
+STEP_ATTRIBUTES: Mapping[str, StepAttribute] = {
+    "step.sgd": StepAttribute(
+        Position.FUNCTION, "the optimizer, torch.optim.SGD",
+        "attributes {step.sgd = #step.sgd<lr = 0.1>} (one parameter's own: {step.param = #step.sgd<lr = 0.01>})",
+    ),
+    "step.adam": StepAttribute(
+        Position.FUNCTION, "the optimizer torch.optim.Adam", "attributes {step.adam = #step.adam<lr = 1.0e-3>}",
+        supported=False,
+    ),
+    "step.adamw": StepAttribute(
+        Position.FUNCTION, "the optimizer torch.optim.AdamW", "attributes {step.adamw = #step.adamw<lr = 1.0e-3>}",
+        supported=False,
+    ),
+    "step.clip_grad_norm": StepAttribute(
+        Position.FUNCTION, "gradient clipping, torch.nn.utils.clip_grad_norm_",
+        "attributes {step.clip_grad_norm = 1.0 : f64}", supported=False,
+    ),
+    "step.accumulate": StepAttribute(
+        Position.FUNCTION, "gradient accumulation over micro-batches", "attributes {step.accumulate = 4 : i64}",
+        supported=False,
+    ),
+    "step.param": StepAttribute(
+        Position.ARGUMENT, "a parameter, with its own optimizer fields when it has a value",
+        "%w: tensor<4x3xf32> {step.param} or {step.param = #step.sgd<weight_decay = 0.0>}",
+    ),
+    "step.hyper": StepAttribute(
+        Position.ARGUMENT, "an optimizer field given at run time", '%lr: tensor<f32> {step.hyper = "lr"}',
+        supported=False,
+    ),
+    # Written by `differentiate`: the cotangent of an output.
+    "step.cotangent": StepAttribute(
+        Position.ARGUMENT, "the cotangent of an output", "%loss_cotangent: tensor<f32> {step.cotangent}"
+    ),
+    # Written by `fuse-sgd`: optimizer state, by its key.
+    "step.state": StepAttribute(
+        Position.ARGUMENT, "optimizer state", '%momentum.w: tensor<4x3xf32> {step.state = "momentum.w"}'
+    ),
+    # Written by `differentiate` and `fuse-sgd`: the key of a result.
+    "step.output": StepAttribute(Position.RESULT, "the key of a result", '-> (tensor<f32> {step.output = "loss"})'),
+    # Written by `lower-to-stablehlo` on the `stablehlo.maximum` that lowers a `step.relu`.
+    "step.relu": StepAttribute(Position.OP, "a maximum that is a relu", '"stablehlo.maximum"(%a, %0) {step.relu}'),
+}  # fmt: skip
+
+_ON_POSITION = {
+    Position.FUNCTION: "the function", Position.ARGUMENT: "an argument", Position.RESULT: "a result",
+    Position.OP: "an op",
+}  # fmt: skip
+
+
+def attribute_name_error(name: str, position: Position, where: str) -> str | None:
+    """What is wrong with attribute `name` written at `position` (on `where`: `argument %w`,
+    `function @f`), or None when there is nothing: a known name this version implements there,
+    or a name outside `step.`, which is not stepc's to judge."""
+    if not name.startswith("step."):
+        return None
+    known = STEP_ATTRIBUTES.get(name)
+    if known is None:
+        return f"unknown attribute '{name}' on {where}" + _nearest_name(name, position)
+    if known.position != position:
+        return (
+            f"attribute '{name}' ({known.meaning}) is written on {_ON_POSITION[known.position]}, "
+            f"not on {where}: {known.example}"
+        )
+    if not known.supported:
+        return f"attribute '{name}' ({known.meaning}) is not supported yet by this version of stepc"
+    return None
+
+
+def _nearest_name(name: str, position: Position) -> str:
+    """`; did you mean 'step.param'?`: the closest known name, first among those of `position`;
+    else the list of those."""
+    here = [n for n, a in STEP_ATTRIBUTES.items() if a.position == position]
+    for candidates in (here, list(STEP_ATTRIBUTES)):
+        # Compared after the `step.` all names share, which would make any two look alike.
+        suffixes = [n.removeprefix("step.") for n in candidates]
+        match = difflib.get_close_matches(name.removeprefix("step."), suffixes, n=1)
+        if match:
+            return f"; did you mean 'step.{match[0]}'?"
+    return f"; the {position} attributes are " + ", ".join(here)
 
 
 # ---------------------------------------------------------------------------------------------

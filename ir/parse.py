@@ -5,13 +5,14 @@ from __future__ import annotations
 import gc
 import re
 from bisect import bisect_right
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from xdsl.context import Context
 from xdsl.dialects import func
-from xdsl.dialects.builtin import Builtin, FileLineColLoc, ModuleOp, StringAttr
+from xdsl.dialects.builtin import ArrayAttr, Builtin, DictionaryAttr, FileLineColLoc, ModuleOp, StringAttr
 from xdsl.ir import Attribute, ErasedSSAValue, Operation, OpResult, SSAValue
 from xdsl.irdl import IRDLOperation
 from xdsl.parser import Parser
@@ -21,9 +22,18 @@ from xdsl.utils.exceptions import ParseError, VerifyException
 from xdsl.utils.lexer import Input, Span
 from xdsl.utils.mlir_lexer import MLIRLexer, MLIRTokenKind
 
-from stepc.ir.dialect import Step
-from stepc.ir.diagnostics import SourceLoc, StepcError, location_of, part_location, remember_part, remember_source
-from stepc.ir.program import step_function, verify_step_function
+from stepc.ir.dialect import Position, Step, attribute_name_error
+from stepc.ir.diagnostics import (
+    Note,
+    SourceLoc,
+    StepcError,
+    location_of,
+    part_location,
+    remember_part,
+    remember_source,
+)
+from stepc.ir.program import arg_name, step_function, verify_step_function
+from stepc.ir.stablehlo import StableHLO
 
 # Programs beyond this size are refused before parsing (a configurable guard against hostile input).
 MAX_SOURCE_BYTES = 64 * 1024 * 1024
@@ -34,6 +44,7 @@ def make_context() -> Context:
     ctx.load_dialect(Builtin)
     ctx.load_dialect(func.Func)
     ctx.load_dialect(Step)
+    ctx.load_dialect(StableHLO)
     return ctx
 
 
@@ -59,8 +70,8 @@ class LocatedParser(Parser):
     """xDSL's parser, keeping the `file:line:col` of every op, block argument and value use.
 
     Each op parse pushes a frame that collects what is written at the op's own level (a
-    function's argument names, the type after its `->`, the entries of its `attributes`
-    dictionary), so that function-level errors can point at the part they are about.
+    function's argument names, the type after its `->`, the names in its attribute
+    dictionaries), so that function-level errors can point at the part they are about.
     """
 
     def __init__(self, ctx: Context, text: str, name: str):
@@ -93,14 +104,16 @@ class LocatedParser(Parser):
         for result in op.results:
             if result.name_hint is not None:
                 self._defined_at.setdefault(result.name_hint, start)
-        if isinstance(op, func.FuncOp):
-            if op.body.blocks:
-                for arg, span in zip(op.body.blocks.first.args, frame.args):
-                    arg.location = self.loc(span).to_attr()
+        is_function = isinstance(op, func.FuncOp)
+        if is_function:
+            entry = op.body.blocks.first
+            for arg, span in zip(entry.args if entry is not None else (), frame.args):
+                arg.location = self.loc(span).to_attr()
             if frame.results is not None:
                 remember_part(op, "results", self.loc(frame.results))
-            for key, span in frame.keyword_entries:
-                remember_part(op, key, self.loc(span))
+        for owner, key, span in frame.attribute_entries:
+            # Only a function's dictionaries have owners: any other op's are its own.
+            remember_part(op, attribute_part(key, owner if is_function else None), self.loc(span))
         for name, span in frame.forward_uses:  # for `verify`'s use-before-definition error
             remember_part(op, f"use %{name}", self.loc(span))
         return op
@@ -159,11 +172,24 @@ class LocatedParser(Parser):
             if frame is not None:
                 frame.in_keyword_dict = False
 
+    def parse_optional_dictionary_attr_dict(self) -> dict[str, Attribute]:
+        frame = self._frames[-1] if self._frames else None
+        if frame is None:
+            return super().parse_optional_dictionary_attr_dict()
+        if frame.dict_depth == 0:
+            frame.dict_owner = frame.owner_of_next_dictionary()
+        frame.dict_depth += 1
+        try:
+            return super().parse_optional_dictionary_attr_dict()
+        finally:
+            frame.dict_depth -= 1
+
     def _parse_attribute_entry(self):  # type: ignore[override]
         start = self._current_token.span
         key, value = super()._parse_attribute_entry()
-        if self._frames and self._frames[-1].in_keyword_dict:
-            self._frames[-1].keyword_entries.append((key, start))
+        frame = self._frames[-1] if self._frames else None
+        if frame is not None and frame.dict_depth == 1:  # an entry at the op's level, not in a value
+            frame.attribute_entries.append((frame.dict_owner, key, start))
         return key, value
 
     def resolve_operand(self, operand, type):  # type: ignore[override]
@@ -179,10 +205,12 @@ class LocatedParser(Parser):
                 raise
             values = self.ssa_values.get(name)
             if values is not None and operand.index < len(values) and name in self._defined_at:
+                defined = values[operand.index]
+                if isinstance(defined, OpResult):  # the definition may be what is wrong
+                    _verify_definition(defined.op, Note(f"%{name} is used here as {type}", self.loc(operand.span)))
                 line = self.loc(self._defined_at[name]).line
                 self.raise_error(
-                    f"%{name} is used here as {type}, but line {line} defines it as {values[operand.index].type}",
-                    operand.span,
+                    f"%{name} is used here as {type}, but line {line} defines it as {defined.type}", operand.span
                 )
             raise
 
@@ -204,8 +232,32 @@ class _Frame:
     args: list[Span] = field(default_factory=list)
     results: Span | None = None  # the first token after the op's `->`
     in_keyword_dict: bool = False
-    keyword_entries: list[tuple[str, Span]] = field(default_factory=list)
     forward_uses: list[tuple[str, Span]] = field(default_factory=list)  # operands not defined yet
+    # The names in the op's attribute dictionaries, with the argument or result of a function
+    # whose dictionary each is in (None: the op's own), as `attribute_part` names them.
+    attribute_entries: list[tuple[str | None, str, Span]] = field(default_factory=list)
+    dict_depth: int = 0  # > 1 inside a dictionary that is an attribute's value
+    dict_owner: str | None = None  # the owner of the dictionary being parsed
+    result_dicts: int = 0  # the dictionaries after the `->` so far: one per result
+
+    def owner_of_next_dictionary(self) -> str | None:
+        """Whose dictionary starts here, read as a function's: after an argument, that
+        argument's; after the `->`, the next result's (counted here); after `attributes`, the
+        op's own."""
+        if self.in_keyword_dict:
+            return None
+        if self.results is not None:
+            self.result_dicts += 1
+            return f"result {self.result_dicts - 1}"
+        if self.args:
+            return f"arg {len(self.args) - 1}"
+        return None
+
+
+def attribute_part(key: str, owner: str | None = None) -> str:
+    """The part name (`remember_part`) of attribute `key` in the dictionary of `owner`
+    (`"arg 0"`, `"result 1"`), or in the op's own dictionary."""
+    return key if owner is None else f"{owner} {key}"
 
 
 @contextmanager
@@ -290,9 +342,11 @@ def _clean_parse_message(msg: str, token: str = "") -> str:
 
 def verify(module: ModuleOp) -> None:
     """Verify every op, innermost first, reporting the first failure at its op; then check
-    that every value is defined before it is used (xDSL's parser accepts forward uses)."""
+    that every value is defined before it is used (xDSL's parser accepts forward uses).
+    Attribute names are checked on the way in, outermost first, as they are written."""
     with no_gc():
         undefined: list[tuple[SSAValue, Operation]] = []
+        check_attribute_names(module)
         _verify_nested(module, set(), undefined)
         _verify_op(module, is_last=False)
     if undefined:
@@ -317,6 +371,7 @@ def _verify_nested(op: Operation, visible: set[SSAValue], undefined: list[tuple[
                         if operand not in visible:
                             undefined.append((operand, inner))
                             break
+                check_attribute_names(inner)
                 if inner.regions:
                     _verify_nested(inner, visible, undefined)
                 _verify_op(inner, is_last=inner is last)
@@ -324,6 +379,58 @@ def _verify_nested(op: Operation, visible: set[SSAValue], undefined: list[tuple[
                 visible.update(results)
                 defined.extend(results)
             visible.difference_update(defined)
+
+
+def check_attribute_names(op: Operation) -> None:
+    """Every `step.*` attribute of `op` is a name stepc knows, written where it belongs
+    (`dialect.STEP_ATTRIBUTES`): on a function, its arguments and results too."""
+    if isinstance(op, func.FuncOp):
+        _check_function_attribute_names(op)
+    else:
+        _check_names(op, op.attributes, Position.OP, op.name, None)
+
+
+def _check_function_attribute_names(fn: func.FuncOp) -> None:
+    """The attribute names of a function in the order they are written: on its arguments, on
+    its results, on itself. Read through `properties` because the func.func verifier, which
+    rejects a malformed list in the generic form, has not run yet."""
+    name = fn.properties.get("sym_name")
+    function = f"function @{name.data}" if isinstance(name, StringAttr) else "the function"
+    entry = fn.body.blocks.first
+    block_args = entry.args if entry is not None else ()  # (a declaration has no block)
+    for i, attrs in enumerate(_dictionaries(fn.properties.get("arg_attrs"))):
+        where = f"argument %{arg_name(block_args[i])}" if i < len(block_args) else f"argument {i} of {function}"
+        _check_names(fn, attrs, Position.ARGUMENT, where, f"arg {i}")
+    for i, attrs in enumerate(_dictionaries(fn.properties.get("res_attrs"))):
+        _check_names(fn, attrs, Position.RESULT, f"result {i} of {function}", f"result {i}")
+    _check_names(fn, fn.attributes, Position.FUNCTION, function, None)
+
+
+def _dictionaries(attrs: Attribute | None) -> list[Mapping[str, Attribute]]:
+    """The dictionaries of an `arg_attrs` or `res_attrs` list, in order; what is not a
+    dictionary reads as an empty one (the func.func verifier reports it)."""
+    if not isinstance(attrs, ArrayAttr):
+        return []
+    return [a.data if isinstance(a, DictionaryAttr) else {} for a in attrs.data]
+
+
+def _check_names(
+    op: Operation, attrs: Mapping[str, Attribute], position: Position, where: str, owner: str | None
+) -> None:
+    """The names in one dictionary of `op`: that of `owner` (an argument or a result), or the op's own."""
+    for key in attrs:
+        message = attribute_name_error(key, position, where)
+        if message is not None:
+            raise StepcError(message, part_location(op, attribute_part(key, owner)))
+
+
+def _verify_definition(op: Operation, use: Note) -> None:
+    """Verify the op that defines a value used with another type, reporting a failure there:
+    when its own rule says its written result type is wrong, the fault is the op's, not the use's."""
+    try:
+        _verify_op(op, is_last=False)
+    except StepcError as e:
+        raise StepcError(e.message, e.loc, (*e.notes, use)) from None
 
 
 def _verify_op(op: Operation, is_last: bool) -> None:
@@ -515,3 +622,12 @@ def read_source(path: str | Path) -> tuple[str, str]:
 def load(path: str | Path) -> ModuleOp:
     text, name = read_source(path)
     return load_text(text, name)
+
+
+def parse_module(text: str, name: str = "<stablehlo>") -> ModuleOp:
+    """Parse a lowered module's text (`ir.stablehlo.module_text`) back, with locations."""
+    remember_source(name, text)
+    try:
+        return LocatedParser(make_context(), text, name).parse_module()
+    except ParseError as e:
+        raise StepcError(e.msg.strip(), SourceLoc.from_offset(name, text, e.span.start)) from None

@@ -9,15 +9,31 @@ attributes with the keys that `stepc exec` and the Python API use: `loss`, `grad
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
 
+import numpy as np
 from xdsl.dialects import func
 from xdsl.dialects.builtin import ArrayAttr, DictionaryAttr, ModuleOp, StringAttr, TensorType, UnitAttr
 from xdsl.ir import Attribute, BlockArgument, SSAValue
 
-from stepc.ir.dialect import SGDAttr, is_float, is_i32
+from stepc.ir.dialect import (
+    CrossEntropyOp,
+    LogSoftmaxOp,
+    MatmulOp,
+    MulOp,
+    OneHotOp,
+    SGDAttr,
+    SoftmaxOp,
+    is_float,
+    is_i32,
+    shape_of,
+)
 from stepc.ir.diagnostics import SourceLoc, StepcError, location_of, part_location
 from stepc.ir.limits import check_memory
+from stepc.ir.values import numpy_dtype
 
 PARAM = "step.param"
 SGD = "step.sgd"
@@ -26,13 +42,57 @@ STATE = "step.state"
 OUTPUT = "step.output"
 
 
+class Role(StrEnum):
+    """What an argument of a step function is (`{step.param}`, unmarked, `{step.cotangent}`,
+    `{step.state = "KEY"}`)."""
+
+    PARAM = "param"
+    INPUT = "input"
+    COTANGENT = "cotangent"
+    STATE = "state"
+
+
+# The keys of a step's results and state: `loss`, `grad.NAME`, `momentum.NAME`, `first_step`.
+LOSS = "loss"
+LOGITS = "logits"  # the result of the forward program cut at a classifier's logits
+GRAD_PREFIX = "grad."
+MOMENTUM_PREFIX = "momentum."
+FIRST_STEP = "first_step"
+STATE_INITIAL_VALUES: Mapping[str, float] = {FIRST_STEP: 1.0}
+"""Initial value of each state key that does not start at zeros (`init_state` reads it)."""
+
+
+def grad_key(param_name: str) -> str:
+    """The result key of a parameter's gradient: `grad.w1`."""
+    return GRAD_PREFIX + param_name
+
+
+def momentum_key(param_name: str) -> str:
+    """The state key of a parameter's SGD momentum buffer: `momentum.w1`."""
+    return MOMENTUM_PREFIX + param_name
+
+
+def initial_state_value(key: str) -> float:
+    """The value a state key holds before the first step (zeros unless documented otherwise)."""
+    return STATE_INITIAL_VALUES.get(key, 0.0)
+
+
+def missing_state_value(key: str, given: Collection[str]) -> float:
+    """The value of a state key a caller left out, given the keys it did pass: with some
+    momentum buffer given, the step continues an earlier one (`first_step` = 0); else it
+    is a first step (each key's initial value)."""
+    if key == FIRST_STEP and any(k.startswith(MOMENTUM_PREFIX) for k in given):
+        return 0.0
+    return initial_state_value(key)
+
+
 @dataclass(frozen=True)
 class Arg:
     """One argument of a step function."""
 
     name: str
     value: BlockArgument
-    role: str  # "param", "input", "cotangent" or "state"
+    role: Role
     attrs: DictionaryAttr
 
     @property
@@ -79,23 +139,31 @@ def args(fn: func.FuncOp) -> list[Arg]:
     out: list[Arg] = []
     for value, attrs in zip(fn.body.blocks.first.args, arg_attrs(fn)):
         if PARAM in attrs.data:
-            role = "param"
+            role = Role.PARAM
         elif COTANGENT in attrs.data:
-            role = "cotangent"
+            role = Role.COTANGENT
         elif STATE in attrs.data:
-            role = "state"
+            role = Role.STATE
         else:
-            role = "input"
+            role = Role.INPUT
         out.append(Arg(arg_name(value), value, role, attrs))
     return out
 
 
+def args_of(fn: func.FuncOp, role: Role) -> list[Arg]:
+    return [a for a in args(fn) if a.role == role]
+
+
 def params(fn: func.FuncOp) -> list[Arg]:
-    return [a for a in args(fn) if a.role == "param"]
+    return args_of(fn, Role.PARAM)
 
 
 def inputs(fn: func.FuncOp) -> list[Arg]:
-    return [a for a in args(fn) if a.role == "input"]
+    return args_of(fn, Role.INPUT)
+
+
+def cotangents(fn: func.FuncOp) -> list[Arg]:
+    return args_of(fn, Role.COTANGENT)
 
 
 def function_sgd(fn: func.FuncOp) -> SGDAttr | None:
@@ -110,7 +178,7 @@ def output_names(fn: func.FuncOp) -> list[str]:
     names: list[str] = []
     for i, a in enumerate(attrs):
         key = a.data.get(OUTPUT)
-        names.append(key.data if isinstance(key, StringAttr) else ("loss" if n == 1 else f"result{i}"))
+        names.append(key.data if isinstance(key, StringAttr) else (LOSS if n == 1 else f"result{i}"))
     return names
 
 
@@ -154,16 +222,16 @@ def verify_step_function(fn: func.FuncOp) -> None:
         loc = arg_location(fn, arg.value)
         if not isinstance(t, TensorType):
             raise StepcError(f"argument %{arg.name} must be a tensor, found {t}", loc)
-        if arg.role == "param" and not is_float(t.get_element_type()):
+        if arg.role == Role.PARAM and not is_float(t.get_element_type()):
             raise StepcError(f"parameter %{arg.name} must be a float tensor (f16, bf16, f32, f64), found {t}", loc)
-        if arg.role == "input" and not (is_float(t.get_element_type()) or is_i32(t.get_element_type())):
+        if arg.role == Role.INPUT and not (is_float(t.get_element_type()) or is_i32(t.get_element_type())):
             raise StepcError(f"batch input %{arg.name} must be a float or i32 tensor, found {t}", loc)
         marker = arg.attrs.data.get(PARAM)
         if marker is not None and not isinstance(marker, (UnitAttr, SGDAttr)):
             raise StepcError(
                 f"{{step.param}} on %{arg.name} takes no value or a #step.sgd<...> override, found {marker}", loc
             )
-    if not any(a.role == "param" for a in all_args):
+    if not any(a.role == Role.PARAM for a in all_args):
         raise StepcError("a step needs at least one parameter: mark one argument {step.param}", where)
     sgd = function_sgd(fn)
     if SGD in fn.attributes and sgd is None:
@@ -183,8 +251,22 @@ def verify_step_function(fn: func.FuncOp) -> None:
     check_memory(fn)
 
 
-RESERVED_KEY = ("loss",)
-RESERVED_PREFIXES = ("grad.", "momentum.")
+def verify_any_stage(module: ModuleOp) -> None:
+    """The function-level rules of a program at any stage, as `stepc opt` reads it: a program
+    as written (a forward program, or one of no stage the passes make) gets every rule of
+    `verify_step_function`; a later stage (the `vjp`, `grad` or `step` form of a dump, or
+    lowered StableHLO) keeps distinct argument names, and each pass checks the form it needs
+    when it runs."""
+    fn = step_function(module)
+    lowered = any(op.dialect_name() == "stablehlo" for op in fn.walk())
+    if not lowered and program_form(module) in (Form.FORWARD, Form.OTHER):
+        verify_step_function(fn)
+        return
+    check_names(args(fn), fn)
+
+
+RESERVED_KEY = (LOSS,)
+RESERVED_PREFIXES = (GRAD_PREFIX, MOMENTUM_PREFIX)
 
 
 def check_names(all_args: list[Arg], fn: func.FuncOp) -> None:
@@ -200,7 +282,7 @@ def check_names(all_args: list[Arg], fn: func.FuncOp) -> None:
                 loc,
             )
         seen[arg.name] = arg
-        user_named = arg.role in ("param", "input")  # state and cotangents carry stepc's own keys
+        user_named = arg.role in (Role.PARAM, Role.INPUT)  # state and cotangents carry stepc's own keys
         if user_named and (arg.name in RESERVED_KEY or arg.name.startswith(RESERVED_PREFIXES)):
             raise StepcError(
                 f"argument %{arg.name}: 'loss', 'grad.NAME' and 'momentum.NAME' are the keys of stepc's outputs; "
@@ -225,3 +307,180 @@ def check_sgd(fn: func.FuncOp) -> None:
             SGDAttr.check_fields(sgd.resolved(override))
         except Exception as e:
             raise StepcError(f"parameter %{arg.name}: {e}", arg_location(fn, arg.value)) from None
+
+
+def initial_state(fn: func.FuncOp) -> dict[str, np.ndarray]:
+    """The first step's state of a fused step function, by state key (zero buffers,
+    `first_step` = 1), each in its argument's dtype."""
+    out: dict[str, np.ndarray] = {}
+    for arg in args(fn):
+        key = arg.state_key
+        if key is not None:
+            shape = tuple(arg.type.get_shape())
+            out[key] = np.full(shape, initial_state_value(key), dtype=numpy_dtype(arg.type.get_element_type()))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# What a program computes, from its signature
+
+
+class Form(StrEnum):
+    """What a step function computes (docs/architecture.md): the loss (`forward`), its
+    vector-Jacobian product (`vjp`: a cotangent input), `loss, grad.NAME...` (`grad`), new
+    parameters and state (`step`), or `other`."""
+
+    FORWARD = "forward"
+    VJP = "vjp"
+    GRAD = "grad"
+    STEP = "step"
+    OTHER = "other"
+
+
+def program_form(module: ModuleOp) -> Form:
+    """The `Form` of a module's step function, from its argument roles and result keys."""
+    fn = step_function(module)
+    arguments = args(fn)
+    roles = {a.role for a in arguments}
+    names = output_names(fn)
+    if Role.STATE in roles or {a.name for a in arguments if a.role == Role.PARAM} & set(names):
+        return Form.STEP
+    if Role.COTANGENT in roles:
+        return Form.VJP
+    if names == [LOSS]:
+        return Form.FORWARD
+    if names and names[0] == LOSS and all(n.startswith(GRAD_PREFIX) for n in names[1:]):
+        return Form.GRAD
+    return Form.OTHER
+
+
+# ---------------------------------------------------------------------------------------------
+# Labels: the i32 inputs a classifier reads
+
+
+def label_classes(arg: Arg) -> list[int]:
+    """The class counts of the ops that read an i32 input as class indices (cross-entropy
+    labels, one-hot), one per such use; empty when none does."""
+    classes: list[int] = []
+    for use in arg.value.uses:
+        op = use.operation
+        if isinstance(op, CrossEntropyOp) and use.index == 1:
+            classes.append(shape_of(op.logits)[-1])
+        elif isinstance(op, OneHotOp):
+            classes.append(shape_of(op.result)[-1])
+    return classes
+
+
+def label_range(arg: Arg) -> int:
+    """How many classes an i32 input ranges over (the smallest reader's), 2 with no reader."""
+    return min(label_classes(arg), default=2)
+
+
+@dataclass(frozen=True)
+class Head:
+    """Where a classifier's logits come from and which batch input holds its labels."""
+
+    labels: str  # the batch input's name
+    one_hot: bool  # labels given as one-hot float rows (argmax gives the class)
+    classes: int
+    logits: SSAValue | None = field(default=None, compare=False, repr=False)  # in the program it was found in
+
+
+def classifier_head(fn: func.FuncOp) -> Head | None:
+    """The classifier a loss is made of, or None when it is not a classifier's.
+
+    The logits are the operand of `step.cross_entropy %logits, %labels` whose labels are a
+    batch input, or the operand of a last-axis `step.log_softmax`/`step.softmax` whose result
+    is multiplied by a float batch input of its shape (one-hot targets, as in
+    examples/softmax_regression.ir)."""
+    input_names = {a.value: a.name for a in inputs(fn)}
+    for op in fn.walk():
+        if isinstance(op, CrossEntropyOp) and op.labels in input_names:
+            return Head(input_names[op.labels], False, shape_of(op.logits)[-1], op.logits)
+    for op in fn.walk():
+        if isinstance(op, LogSoftmaxOp | SoftmaxOp) and op.axis_index in (-1, len(shape_of(op.input)) - 1):
+            for use in op.result.uses:
+                user = use.operation
+                if isinstance(user, MulOp):
+                    other = user.rhs if use.index == 0 else user.lhs
+                    if other in input_names and shape_of(other) == shape_of(op.input):
+                        return Head(input_names[other], True, shape_of(op.input)[-1], op.input)
+    return None
+
+
+def fan_in_scale(arg: Arg) -> float:
+    """1/sqrt(k) for an argument a matmul contracts over k (a weight), else 1: unit-normal data
+    then gives every matmul's output unit scale, as PyTorch's default initialization does."""
+    for use in arg.value.uses:
+        if isinstance(use.operation, MatmulOp) and use.index == 1:
+            return 1.0 / float(shape_of(arg.value)[-2]) ** 0.5
+    return 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Arguments as the dicts of every entry point see them, and the one input validator
+
+
+@dataclass(frozen=True)
+class ArgSpec:
+    """One argument: IR name, role, shape and dtype (i1 never: arguments are f16..f64, i32)."""
+
+    name: str
+    role: Role
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    state_key: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The key of this argument in dicts: the state key for state, else the IR name."""
+        return self.state_key or self.name
+
+
+def arg_specs(fn: func.FuncOp) -> list[ArgSpec]:
+    """The `ArgSpec` of every argument, in order."""
+    return [
+        ArgSpec(a.name, a.role, tuple(a.type.get_shape()), numpy_dtype(a.type.get_element_type()), a.state_key)
+        for a in args(fn)
+    ]
+
+
+def shape_text(shape: Sequence[int]) -> str:
+    """A shape as Python writes a tuple: `(3,)`, `(2, 4)`."""
+    return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def check_inputs(
+    specs: Sequence[ArgSpec], inputs: Mapping[str, Any], what: str = "inputs", *, x64: bool = True
+) -> list[Any]:
+    """The arrays in argument order; a missing or extra key, a wrong shape or dtype is a StepcError.
+
+    Values may be NumPy or JAX arrays, or JAX tracers (only shapes and dtypes are read). `x64`
+    says whether 64-bit arrays can reach the caller (JAX's `jax_enable_x64`): when not, a
+    64-bit argument given as 32 bits gets a hint on how to turn it on."""
+    keys = [s.key for s in specs]
+    missing = [k for k in keys if k not in inputs]
+    extra = sorted(k for k in inputs if k not in keys)
+    if missing or extra:
+        parts: list[str] = []
+        if missing:
+            parts.append("missing " + ", ".join(repr(k) for k in missing))
+        if extra:
+            parts.append("unexpected " + ", ".join(repr(k) for k in extra))
+        raise StepcError(f"{what}: {'; '.join(parts)} (expected keys: {', '.join(keys)})")
+    arrays: list[Any] = []
+    for spec in specs:
+        value = inputs[spec.key]
+        if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+            value = np.asarray(value)
+        shape, dtype = tuple(value.shape), np.dtype(value.dtype)
+        if shape != spec.shape:
+            raise StepcError(f"{what}: {spec.key!r} has shape {shape_text(shape)}, expected {shape_text(spec.shape)}")
+        if dtype != spec.dtype:
+            hint = ""
+            if spec.dtype.itemsize == 8 and dtype.itemsize == 4 and not x64:
+                hint = (" (JAX turns 64-bit arrays into 32-bit ones unless jax_enable_x64 is on: a program with "
+                        "64-bit values under your own jax.jit needs jax.config.update('jax_enable_x64', True) first)")
+            raise StepcError(f"{what}: {spec.key!r} has dtype {dtype}, expected {spec.dtype}{hint}")
+        arrays.append(value)
+    return arrays

@@ -1,7 +1,9 @@
 """Passes: one transformation per file, registered here lazily (as xDSL's `get_all_passes`).
 
 The default pipeline is the spec's four passes with cleanups between them:
-differentiate, cse, dce, seed-scalar-loss, canonicalize, fuse-sgd, cse, dce, lower-to-stablehlo.
+differentiate, cse, dce, seed-scalar-loss, canonicalize, fuse-sgd, cse, dce, lower-to-stablehlo,
+simplify-stablehlo (peephole rewrites of the lowered program). `cut-at-logits` (the forward
+program returning a classifier's logits, for accuracy) runs outside the default pipeline.
 """
 
 from __future__ import annotations
@@ -34,6 +36,16 @@ def get_all_passes() -> dict[str, Callable[[], type[ModulePass]]]:
 
         return LowerToStableHLO
 
+    def get_simplify_stablehlo() -> type[ModulePass]:
+        from stepc.passes.simplify_stablehlo import SimplifyStableHLO
+
+        return SimplifyStableHLO
+
+    def get_cut_at_logits() -> type[ModulePass]:
+        from stepc.passes.cut_at_logits import CutAtLogits
+
+        return CutAtLogits
+
     def get_canonicalize() -> type[ModulePass]:
         from stepc.passes.cleanup import Canonicalize
 
@@ -54,6 +66,8 @@ def get_all_passes() -> dict[str, Callable[[], type[ModulePass]]]:
         "seed-scalar-loss": get_seed_scalar_loss,
         "fuse-sgd": get_fuse_sgd,
         "lower-to-stablehlo": get_lower_to_stablehlo,
+        "simplify-stablehlo": get_simplify_stablehlo,
+        "cut-at-logits": get_cut_at_logits,
         "canonicalize": get_canonicalize,
         "cse": get_cse,
         "dce": get_dce,
@@ -70,4 +84,7 @@ DEFAULT_PIPELINE: tuple[str, ...] = (
     "cse",
     "dce",
     "lower-to-stablehlo",
+    "simplify-stablehlo",
 )
+# The passes that take a step program to StableHLO: the tail of every lowered pipeline.
+LOWERING_PASSES: tuple[str, ...] = ("lower-to-stablehlo", "simplify-stablehlo")

@@ -1,4 +1,4 @@
-"""Cleanups after differentiation: xDSL's CSE, DCE and canonicalization, under stepc's contract.
+"""Cleanups after differentiation: xDSL's CSE, DCE and canonicalization, checked by stepc's identity contract.
 
 All step ops are `Pure`, so CSE merges duplicates and DCE drops what no result reads. Their
 contract is identity: the program computes the same outputs before and after.
@@ -27,15 +27,12 @@ from xdsl.transforms.canonicalize import CanonicalizePass
 from xdsl.transforms.common_subexpression_elimination import CommonSubexpressionElimination
 from xdsl.transforms.dead_code_elimination import DeadCodeElimination, would_be_trivially_dead
 
-from stepc.passes.contract import Contract
-from stepc.passes.contracts import IdentityContract
 
 
 class StraightLineCleanup(ModulePass):
     """A cleanup with a direct route per straight-line block (`per_block`), falling back to
     xDSL's own pass (the next class in the MRO) for any other module."""
 
-    contract: ClassVar[Contract] = IdentityContract()
     per_block: ClassVar[Callable[[Block], None]]
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
@@ -56,8 +53,6 @@ class DCE(StraightLineCleanup, DeadCodeElimination):
 
 
 class Canonicalize(CanonicalizePass):
-    contract: ClassVar[Contract] = IdentityContract()
-
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         # With no pattern and no folder for any op, xDSL's walk rewrites nothing and its
         # post-walk DCE is all that happens.

@@ -14,7 +14,6 @@ in parameter order, named `grad.NAME` (`docs/architecture.md`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 from xdsl.context import Context
 from xdsl.dialects import func
@@ -27,7 +26,8 @@ from stepc.ir.diagnostics import error_at
 from stepc.ir.program import (
     COTANGENT,
     arg_attrs,
-    args,
+    cotangents,
+    grad_key,
     output_names,
     params,
     set_arg_attrs,
@@ -35,8 +35,6 @@ from stepc.ir.program import (
     step_function,
 )
 from stepc.passes import vjp
-from stepc.passes.contract import Contract
-from stepc.passes.contracts import VJPContract
 
 
 @dataclass
@@ -48,7 +46,7 @@ class CotangentMap:
     def get(self, value: SSAValue) -> SSAValue | None:
         return self.values.get(value)
 
-    def accumulate(self, emit: vjp.Emitter, value: SSAValue, cotangent: SSAValue) -> None:
+    def accumulate(self, emit: vjp.BackwardBuilder, value: SSAValue, cotangent: SSAValue) -> None:
         """Add a contribution to `value`'s cotangent: a value read twice sums both."""
         existing = self.values.get(value)
         self.values[value] = cotangent if existing is None else emit(AddOp(existing, cotangent))
@@ -61,41 +59,41 @@ def differentiate_function(fn: func.FuncOp) -> None:
     ret = block.last_op
     if not isinstance(ret, func.ReturnOp):
         raise error_at(fn, "differentiate: the function must end in func.return")
-    if any(a.role == "cotangent" for a in args(fn)):
+    if cotangents(fn):
         raise error_at(fn, "differentiate: the function is already differentiated (it has a {step.cotangent} argument)")
     outputs = list(ret.arguments)
     names = output_names(fn)
     forward = [op for op in block.ops if op is not ret]
     original_attrs = arg_attrs(fn)
 
-    cotangents = CotangentMap()
+    cotangent_map = CotangentMap()
     for output, name in zip(outputs, names):
         if not is_float(element_of(output)):
             raise error_at(_defining_op(output) or fn, f"differentiate: output '{name}' is not a float tensor ({output.type})")
         location = _defining_op(output).location if _defining_op(output) else ret.location
         seed = block.insert_arg(output.type, len(block.args), location)
         seed.name_hint = f"{name}_cotangent"
-        cotangents.accumulate(vjp.Emitter(ret, location), output, seed)
+        cotangent_map.accumulate(vjp.BackwardBuilder.before(ret, location), output, seed)
 
     active = _active_values(forward, [p.value for p in params(fn)])
     for op in reversed(forward):
         if any(operand in active for operand in op.operands):
-            _backward(op, ret, cotangents, active)
+            _backward(op, ret, cotangent_map, active)
 
     param_args = params(fn)
     gradients = []
     for param in param_args:
-        gradient = cotangents.get(param.value)
+        gradient = cotangent_map.get(param.value)
         if gradient is None:  # the outputs never read this parameter
-            gradient = vjp.Emitter(ret, param.value.location)(ConstantOp(0.0, param.type))
+            gradient = vjp.BackwardBuilder.before(ret, param.value.location).emit(ConstantOp(0.0, param.type))
         gradients.append(gradient)
-    _name_cotangents(forward, [p.value for p in param_args], cotangents)
+    _name_cotangents(forward, [p.value for p in param_args], cotangent_map)
 
     ret.operands = [*outputs, *gradients]
     fn.update_function_type()
     cotangent_attrs = [DictionaryAttr({COTANGENT: UnitAttr()}) for _ in outputs]
     set_arg_attrs(fn, [*original_attrs, *cotangent_attrs])
-    set_output_names(fn, [*names, *(f"grad.{p.name}" for p in param_args)])
+    set_output_names(fn, [*names, *(grad_key(p.name) for p in param_args)])
 
 
 def _backward(op: Operation, anchor: Operation, cotangents: CotangentMap, active: set[SSAValue]) -> None:
@@ -111,7 +109,7 @@ def _backward(op: Operation, anchor: Operation, cotangents: CotangentMap, active
         raise error_at(op, f"differentiate: '{op.name}' has {len(op.results)} results; rules take one")
     cotangent = result_cotangents[0]
     assert cotangent is not None
-    emit = vjp.Emitter(anchor, op.location)
+    emit = vjp.BackwardBuilder.before(anchor, op.location)
     operand_cotangents = list(rule(emit, op, cotangent))
     if len(operand_cotangents) != len(op.operands):
         raise AssertionError(f"the rule of {op.name} gave {len(operand_cotangents)} cotangents for {len(op.operands)} operands")
@@ -158,7 +156,6 @@ class Differentiate(ModulePass):
     gradient of every parameter."""
 
     name = "differentiate"
-    contract: ClassVar[Contract] = VJPContract()
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         differentiate_function(step_function(op))

@@ -40,19 +40,15 @@ keys out, `missing_state_value` says what they are: with buffers given, a later 
 Results after the pass: the new `NAME` of each parameter (parameter order), the new state
 (`momentum.NAME` in parameter order, then `first_step`), then `loss`.
 
-The contract (`SGDEquationContract`): on random parameters, batch and state, the post-pass
+The contract (`check/fuse_sgd.py`): on random parameters, batch and state, the post-pass
 parameters and state equal the SGD equation, computed in NumPy float64 from the pre-pass
 program's gradients (run with the reference interpreter), for a first and a later step.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Collection
 from dataclasses import dataclass
-from typing import ClassVar
 
-import numpy as np
 from xdsl.context import Context
 from xdsl.dialects import func
 from xdsl.dialects.builtin import DictionaryAttr, Float32Type, ModuleOp, StringAttr, TensorType
@@ -60,16 +56,22 @@ from xdsl.ir import Attribute, BlockArgument, Operation, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.rewriter import InsertPoint, Rewriter
 
-from stepc.ir.dialect import AddOp, ConstantOp, ConvertOp, MulOp, NegOp, SubOp, make_tensor
+from stepc.ir.builder import LocatedBuilder
+from stepc.ir.dialect import AddOp, ConstantOp, ConvertOp, MulOp, NegOp, SubOp, element_of, make_tensor
 from stepc.ir.diagnostics import StepcError, error_at, part_location
 from stepc.ir.program import (
+    FIRST_STEP,
+    LOSS,
     SGD,
     STATE,
     Arg,
+    Role,
     arg_attrs,
     args,
     check_sgd,
     function_sgd,
+    grad_key,
+    momentum_key,
     output_names,
     params,
     returned_values,
@@ -77,17 +79,8 @@ from stepc.ir.program import (
     set_output_names,
     step_function,
 )
-from stepc.passes.contract import Contract, ContractReport, random_inputs
 
-MOMENTUM_PREFIX = "momentum."
-FIRST_STEP = "first_step"
 FIRST_STEP_TYPE = make_tensor((), Float32Type())
-STATE_INITIAL_VALUES: dict[str, float] = {FIRST_STEP: 1.0}
-"""Initial value of each state key that does not start at zeros (`init_state` reads it)."""
-
-
-def momentum_key(param_name: str) -> str:
-    return MOMENTUM_PREFIX + param_name
 
 
 @dataclass(frozen=True)
@@ -144,48 +137,16 @@ def state_layout(fn: func.FuncOp) -> list[tuple[str, TensorType[Attribute]]]:
     return layout
 
 
-def missing_state_value(key: str, given: Collection[str]) -> float:
-    """The value of a state key a caller left out, given the keys it did pass: with some
-    momentum buffer given, the step continues an earlier one (`first_step` = 0); else it
-    is a first step (each key's initial value)."""
-    if key == FIRST_STEP and any(k.startswith(MOMENTUM_PREFIX) for k in given):
-        return 0.0
-    return STATE_INITIAL_VALUES.get(key, 0.0)
-
-
-def initial_state(fn: func.FuncOp) -> dict[str, np.ndarray]:
-    """The first step's state of a fused step function: zero buffers, `first_step` = 1."""
-    from stepc.ir.values import numpy_dtype
-
-    out: dict[str, np.ndarray] = {}
-    for arg in args(fn):
-        key = arg.state_key
-        if key is not None:
-            value = STATE_INITIAL_VALUES.get(key, 0.0)
-            out[key] = np.full(tuple(arg.type.get_shape()), value, dtype=numpy_dtype(arg.type.get_element_type()))
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
 # The pass
 
 
-class _Emitter:
-    """Appends step ops at an insertion point, each with the location it is given."""
-
-    def __init__(self, point: InsertPoint, location: Attribute):
-        self.point = point
-        self.location = location
-
-    def emit(self, op: Operation) -> SSAValue:
-        op.location = self.location  # type: ignore[assignment]
-        Rewriter.insert_op(op, self.point)
-        self.point = InsertPoint.after(op)
-        return op.results[0]
+@dataclass(eq=False)
+class UpdateBuilder(LocatedBuilder):
+    """Inserts the step ops of an update in order at its insertion point, with a location."""
 
     def constant(self, value: float, like: SSAValue) -> SSAValue:
-        element = like.type.get_element_type()  # type: ignore[attr-defined]
-        return self.emit(ConstantOp(value, make_tensor((), element)))
+        return self.emit(ConstantOp(value, make_tensor((), element_of(like))))
 
     def scale(self, x: SSAValue, factor: float | SSAValue) -> SSAValue:
         """`factor * x` (a rank-0 factor, a constant in x's element type when given as a float)."""
@@ -206,7 +167,7 @@ class _FirstStep:
     `first_step + keep * (1 - dampening)`, with `keep = 1 - first_step` (0 or 1, so both are
     exact: `momentum` and `1 - dampening` on a later step, 0 and 1 on a first step)."""
 
-    def __init__(self, flag: BlockArgument, emitter: _Emitter):
+    def __init__(self, flag: BlockArgument, emitter: UpdateBuilder):
         self.flag = flag
         self.emitter = emitter
         self.cache: dict[tuple[Attribute, float, float], tuple[SSAValue, SSAValue]] = {}
@@ -226,7 +187,7 @@ class _FirstStep:
 
 
 def _update(
-    e: _Emitter,
+    e: UpdateBuilder,
     param: SSAValue,
     grad: SSAValue,
     hyper: Hyper,
@@ -240,7 +201,7 @@ def _update(
     new_buffer = None
     if buffer is not None:
         if first_step is not None:  # the program reads the flag: every buffer obeys it
-            element = param.type.get_element_type()  # type: ignore[attr-defined]
+            element = element_of(param)
             momentum_factor, gradient_factor = first_step.factors(element, hyper.momentum, hyper.dampening)
             new_buffer = e.add(e.scale(buffer, momentum_factor), e.scale(d_p, gradient_factor))
         else:  # a zero buffer makes the first step exact: momentum * 0 + d_p == d_p
@@ -253,16 +214,16 @@ def _check_input_form(fn: func.FuncOp) -> list[Arg]:
     """The pre-pass form: no cotangent or state arguments, results `loss, grad.NAME...`."""
     all_args = args(fn)
     for arg in all_args:
-        if arg.role == "cotangent":
+        if arg.role == Role.COTANGENT:
             raise error_at(
                 fn,
                 f"fuse-sgd needs the seeded program: run seed-scalar-loss first "
                 f"(the cotangent argument %{arg.name} is still there)",
             )
-        if arg.role == "state":
+        if arg.role == Role.STATE:
             raise error_at(fn, f"fuse-sgd has already run on this function (state argument %{arg.name})")
-    ps = [a for a in all_args if a.role == "param"]
-    expected = ["loss"] + [f"grad.{p.name}" for p in ps]
+    ps = [a for a in all_args if a.role == Role.PARAM]
+    expected = [LOSS] + [grad_key(p.name) for p in ps]
     found = output_names(fn)
     if found != expected:
         raise StepcError(
@@ -299,7 +260,7 @@ def fuse_sgd(fn: func.FuncOp) -> None:
     first_step = None
     if any(h.needs_first_step for h in hyper.values()):
         flag = add_state(FIRST_STEP, FIRST_STEP_TYPE, ps[0].value)
-        first_step = _FirstStep(flag, _Emitter(InsertPoint.at_start(block), fn.location))
+        first_step = _FirstStep(flag, UpdateBuilder(InsertPoint.at_start(block), location=fn.location))
         for p in ps:
             h = hyper[p.name]
             if h.has_buffer:
@@ -312,7 +273,7 @@ def fuse_sgd(fn: func.FuncOp) -> None:
         owner = grad.owner
         point = InsertPoint.after(owner) if isinstance(owner, Operation) else InsertPoint.before(ret)
         new_param, new_buffer = _update(
-            _Emitter(point, p.value.location), p.value, grad, hyper[p.name], buffers.get(p.name), first_step
+            UpdateBuilder(point, location=p.value.location), p.value, grad, hyper[p.name], buffers.get(p.name), first_step
         )
         new_params.append(new_param)
         if new_buffer is not None:
@@ -321,11 +282,11 @@ def fuse_sgd(fn: func.FuncOp) -> None:
     results = [*new_params, *new_buffers]
     names = [p.name for p in ps] + [momentum_key(name) for name in buffers]
     if first_step is not None:
-        after_first = _Emitter(InsertPoint.before(ret), fn.location)
+        after_first = UpdateBuilder(InsertPoint.before(ret), location=fn.location)
         results.append(after_first.constant(0.0, first_step.flag))
         names.append(FIRST_STEP)
     results.append(loss)
-    names.append("loss")
+    names.append(LOSS)
 
     new_ret = func.ReturnOp(*results)
     new_ret.location = ret.location
@@ -335,121 +296,11 @@ def fuse_sgd(fn: func.FuncOp) -> None:
     set_output_names(fn, names)
 
 
-# ---------------------------------------------------------------------------------------------
-# The contract: the SGD equation, independently in NumPy float64
-
-
-def sgd_equation(
-    param: np.ndarray, grad: np.ndarray, buffer: np.ndarray | None, first_step: bool, hyper: Hyper
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """torch.optim.SGD's update of one parameter in float64: the new parameter and buffer
-    (`buffer` is ignored on a first step, where torch's buffer is None)."""
-    p = np.asarray(param, dtype=np.float64)
-    d_p = -np.asarray(grad, dtype=np.float64) if hyper.maximize else np.asarray(grad, dtype=np.float64)
-    if hyper.weight_decay != 0.0:
-        d_p = d_p + hyper.weight_decay * p
-    new_buffer = None
-    if hyper.momentum != 0.0:
-        if first_step or buffer is None:
-            new_buffer = d_p.copy()
-        else:
-            new_buffer = hyper.momentum * np.asarray(buffer, dtype=np.float64) + (1.0 - hyper.dampening) * d_p
-        d_p = d_p + hyper.momentum * new_buffer if hyper.nesterov else new_buffer
-    return p - hyper.lr * d_p, new_buffer
-
-
-class SGDEquationContract(Contract):
-    """The post-pass parameters and state equal the SGD equation on the pre-pass gradients.
-
-    Each trial draws parameters and a batch, runs the pre-pass program (its loss and
-    gradients), then the post-pass program twice: as a first step (`first_step` = 1, zero
-    buffers, or random ones when the program reads the flag, for torch ignores them) and as a
-    later step (random buffers, `first_step` = 0). The expected parameters and buffers are
-    `sgd_equation` in float64; each output is compared in its own element type's tolerance.
-    """
-
-    name = "SGD equation"
-
-    def check(self, pass_name: str, before: ModuleOp, after: ModuleOp, *, trials: int, seed: int) -> ContractReport:
-        from stepc.passes.contracts import Comparison, array_difference, run_program, tolerance_for, tolerance_text
-
-        start = time.perf_counter()
-        fn_before, fn_after = step_function(before), step_function(after)
-        hyper = hyperparameters(fn_before)
-        state_args = [a for a in args(fn_after) if a.role == "state"]
-        rng = np.random.default_rng(seed)
-        comparison = Comparison()
-        for _ in range(trials):
-            inputs = random_inputs(fn_before, rng)
-            pre = run_program(before, inputs)
-            for first_step in (True, False):
-                state = self._state(state_args, rng, first_step)
-                post = run_program(after, {**inputs, **state})
-                expected = self._expected(fn_before, hyper, inputs, state, pre, first_step)
-                phase = "first step" if first_step else "later step"
-                for key, value in expected.items():
-                    if key not in post or np.shape(post[key]) != np.shape(value):
-                        comparison.mismatch(f"{key} ({phase}: missing or of another shape after the pass)")
-                        continue
-                    dtype = np.asarray(post[key]).dtype
-                    abs_error, scale = array_difference(value, post[key])
-                    comparison.add(f"{key} ({phase})", abs_error, scale, tolerance_for(dtype), dtype.name)
-        return comparison.report(
-            pass_name, self.name, trials * 2, time.perf_counter() - start, tolerance_text(comparison.dtypes)
-        )
-
-    @staticmethod
-    def _state(state_args: list[Arg], rng: np.random.Generator, first_step: bool) -> dict[str, np.ndarray]:
-        """Random buffers (zero on a first step unless the program reads `first_step`)."""
-        from stepc.ir.values import numpy_dtype
-
-        has_flag = any(a.state_key == FIRST_STEP for a in state_args)
-        state: dict[str, np.ndarray] = {}
-        for arg in state_args:
-            key = arg.state_key
-            assert key is not None
-            dtype = numpy_dtype(arg.type.get_element_type())
-            shape = tuple(arg.type.get_shape())
-            if key == FIRST_STEP:
-                state[key] = np.full(shape, 1.0 if first_step else 0.0, dtype=dtype)
-            elif first_step and not has_flag:
-                state[key] = np.zeros(shape, dtype=dtype)
-            else:
-                state[key] = rng.standard_normal(shape).astype(dtype)
-        return state
-
-    @staticmethod
-    def _expected(
-        fn_before: func.FuncOp,
-        hyper: dict[str, Hyper],
-        inputs: dict[str, np.ndarray],
-        state: dict[str, np.ndarray],
-        pre: dict[str, np.ndarray],
-        first_step: bool,
-    ) -> dict[str, np.ndarray]:
-        """Every output the fused program must return, by key, in float64."""
-        expected: dict[str, np.ndarray] = {}
-        for p in params(fn_before):
-            key = momentum_key(p.name)
-            new_param, new_buffer = sgd_equation(
-                inputs[p.name], pre[f"grad.{p.name}"], state.get(key), first_step, hyper[p.name]
-            )
-            expected[p.name] = new_param
-            if new_buffer is not None:
-                expected[key] = new_buffer
-        if FIRST_STEP in state:
-            expected[FIRST_STEP] = np.zeros(())
-        expected["loss"] = np.asarray(pre["loss"], dtype=np.float64)
-        return expected
-
-
 @dataclass(frozen=True)
 class FuseSGD(ModulePass):
     """Fuse the torch.optim.SGD step into the gradient program (see the module docstring)."""
 
     name = "fuse-sgd"
-
-    contract: ClassVar[Contract] = SGDEquationContract()
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         fuse_sgd(step_function(op))

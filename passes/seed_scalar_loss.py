@@ -8,24 +8,22 @@ removed. The results (`loss`, `grad.NAME`, ...) are unchanged.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from xdsl.context import Context
 from xdsl.dialects import func
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Operation
 from xdsl.passes import ModulePass
+from xdsl.rewriter import InsertPoint
 
+from stepc.ir.builder import LocatedBuilder
 from stepc.ir.dialect import ConstantOp, is_float
 from stepc.ir.diagnostics import error_at
-from stepc.ir.program import arg_attrs, args, output_names, returned_values, set_arg_attrs, step_function
-from stepc.passes.contract import Contract
-from stepc.passes.contracts import SeedContract
+from stepc.ir.program import LOSS, Role, arg_attrs, args, cotangents, output_names, returned_values, set_arg_attrs, step_function
 
 
 def seed_function(fn: func.FuncOp) -> None:
-    cotangents = [a for a in args(fn) if a.role == "cotangent"]
-    if not cotangents:
+    cotangent_args = cotangents(fn)
+    if not cotangent_args:
         raise error_at(
             fn, "seed-scalar-loss needs the program after differentiate (no {step.cotangent} argument); run differentiate first"
         )
@@ -34,8 +32,8 @@ def seed_function(fn: func.FuncOp) -> None:
     block = fn.body.blocks.first
     first_op = block.first_op
     assert first_op is not None
-    for index, cotangent in enumerate(cotangents):
-        is_loss = names[index] == "loss" if index < len(names) else False
+    for index, cotangent in enumerate(cotangent_args):
+        is_loss = names[index] == LOSS if index < len(names) else False
         t = cotangent.type
         if is_loss and not (t.get_shape() == () and is_float(t.get_element_type())):
             where = outputs[0].owner if isinstance(outputs[0].owner, Operation) else fn
@@ -44,13 +42,12 @@ def seed_function(fn: func.FuncOp) -> None:
                 f"seed-scalar-loss needs a rank-0 float loss (as loss.backward() does), found {t}; "
                 "reduce the loss to a scalar with step.sum or step.mean",
             )
-        seed = ConstantOp(1.0 if is_loss else 0.0, t)
-        seed.location = cotangent.value.location
-        seed.result.name_hint = cotangent.name
-        block.insert_op_before(seed, first_op)
-        cotangent.value.replace_all_uses_with(seed.result)
-    kept_attrs = [attrs for arg, attrs in zip(args(fn), arg_attrs(fn)) if arg.role != "cotangent"]
-    for cotangent in reversed(cotangents):
+        builder = LocatedBuilder(InsertPoint.before(first_op), location=cotangent.value.location)
+        seed = builder.emit(ConstantOp(1.0 if is_loss else 0.0, t))
+        seed.name_hint = cotangent.name
+        cotangent.value.replace_all_uses_with(seed)
+    kept_attrs = [attrs for arg, attrs in zip(args(fn), arg_attrs(fn)) if arg.role != Role.COTANGENT]
+    for cotangent in reversed(cotangent_args):
         block.erase_arg(cotangent.value)
     set_arg_attrs(fn, kept_attrs)
     fn.update_function_type()
@@ -60,7 +57,6 @@ class SeedScalarLoss(ModulePass):
     """Seed reverse mode with d loss / d loss = 1: the function returns `(loss, gradients)`."""
 
     name = "seed-scalar-loss"
-    contract: ClassVar[Contract] = SeedContract()
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         seed_function(step_function(op))

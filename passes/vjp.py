@@ -1,6 +1,6 @@
 """The derivative table: one vector-Jacobian product rule per step op.
 
-A rule receives an `Emitter` (which inserts step ops into the backward part of the function,
+A rule receives a `BackwardBuilder` (which inserts step ops into the backward part of the function,
 at the location of the forward op), the forward op, and the cotangent of its result. It
 returns one cotangent per operand, of the operand's type, or None for a symbolic zero (an
 operand the result does not depend on differentiably: labels, masks). Rules reuse the forward
@@ -18,10 +18,12 @@ the broadcast dims (`shapes.broadcast_dims`) and reshaping back to the operand's
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from xdsl.ir import Attribute, Operation, SSAValue
 
 from stepc.ir import shapes
+from stepc.ir.builder import LocatedBuilder
 from stepc.ir.dialect import (
     AbsOp,
     AddOp,
@@ -63,20 +65,10 @@ from stepc.ir.dialect import (
 Cotangents = Sequence[SSAValue | None]
 
 
-class Emitter:
-    """Builds the backward ops of one forward op: inserts them before `anchor` (the function's
-    return) with the forward op's location, and returns each op's result."""
-
-    def __init__(self, anchor: Operation, location: Attribute):
-        self.anchor = anchor
-        self.location = location
-
-    def __call__(self, op: Operation) -> SSAValue:
-        op.location = self.location
-        block = self.anchor.parent_block()
-        assert block is not None
-        block.insert_op_before(op, self.anchor)
-        return op.results[0]
+@dataclass(eq=False)
+class BackwardBuilder(LocatedBuilder):
+    """Builds the backward ops of one forward op: inserts them before the function's return
+    with the forward op's location; calling it with an op inserts it and returns its result."""
 
     def scalar(self, value: float, like: SSAValue) -> SSAValue:
         """A rank-0 constant of `like`'s element type (it broadcasts against any shape)."""
@@ -106,7 +98,7 @@ class Emitter:
         return cotangent
 
 
-Rule = Callable[[Emitter, Operation, SSAValue], Cotangents]
+Rule = Callable[[BackwardBuilder, Operation, SSAValue], Cotangents]
 VJP_RULES: dict[type[Operation], Rule] = {}
 
 
@@ -130,25 +122,25 @@ def binary(op: Operation) -> tuple[SSAValue, SSAValue]:
 
 
 @vjp(AddOp)
-def vjp_add(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangents:
+def vjp_add(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
     a, b = binary(op)
     return emit.unbroadcast(cotangent, a), emit.unbroadcast(cotangent, b)
 
 
 @vjp(SubOp)
-def vjp_sub(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangents:
+def vjp_sub(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
     a, b = binary(op)
     return emit.unbroadcast(cotangent, a), emit.unbroadcast(emit(NegOp(cotangent)), b)
 
 
 @vjp(MulOp)
-def vjp_mul(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangents:
+def vjp_mul(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
     a, b = binary(op)
     return emit.unbroadcast(emit(MulOp(cotangent, b)), a), emit.unbroadcast(emit(MulOp(cotangent, a)), b)
 
 
 @vjp(DivOp)
-def vjp_div(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangents:
+def vjp_div(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
     # r = a / b: da = ct / b, db = -ct * a / b^2 = -(ct / b) * r
     a, b = binary(op)
     over_b = emit(DivOp(cotangent, b))
@@ -158,7 +150,7 @@ def vjp_div(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangents:
 def _tie_split(first_wins: str) -> Rule:
     """maximum (`gt`) or minimum (`lt`): the winner takes the cotangent, a tie splits it in half."""
 
-    def rule(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangents:
+    def rule(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
         a, b = binary(op)
         tie_half = emit(MulOp(emit.mask("eq", a, b), emit.scalar(0.5, a)))
         share_a = emit(AddOp(emit.mask(first_wins, a, b), tie_half))
@@ -174,7 +166,7 @@ vjp(MinimumOp)(_tie_split("lt"))
 
 
 @vjp(CompareOp)
-def vjp_compare(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangents:
+def vjp_compare(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
     return None, None  # a step function: zero almost everywhere
 
 
@@ -183,42 +175,42 @@ def vjp_compare(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangents
 
 
 @vjp(NegOp)
-def vjp_neg(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangents:
+def vjp_neg(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
     return (emit(NegOp(cotangent)),)
 
 
 @vjp(ExpOp)
-def vjp_exp(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangents:
+def vjp_exp(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
     return (emit(MulOp(cotangent, op.results[0])),)
 
 
 @vjp(LogOp)
-def vjp_log(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangents:
+def vjp_log(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
     return (emit(DivOp(cotangent, op.operands[0])),)
 
 
 @vjp(TanhOp)
-def vjp_tanh(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangents:
+def vjp_tanh(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
     # tanh' = 1 - tanh^2, from the output
     y = op.results[0]
     return (emit(MulOp(cotangent, emit(SubOp(emit.scalar(1.0, y), emit(SquareOp(y)))))),)
 
 
 @vjp(SigmoidOp)
-def vjp_sigmoid(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangents:
+def vjp_sigmoid(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
     # sigmoid' = s (1 - s), from the output
     s = op.results[0]
     return (emit(MulOp(cotangent, emit(MulOp(s, emit(SubOp(emit.scalar(1.0, s), s)))))),)
 
 
 @vjp(ReluOp)
-def vjp_relu(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangents:
+def vjp_relu(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
     x = op.operands[0]
     return (emit(MulOp(cotangent, emit.mask("gt", x, emit.scalar(0.0, x)))),)  # relu'(0) = 0
 
 
 @vjp(AbsOp)
-def vjp_abs(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangents:
+def vjp_abs(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
     x = op.operands[0]
     zero = emit.scalar(0.0, x)
     sign = emit(SubOp(emit.mask("gt", x, zero), emit.mask("lt", x, zero)))  # sign(0) = 0
@@ -226,21 +218,21 @@ def vjp_abs(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangents:
 
 
 @vjp(SqrtOp)
-def vjp_sqrt(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangents:
+def vjp_sqrt(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
     # sqrt' = 1 / (2 sqrt(x)), from the output
     y = op.results[0]
     return (emit(DivOp(emit(MulOp(cotangent, emit.scalar(0.5, y))), y)),)
 
 
 @vjp(RsqrtOp)
-def vjp_rsqrt(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangents:
+def vjp_rsqrt(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
     # (x^-1/2)' = -x^-3/2 / 2 = -0.5 * r / x, from the output r
     x, r = op.operands[0], op.results[0]
     return (emit(MulOp(emit(DivOp(emit(MulOp(cotangent, r)), x)), emit.scalar(-0.5, r))),)
 
 
 @vjp(SquareOp)
-def vjp_square(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangents:
+def vjp_square(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
     x = op.operands[0]
     return (emit(MulOp(cotangent, emit(MulOp(x, emit.scalar(2.0, x))))),)
 
@@ -254,7 +246,7 @@ def _swap_last_two(rank: int) -> list[int]:
 
 
 @vjp(MatmulOp)
-def vjp_matmul(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangents:
+def vjp_matmul(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
     # r = a b: da = ct b^T; db = a^T ct, summed over the batch when b is shared (rank 2)
     a, b = binary(op)
     rank_a, rank_b = len(shape_of(a)), len(shape_of(b))
@@ -270,7 +262,7 @@ def vjp_matmul(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangents:
 
 
 @vjp(TransposeOp)
-def vjp_transpose(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangents:
+def vjp_transpose(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
     assert isinstance(op, TransposeOp)
     inverse = [0] * len(op.permutation)
     for i, p in enumerate(op.permutation):
@@ -279,28 +271,28 @@ def vjp_transpose(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangen
 
 
 @vjp(ReshapeOp)
-def vjp_reshape(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangents:
+def vjp_reshape(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
     return (emit(ReshapeOp(cotangent, op.operands[0].type)),)
 
 
 @vjp(BroadcastOp)
-def vjp_broadcast(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangents:
+def vjp_broadcast(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
     return (emit.unbroadcast(cotangent, op.operands[0]),)
 
 
 @vjp(ConvertOp)
-def vjp_convert(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangents:
+def vjp_convert(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
     # The cotangent goes back to the operand's type (the driver drops it for an i32 operand).
     return (emit(ConvertOp(cotangent, op.operands[0].type)),)
 
 
 @vjp(ConstantOp)
-def vjp_constant(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangents:
+def vjp_constant(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
     return ()
 
 
 @vjp(OneHotOp)
-def vjp_one_hot(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangents:
+def vjp_one_hot(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
     return (None,)  # of integer labels
 
 
@@ -308,7 +300,7 @@ def vjp_one_hot(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangents
 # Reductions: the cotangent broadcast back over the reduced dims
 
 
-def _spread(emit: Emitter, op: ReduceOp, cotangent: SSAValue) -> SSAValue:
+def _spread(emit: BackwardBuilder, op: ReduceOp, cotangent: SSAValue) -> SSAValue:
     """The cotangent of a reduction's result, broadcast back to the operand's shape."""
     x = op.operands[0]
     kept = emit.keepdims(cotangent, shape_of(x), op.reduced_dims)
@@ -318,13 +310,13 @@ def _spread(emit: Emitter, op: ReduceOp, cotangent: SSAValue) -> SSAValue:
 
 
 @vjp(SumOp)
-def vjp_sum(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangents:
+def vjp_sum(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
     assert isinstance(op, SumOp)
     return (_spread(emit, op, cotangent),)
 
 
 @vjp(MeanOp)
-def vjp_mean(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangents:
+def vjp_mean(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
     assert isinstance(op, MeanOp)
     x = op.operands[0]
     count = shapes.numel(tuple(shape_of(x)[d] for d in op.axes))
@@ -332,7 +324,7 @@ def vjp_mean(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangents:
 
 
 @vjp(MaxOp)
-def vjp_max(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangents:
+def vjp_max(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
     # Ties share equally (torch.amax): ct / (number of maxima), on each maximum.
     assert isinstance(op, MaxOp)
     x = op.operands[0]
@@ -347,7 +339,7 @@ def vjp_max(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangents:
 
 
 @vjp(SoftmaxOp)
-def vjp_softmax(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangents:
+def vjp_softmax(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
     # s (ct - sum(ct s)), from the output s
     assert isinstance(op, SoftmaxOp)
     s = op.results[0]
@@ -357,7 +349,7 @@ def vjp_softmax(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangents
 
 
 @vjp(LogSoftmaxOp)
-def vjp_log_softmax(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangents:
+def vjp_log_softmax(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
     # ct - softmax(x) * sum(ct): softmax of the input, not exp of the output, so that after
     # lowering XLA's CSE shares the exponentials with the forward (as in jax.grad of log_softmax)
     assert isinstance(op, LogSoftmaxOp)
@@ -368,7 +360,7 @@ def vjp_log_softmax(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotang
 
 
 @vjp(CrossEntropyOp)
-def vjp_cross_entropy(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangents:
+def vjp_cross_entropy(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
     # (softmax(logits) - one_hot(labels)) * ct / N
     assert isinstance(op, CrossEntropyOp)
     logits, labels = op.logits, op.labels
@@ -380,7 +372,7 @@ def vjp_cross_entropy(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cota
 
 
 @vjp(MseOp)
-def vjp_mse(emit: Emitter, op: Operation, cotangent: SSAValue) -> Cotangents:
+def vjp_mse(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
     # mean((a - b)^2): da = (a - b) * 2 ct / n, db = -da
     a, b = binary(op)
     scale = emit(MulOp(cotangent, emit.scalar(2.0 / shapes.numel(shape_of(a)), cotangent)))

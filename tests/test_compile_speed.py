@@ -26,7 +26,7 @@ from stepc.ir.parse import load, load_text, make_context, parse_text, verify
 from stepc.ir.program import step_function
 from stepc.passes.cleanup import CSE, DCE, Canonicalize
 from stepc.passes.lower_to_stablehlo import dense_constant
-from stepc.passes.pipeline import Pipeline
+from stepc.pipeline import Pipeline
 
 ROOT = Path(__file__).parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.ir"))

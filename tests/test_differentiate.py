@@ -11,9 +11,12 @@ from stepc.ir.interpreter import run_function
 from stepc.ir.parse import load_text, parse_text, verify
 from stepc.ir.program import args, output_names, step_function
 from stepc.passes import vjp
-from stepc.passes.contracts import IdentityContract, SeedContract, VJPContract, numpy_forward_mode
+from stepc.check import contract_for
+from stepc.check.cleanup import IdentityContract
+from stepc.check.differentiate import VJPContract, numpy_forward_mode
+from stepc.check.seed_scalar_loss import SeedContract
 from stepc.passes.differentiate import Differentiate
-from stepc.passes.pipeline import Pipeline
+from stepc.pipeline import Pipeline
 from stepc.passes.seed_scalar_loss import SeedScalarLoss
 
 PROGRAM = """\
@@ -107,12 +110,10 @@ def test_seed_needs_differentiate_first() -> None:
         run(PROGRAM, "seed-scalar-loss", check=False)
 
 
-def test_contracts_are_declared_once_on_the_passes() -> None:
-    assert isinstance(Differentiate.contract, VJPContract)
-    assert isinstance(SeedScalarLoss.contract, SeedContract)
-    from stepc.passes.cleanup import CSE, DCE, Canonicalize
-
-    assert all(isinstance(c.contract, IdentityContract) for c in (CSE, DCE, Canonicalize))
+def test_contracts_are_declared_once_per_pass() -> None:
+    assert isinstance(contract_for(Differentiate.name), VJPContract)
+    assert isinstance(contract_for(SeedScalarLoss.name), SeedContract)
+    assert all(isinstance(contract_for(name), IdentityContract) for name in ("cse", "dce", "canonicalize"))
 
 
 def test_vjp_contract_rejects_a_wrong_gradient_and_names_it() -> None:

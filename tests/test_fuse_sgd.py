@@ -22,16 +22,10 @@ from stepc.ir.dialect import ConstantOp
 from stepc.ir.interpreter import run_function
 from stepc.ir.parse import load, make_context, parse_text, verify
 from stepc.ir.printing import program_text
-from stepc.ir.program import args, output_names, step_function
-from stepc.passes.fuse_sgd import (
-    FIRST_STEP,
-    FuseSGD,
-    SGDEquationContract,
-    initial_state,
-    missing_state_value,
-    state_layout,
-)
-from stepc.passes.pipeline import Pipeline
+from stepc.check.fuse_sgd import SGDEquationContract
+from stepc.ir.program import FIRST_STEP, args, initial_state, missing_state_value, output_names, step_function
+from stepc.passes.fuse_sgd import FuseSGD, state_layout
+from stepc.pipeline import Pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 N, D, K = 8, 4, 3

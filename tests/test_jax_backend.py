@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from stepc.backends.jax import jax_function
+from stepc.passes.lower_to_stablehlo import lowered_clone
 from stepc.ir.interpreter import run_function
 from stepc.ir.parse import load, parse_text, verify
 
@@ -37,7 +38,7 @@ EXAMPLES = sorted(BENCH.TWINS)  # every example with a hand-written twin
 
 
 def example(name: str):  # type: ignore[no-untyped-def]
-    jf = jax_function(load(ROOT / "examples" / f"{name}.ir"))
+    jf = jax_function(lowered_clone(load(ROOT / "examples" / f"{name}.ir")))
     names, inputs = BENCH.example_inputs(name)
     assert names == jf.arg_names
     return jf, [jnp.asarray(inputs[n]) for n in names]
@@ -122,7 +123,7 @@ def test_derivatives_at_kinks_follow_pytorch(name: str, line: str, torch_fn) -> 
     )
     module = parse_text(text, f"{name}.ir")
     verify(module)
-    jf = jax_function(module)
+    jf = jax_function(lowered_clone(module))
     a = np.array([0.0, 2.0, -1.0, 2.0, 0.5])
     b = np.array([0.0, 1.0, -1.0, 3.0, 0.5])
     weights = np.array([1.0, 2.0, 3.0, 4.0, 5.0])

@@ -117,6 +117,7 @@ func.func @quad(%w: tensor<3xf32> {step.param}, %x: tensor<3xf32>,
 
 def test_names_cannot_inject_code(tmp_path: Path) -> None:
     from stepc.backends.jax_py import emit_module
+    from stepc.passes.lower_to_stablehlo import lowered_clone
     from stepc.ir.parse import parse_text, verify
     from stepc.ir.program import args, output_names, step_function
 
@@ -127,7 +128,7 @@ def test_names_cannot_inject_code(tmp_path: Path) -> None:
     weird_output = output_names(fn)[1]
     assert "\n" in state_key and '"""' in weird_output  # the names really are hostile
     source = "evil\nopen('PWNED4', 'w')\n\"\"\"'''"
-    text = emit_module(module, source=source)
+    text = emit_module({"program": lowered_clone(module)}, "program", source=source)
     for line in text.splitlines():
         assert not line.lstrip().startswith("open(")
     path = tmp_path / "emitted.py"
@@ -152,8 +153,44 @@ def test_emitted_functions_follow_the_program(tmp_path: Path, until: str, functi
     assert main(["compile", MLP, "--emit", "jax-py", "--until", until, "-o", str(out), "--no-check"]) == 0
     tree = ast.parse(out.read_text())
     defined = {node.name for node in tree.body if isinstance(node, ast.FunctionDef) and not node.name.startswith("_")}
-    assert defined - {"abs0", "relu0"} == functions  # the helpers every emitted module carries
+    assert defined - helper_names() == functions  # the helpers every emitted module carries
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
                 for alias in node.names} | {node.module.split(".")[0] for node in ast.walk(tree)
                 if isinstance(node, ast.ImportFrom) and node.module}  # fmt: skip
     assert imported <= {"jax", "numpy", "lax"}
+
+
+def helper_names() -> set[str]:
+    """The public functions of `backends/helpers.py`."""
+    import ast
+    import inspect
+
+    from stepc.backends import helpers
+
+    tree = ast.parse(inspect.getsource(helpers))
+    return {node.name for node in tree.body if isinstance(node, ast.FunctionDef) and not node.name.startswith("_")}
+
+
+def test_helpers_are_real_code_the_emitted_module_carries_verbatim(tmp_path: Path) -> None:
+    """`backends/helpers.py` imports only jax and lax (the emitted module's header makes both), has
+    no `from __future__` import (its copy sits mid-module), and its code after the imports is in
+    the emitted module as it is; the backend's table calls the very same functions."""
+    import ast
+    import inspect
+
+    from stepc.backends import helpers
+    from stepc.backends.jax import NAMESPACE
+
+    source = inspect.getsource(helpers)
+    imports = [node for node in ast.parse(source).body if isinstance(node, (ast.Import, ast.ImportFrom))]
+    assert [ast.unparse(node) for node in imports] == ["import jax", "from jax import lax"]
+    assert helper_names() == {"abs0", "relu0", "dot_general", "aligned"}
+    for name in helper_names():
+        assert NAMESPACE[name] is getattr(helpers, name)
+    out = tmp_path / "m.py"
+    assert main(["compile", MLP, "--emit", "jax-py", "-o", str(out), "--no-check"]) == 0
+    text = out.read_text()
+    code = source[source.index("\n", source.index("from jax import lax")) + 1 :]
+    assert code.strip() in text
+    for name in helper_names():
+        assert inspect.getsource(getattr(helpers, name)) in text

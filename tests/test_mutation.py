@@ -27,9 +27,11 @@ from stepc.ir import dialect as step
 from stepc.ir.diagnostics import StepcError
 from stepc.ir.parse import load_text
 from stepc.passes import vjp
-from stepc.passes.contracts import VJPContract, numpy_forward_mode
+from stepc.check import CONTRACTS, contract_for
+from stepc.check.differentiate import VJPContract, numpy_forward_mode
+from stepc.check.seed_scalar_loss import SeedContract
 from stepc.passes.differentiate import CotangentMap, Differentiate
-from stepc.passes.pipeline import Pipeline
+from stepc.pipeline import Pipeline
 from stepc.passes.seed_scalar_loss import SeedScalarLoss
 
 T = "tensor<3x3xf64>"
@@ -112,11 +114,11 @@ def program(case: Case) -> str:
     )
 
 
-Rule = Callable[[vjp.Emitter, Operation, SSAValue], vjp.Cotangents]
+Rule = Callable[[vjp.BackwardBuilder, Operation, SSAValue], vjp.Cotangents]
 
 
 def mutate(rule: Rule, kind: str) -> Rule:
-    def mutated(emit: vjp.Emitter, op: Operation, cotangent: SSAValue) -> vjp.Cotangents:
+    def mutated(emit: vjp.BackwardBuilder, op: Operation, cotangent: SSAValue) -> vjp.Cotangents:
         if kind == "nonzero":
             return [emit.unbroadcast(cotangent, operand) for operand in op.operands]
         out = list(rule(emit, op, cotangent))
@@ -145,7 +147,7 @@ def caught(text: str, name: str) -> str | None:
 @pytest.fixture
 def fast_contract(monkeypatch: pytest.MonkeyPatch) -> None:
     """`differentiate`'s contract, with its `jax.jvp` evaluated by NumPy (no XLA compile per mutant)."""
-    monkeypatch.setattr(Differentiate, "contract", VJPContract(forward_mode=numpy_forward_mode))
+    monkeypatch.setitem(CONTRACTS, Differentiate.name, VJPContract(forward_mode=numpy_forward_mode))
 
 
 def test_every_rule_has_a_case() -> None:
@@ -166,10 +168,10 @@ def test_mutation_score(fast_contract: None, monkeypatch: pytest.MonkeyPatch) ->
                 m.setitem(vjp.VJP_RULES, case.op, mutate(vjp.VJP_RULES[case.op], kind))
                 results.append((f"{case.op.name} {kind}", caught(program(case), case.op.name)))
 
-    def keep_first(self: CotangentMap, emit: vjp.Emitter, value: SSAValue, cotangent: SSAValue) -> None:
+    def keep_first(self: CotangentMap, emit: vjp.BackwardBuilder, value: SSAValue, cotangent: SSAValue) -> None:
         self.values.setdefault(value, cotangent)
 
-    def keep_latest(self: CotangentMap, emit: vjp.Emitter, value: SSAValue, cotangent: SSAValue) -> None:
+    def keep_latest(self: CotangentMap, emit: vjp.BackwardBuilder, value: SSAValue, cotangent: SSAValue) -> None:
         self.values[value] = cotangent
 
     for name, accumulate in (("keep first", keep_first), ("keep latest", keep_latest)):
@@ -210,5 +212,5 @@ def test_default_contract_catches_a_mutant_through_xla(monkeypatch: pytest.Monke
     assert message is not None and "contract of pass differentiate" in message and "grad." in message
 
 
-def test_seed_contract_is_the_class_attribute() -> None:
-    assert isinstance(SeedScalarLoss.contract, type(SeedScalarLoss.contract))
+def test_seed_contract_is_registered_for_the_pass() -> None:
+    assert isinstance(contract_for(SeedScalarLoss.name), SeedContract)

@@ -29,9 +29,9 @@ from hypothesis import strategies as st
 from stepc.backends.jaxpr_numpy import evaluate
 from stepc.ir.interpreter import run_function
 from stepc.ir.parse import load_text, make_context, verify
-from stepc.passes.contract import contract_of
-from stepc.passes.contracts import VJPContract, numpy_forward_mode
-from stepc.passes.pipeline import Pipeline
+from stepc.check import contract_for
+from stepc.check.differentiate import VJPContract, numpy_forward_mode
+from stepc.pipeline import Pipeline
 
 Shape = tuple[int, ...]
 REL_TOL = 1e-9
@@ -395,7 +395,7 @@ def run_checked(module) -> None:  # type: ignore[no-untyped-def]
         before = module.clone()
         p.apply(make_context(), module)
         verify(module)
-        contract = contracts.get(name) or contract_of(p)
+        contract = contracts.get(name) or contract_for(name)
         assert contract is not None
         report = contract.check(name, before, module, trials=2, seed=0)
         assert report.ok, report.failure_message()

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from stepc.ir.parse import load
-from stepc.tools import train
+from stepc.tools import data as train_data
+from stepc.tools import loop as train_loop
 from stepc.tools.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,15 +59,15 @@ def test_run_matches_pytorch_on_the_same_batches(short_run):
     import torch.nn.functional as F
 
     module = load(MLP)
-    spec = train.signature(module)
-    data = train.load_data(None, spec)
-    init = train.default_init(module, seed=3)
+    spec = train_data.signature(module)
+    data = train_data.load_data(None, spec)
+    init = train_data.default_init(module, seed=3)
     p = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in init.items()}
     opt = torch.optim.SGD(
         [{"params": [p["w1"], p["w2"]]}, {"params": [p["b1"], p["b2"]], "weight_decay": 0.0}],
         lr=0.1, momentum=0.9, weight_decay=5e-4,
     )
-    stream = train.batches(data.train, spec.batch_size, seed=3)
+    stream = train_data.batches(data.train, spec.batch_size, seed=3)
     losses = []
     for _ in range(30):
         batch = next(stream)
@@ -85,8 +86,8 @@ def test_run_matches_pytorch_on_the_same_batches(short_run):
 
 
 def test_reported_accuracy_is_the_test_sets(short_run):
-    spec = train.signature(load(MLP))
-    test = train.load_data(None, spec).test
+    spec = train_data.signature(load(MLP))
+    test = train_data.load_data(None, spec).test
     with np.load(short_run / "params.npz") as p:
         logits = np.maximum(test["x"] @ p["w1"] + p["b1"], 0) @ p["w2"] + p["b2"]
     correct = int(np.sum(np.argmax(logits, axis=1) == test["labels"]))
@@ -153,7 +154,7 @@ def test_user_data_regression_finds_least_squares(tmp_path):
     assert rc == 0
     summary = summary_of(out)
     assert "accuracy" not in summary and summary["data"] == "lin.npz" and summary["test_examples"] == 64
-    train_rows = train.load_data(str(data), train.signature(load(LINREG))).train
+    train_rows = train_data.load_data(str(data), train_data.signature(load(LINREG))).train
     design = np.hstack([train_rows["x"], np.ones((len(train_rows["x"]), 1))]).astype(np.float64)
     solution, *_ = np.linalg.lstsq(design, train_rows["t"].astype(np.float64), rcond=None)
     with np.load(out / "params.npz") as p:

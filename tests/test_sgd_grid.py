@@ -24,7 +24,8 @@ import torch
 from stepc.ir.interpreter import run_function
 from stepc.ir.parse import make_context, parse_text, verify
 from stepc.ir.program import args, output_names, step_function
-from stepc.passes.fuse_sgd import FuseSGD, initial_state
+from stepc.ir.program import initial_state
+from stepc.passes.fuse_sgd import FuseSGD
 
 STEPS = 5
 N, D, K = 8, 4, 3  # batch, features, outputs: w is DxK, b is K

@@ -1,4 +1,4 @@
-"""The training library behind `stepc run` (stepc.tools.train): data, init, batches, the cut
+"""The training library behind `stepc run` (stepc.tools.data and stepc.tools.loop): data, init, batches, the cut
 at the logits, accuracy, the loop's stop on a non-finite loss, and the files of a run.
 
 Oracles: the digits' published class counts, PyTorch's own fan-in computation for its
@@ -17,7 +17,8 @@ import pytest
 from stepc.ir.diagnostics import StepcError
 from stepc.ir.parse import load, load_text
 from stepc.ir.program import args, step_function
-from stepc.tools import train
+from stepc.tools import data as train_data
+from stepc.tools import loop as train_loop
 from stepc.tools.run_cmd import FORCE_DEVICES, xla_flags_for
 
 MLP = "examples/mlp_digits.ir"
@@ -34,7 +35,7 @@ def mlp():
 
 
 def test_bundled_digits_archive():
-    with np.load(train.digits_path(), allow_pickle=False) as archive:
+    with np.load(train_data.digits_path(), allow_pickle=False) as archive:
         images, labels = archive["images"], archive["labels"]
     assert images.shape == (1797, 64) and images.dtype == np.uint8
     assert 0 == images.min() and images.max() == 16
@@ -43,20 +44,20 @@ def test_bundled_digits_archive():
 
 
 def test_digits_split_is_fixed_disjoint_and_scaled(mlp):
-    data = train.load_data(None, train.signature(mlp))
+    data = train_data.load_data(None, train_data.signature(mlp))
     assert data.name == "digits"
     assert data.n_train + data.n_test == 1797
     assert data.n_test == round(1797 * 0.2)
     labels = np.concatenate([data.train["labels"], data.test["labels"]])
     assert np.bincount(labels).tolist() == DIGIT_COUNTS
-    with np.load(train.digits_path()) as archive:
+    with np.load(train_data.digits_path()) as archive:
         images = archive["images"].astype(np.float64) / 16.0
     rows = np.concatenate([data.train["x"], data.test["x"]]).astype(np.float64)
     # every image appears exactly as often as in the archive: a permutation of the rows
     key = lambda a: sorted(map(bytes, np.round(a * 16).astype(np.uint8)))  # noqa: E731
     assert key(rows) == key(images)
     assert data.train["x"].dtype == np.float32 and 0.0 <= rows.min() and rows.max() == 1.0
-    again = train.load_data("digits", train.signature(mlp))
+    again = train_data.load_data("digits", train_data.signature(mlp))
     np.testing.assert_array_equal(again.test["x"], data.test["x"])
 
 
@@ -64,7 +65,7 @@ def test_digits_feed_one_hot_targets():
     text = open(SOFTMAX).read().replace("5x3", "64x10").replace("32x5", "32x64").replace("32x3", "32x10")
     text = text.replace("tensor<3xf32>", "tensor<10xf32>")
     module = load_text(text, "digits_softmax.ir")
-    data = train.load_data(None, train.signature(module))
+    data = train_data.load_data(None, train_data.signature(module))
     onehot = data.train["onehot"]
     assert onehot.shape == (data.n_train, 10)
     np.testing.assert_array_equal(onehot.sum(axis=1), 1.0)
@@ -72,12 +73,12 @@ def test_digits_feed_one_hot_targets():
 
 def test_digits_refuse_a_program_that_does_not_fit():
     with pytest.raises(StepcError, match="does not fit the batch inputs of @linreg"):
-        train.load_data(None, train.signature(load(LINREG)))
+        train_data.load_data(None, train_data.signature(load(LINREG)))
 
 
 def test_default_init_is_pytorch_linear(mlp):
     torch = pytest.importorskip("torch")
-    params = train.default_init(mlp, seed=0)
+    params = train_data.default_init(mlp, seed=0)
     fn = step_function(mlp)
     # PyTorch's nn.Linear(in, out) keeps weight (out, in); ours is (in, out). Its fan-in, per
     # torch's own helper, and the bound 1/sqrt(fan_in) for weight and bias alike.
@@ -88,7 +89,7 @@ def test_default_init_is_pytorch_linear(mlp):
     for arg in args(fn):
         if arg.role != "param":
             continue
-        assert train.fan_in(fn, arg.value) == expected_fan_in[arg.name]
+        assert train_data.fan_in(fn, arg.value) == expected_fan_in[arg.name]
         bound = 1 / math.sqrt(expected_fan_in[arg.name])
         values = params[arg.name].astype(np.float64)
         assert values.shape == tuple(arg.type.get_shape()) and params[arg.name].dtype == np.float32
@@ -96,8 +97,8 @@ def test_default_init_is_pytorch_linear(mlp):
         if values.size >= 1000:  # a uniform distribution: spread and standard deviation
             assert np.abs(values).max() > 0.98 * bound
             assert abs(values.std() - bound / math.sqrt(3)) < 0.05 * bound
-    again = train.default_init(mlp, seed=0)
-    other = train.default_init(mlp, seed=1)
+    again = train_data.default_init(mlp, seed=0)
+    other = train_data.default_init(mlp, seed=1)
     assert all(np.array_equal(params[k], again[k]) for k in params)
     assert not np.array_equal(params["w1"], other["w1"])
 
@@ -110,7 +111,7 @@ def test_fan_in_of_a_lone_bias_is_its_length():
       func.return %loss : tensor<f32>
     }"""
     fn = step_function(load_text(text, "bias.ir"))
-    assert train.fan_in(fn, args(fn)[0].value) == 7
+    assert train_data.fan_in(fn, args(fn)[0].value) == 7
 
 
 def _write_npz(path, **arrays):
@@ -119,18 +120,18 @@ def _write_npz(path, **arrays):
 
 
 def test_user_data_split_and_held_out_keys(tmp_path):
-    spec = train.signature(load(LINREG))
+    spec = train_data.signature(load(LINREG))
     rng = np.random.default_rng(0)
     x, t = rng.standard_normal((200, 4)), rng.standard_normal((200, 1))
-    data = train.load_data(_write_npz(tmp_path / "d.npz", x=x, t=t), spec)
+    data = train_data.load_data(_write_npz(tmp_path / "d.npz", x=x, t=t), spec)
     assert (data.n_train, data.n_test) == (160, 40)
     assert data.train["x"].dtype == np.float32
-    data = train.load_data(
+    data = train_data.load_data(
         _write_npz(tmp_path / "e.npz", x=x, t=t, **{"test.x": x[:10], "test.t": t[:10]}), spec
     )
     assert (data.n_train, data.n_test) == (200, 10)
     # too few to hold out a fifth and keep a full batch: everything trains
-    data = train.load_data(_write_npz(tmp_path / "f.npz", x=x[:35], t=t[:35]), spec)
+    data = train_data.load_data(_write_npz(tmp_path / "f.npz", x=x[:35], t=t[:35]), spec)
     assert (data.n_train, data.test) == (35, None)
 
 
@@ -148,12 +149,12 @@ BAD_DATA = [
 
 @pytest.mark.parametrize("name,make,message", BAD_DATA, ids=[row[0] for row in BAD_DATA])
 def test_user_data_errors_are_located(tmp_path, name, make, message):
-    spec = train.signature(load(LINREG))
+    spec = train_data.signature(load(LINREG))
     rng = np.random.default_rng(0)
     arrays = make(rng.standard_normal((100, 4)), rng.standard_normal((100, 1)), None)
     path = _write_npz(tmp_path / "bad.npz", **arrays)
     with pytest.raises(StepcError, match=message) as info:
-        train.load_data(path, spec)
+        train_data.load_data(path, spec)
     assert "bad.npz" in info.value.message
 
 
@@ -166,10 +167,10 @@ LABEL_ERRORS = [
 
 @pytest.mark.parametrize("name,labels,message", LABEL_ERRORS, ids=[row[0] for row in LABEL_ERRORS])
 def test_user_labels_are_checked(tmp_path, mlp, name, labels, message):
-    spec = train.signature(mlp)
+    spec = train_data.signature(mlp)
     path = _write_npz(tmp_path / "l.npz", x=np.zeros((100, 64), np.float32), labels=labels(100))
     with pytest.raises(StepcError, match=message) as info:
-        train.load_data(path, spec)
+        train_data.load_data(path, spec)
     assert info.value.loc is not None and info.value.loc.file == MLP
 
 
@@ -177,33 +178,33 @@ def test_data_files_never_unpickle(tmp_path, mlp):
     path = tmp_path / "objects.npz"
     np.savez(path, x=np.array([{"a": 1}], dtype=object), labels=np.zeros(1, np.int32))
     with pytest.raises(StepcError, match="pickle"):
-        train.load_data(str(path), train.signature(mlp))
+        train_data.load_data(str(path), train_data.signature(mlp))
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(StepcError, match="not an .npz"):
-        train.load_data(str(tmp_path / "junk.npz"), train.signature(mlp))
+        train_data.load_data(str(tmp_path / "junk.npz"), train_data.signature(mlp))
     with pytest.raises(StepcError, match="no such"):
-        train.load_data(str(tmp_path / "absent.npz"), train.signature(mlp))
+        train_data.load_data(str(tmp_path / "absent.npz"), train_data.signature(mlp))
     with pytest.raises(StepcError, match="no such data set"):
-        train.load_data("mnist", train.signature(mlp))
+        train_data.load_data("mnist", train_data.signature(mlp))
 
 
 def test_init_file_is_checked(tmp_path, mlp):
-    spec = train.signature(mlp)
-    good = train.default_init(mlp, seed=3)
+    spec = train_data.signature(mlp)
+    good = train_data.default_init(mlp, seed=3)
     path = _write_npz(tmp_path / "init.npz", **good)
-    loaded = train.load_params(path, spec)
+    loaded = train_data.load_params(path, spec)
     assert all(np.array_equal(loaded[k], good[k]) for k in good)
     with pytest.raises(StepcError, match="missing b2"):
-        train.load_params(_write_npz(tmp_path / "a.npz", **{k: v for k, v in good.items() if k != "b2"}), spec)
+        train_data.load_params(_write_npz(tmp_path / "a.npz", **{k: v for k, v in good.items() if k != "b2"}), spec)
     with pytest.raises(StepcError, match="w1 is tensor<64x128xf32>"):
-        train.load_params(_write_npz(tmp_path / "b.npz", **{**good, "w1": good["w1"].T}), spec)
+        train_data.load_params(_write_npz(tmp_path / "b.npz", **{**good, "w1": good["w1"].T}), spec)
     with pytest.raises(StepcError, match="non-finite"):
-        train.load_params(_write_npz(tmp_path / "c.npz", **{**good, "b1": good["b1"] * np.inf}), spec)
+        train_data.load_params(_write_npz(tmp_path / "c.npz", **{**good, "b1": good["b1"] * np.inf}), spec)
 
 
 def test_batches_are_shuffled_epochs_without_the_remainder():
     data = {"i": np.arange(10), "j": np.arange(10) * 2}
-    stream = train.batches(data, 3, seed=5)
+    stream = train_data.batches(data, 3, seed=5)
     epoch1 = [next(stream) for _ in range(3)]  # 10 // 3 = 3 batches an epoch, one row dropped
     epoch2 = [next(stream) for _ in range(3)]
     for epoch in (epoch1, epoch2):
@@ -212,18 +213,18 @@ def test_batches_are_shuffled_epochs_without_the_remainder():
         for b in epoch:
             np.testing.assert_array_equal(b["j"], b["i"] * 2)
     assert not np.array_equal(np.concatenate([b["i"] for b in epoch1]), np.concatenate([b["i"] for b in epoch2]))
-    replay = train.batches(data, 3, seed=5)
+    replay = train_data.batches(data, 3, seed=5)
     assert all(np.array_equal(next(replay)["i"], b["i"]) for b in epoch1)
 
 
 def test_steps_and_epochs():
-    assert train.resolve_steps(7, None, 100, 10) == 7
-    assert train.resolve_steps(None, 2.5, 105, 10) == 25
-    assert train.resolve_steps(None, None, 100, 10) == train.DEFAULT_EPOCHS * 10
+    assert train_data.resolve_steps(7, None, 100, 10) == 7
+    assert train_data.resolve_steps(None, 2.5, 105, 10) == 25
+    assert train_data.resolve_steps(None, None, 100, 10) == train_data.DEFAULT_EPOCHS * 10
     with pytest.raises(StepcError, match="not both"):
-        train.resolve_steps(5, 1.0, 100, 10)
+        train_data.resolve_steps(5, 1.0, 100, 10)
     with pytest.raises(StepcError, match="at least 1"):
-        train.resolve_steps(0, None, 100, 10)
+        train_data.resolve_steps(0, None, 100, 10)
 
 
 def _mlp_logits(p, b):
@@ -234,10 +235,10 @@ def _mlp_logits(p, b):
 def test_logits_module_returns_the_logits(mlp):
     from stepc.ir.interpreter import run_function
 
-    cut, head = train.logits_module(mlp)
-    assert head == train.Head("labels", False, 10)
+    cut, head = train_loop.logits_module(mlp)
+    assert head == train_loop.Head("labels", False, 10)
     rng = np.random.default_rng(0)
-    params = train.default_init(mlp, seed=0)
+    params = train_data.default_init(mlp, seed=0)
     batch = {"x": rng.random((64, 64)).astype(np.float32), "labels": rng.integers(0, 10, 64).astype(np.int32)}
     out = run_function(cut, {**params, **batch})
     assert list(out) == ["logits"]
@@ -250,22 +251,22 @@ def test_logits_module_of_one_hot_softmax_and_of_a_regression():
     from stepc.ir.interpreter import run_function
 
     module = load(SOFTMAX)
-    cut, head = train.logits_module(module)
-    assert head == train.Head("onehot", True, 3)
+    cut, head = train_loop.logits_module(module)
+    assert head == train_loop.Head("onehot", True, 3)
     rng = np.random.default_rng(1)
     inputs = {"w": rng.standard_normal((5, 3)), "b": rng.standard_normal(3), "x": rng.standard_normal((32, 5)),
               "onehot": np.eye(3)[rng.integers(0, 3, 32)]}
     inputs = {k: v.astype(np.float32) for k, v in inputs.items()}
     out = run_function(cut, inputs)["logits"]
     np.testing.assert_allclose(out, inputs["x"] @ inputs["w"] + inputs["b"], rtol=1e-5, atol=1e-5)
-    assert train.logits_module(load(LINREG)) is None
+    assert train_loop.logits_module(load(LINREG)) is None
 
 
 def test_accuracy_covers_every_example_with_padding(mlp):
     rng = np.random.default_rng(2)
-    params = train.default_init(mlp, seed=0)
+    params = train_data.default_init(mlp, seed=0)
     data = {"x": rng.random((150, 64)).astype(np.float32), "labels": rng.integers(0, 10, 150).astype(np.int32)}
-    head = train.Head("labels", False, 10)
+    head = train_loop.Head("labels", False, 10)
     calls = []
 
     def logits(p, b):
@@ -273,7 +274,7 @@ def test_accuracy_covers_every_example_with_padding(mlp):
         calls.append(1)
         return _mlp_logits(p, b)
 
-    acc, correct = train.accuracy(logits, params, data, head, 64)
+    acc, correct = train_loop.accuracy(logits, params, data, head, 64)
     truth = np.argmax(_mlp_logits(params, data), axis=1) == data["labels"]
     assert correct == int(truth.sum()) and acc == pytest.approx(truth.mean())
     assert len(calls) == 3
@@ -286,7 +287,7 @@ def test_train_stops_on_a_non_finite_loss_and_keeps_the_last_finite_params():
         return new, state, np.float32(loss)
 
     stream = iter(lambda: {}, None)
-    result = train.train(step, {"w": np.float32(0.0)}, {}, stream, steps=10)
+    result = train_loop.train(step, {"w": np.float32(0.0)}, {}, stream, steps=10)
     assert result.steps == 2 and result.losses == [0.0, 1.0]
     assert result.stopped is not None and "at step 3" in result.stopped
     assert float(result.params["w"]) == 2.0  # the parameters step 3 started from
@@ -294,7 +295,7 @@ def test_train_stops_on_a_non_finite_loss_and_keeps_the_last_finite_params():
 
 def test_progress_bar_lines():
     out = io.StringIO()
-    bar = train.Progress(20, stream=out)
+    bar = train_loop.Progress(20, stream=out)
     for i in range(1, 21):
         bar.update(i, 1.0 / i)
     bar.close()
@@ -307,7 +308,7 @@ def test_progress_bar_lines():
 def test_write_run(tmp_path):
     params = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
     losses = [2.0, 1.0, 0.5, 0.25]
-    written = train.write_run(tmp_path / "out", {"steps": 4, "final_loss": 0.25}, params, losses)
+    written = train_loop.write_run(tmp_path / "out", {"steps": 4, "final_loss": 0.25}, params, losses)
     assert set(written) == {"params.npz", "loss.png", "summary.json"}
     assert json.loads((tmp_path / "out" / "summary.json").read_text()) == {"steps": 4, "final_loss": 0.25}
     with np.load(tmp_path / "out" / "params.npz") as saved:
@@ -315,7 +316,7 @@ def test_write_run(tmp_path):
     assert (tmp_path / "out" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     (tmp_path / "file").write_text("x")
     with pytest.raises(StepcError, match="not a directory"):
-        train.write_run(tmp_path / "file", {}, params, losses)
+        train_loop.write_run(tmp_path / "file", {}, params, losses)
 
 
 def test_xla_flags_for_forced_host_devices():

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from stepc.ir.parse import load_text
-from stepc.passes.pipeline import Pipeline
+from stepc.pipeline import Pipeline
 
 REL_TOL = 1e-10
 TYPES = {"f64": np.float64, "f32": np.float32, "i32": np.int32}
@@ -360,8 +360,9 @@ def rel_error(ours: np.ndarray, oracle: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def backend():  # type: ignore[no-untyped-def]
     from stepc.backends.jax import jax_function
+    from stepc.passes.lower_to_stablehlo import lowered_clone
 
-    return jax_function
+    return lambda module: jax_function(lowered_clone(module))
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])

@@ -13,11 +13,11 @@ import sys
 
 from xdsl.dialects.builtin import ModuleOp
 
+from stepc.check import ContractReport, contract_for, format_table
 from stepc.ir.diagnostics import StepcError
 from stepc.ir.parse import load, parse_text, read_source, verify
 from stepc.passes import get_all_passes
-from stepc.passes.contract import ContractReport, contract_of, format_table
-from stepc.passes.pipeline import PassEvent, Pipeline
+from stepc.pipeline import PassEvent, Pipeline
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,7 +62,7 @@ def check_pass(name: str, files: list[str], *, trials: int, seed: int) -> int:
     available = get_all_passes()
     if name not in available:
         raise StepcError(f"--pass {name}: no such pass; the passes are: {', '.join(sorted(available))}")
-    contract = contract_of(available[name]())
+    contract = contract_for(name)
     if contract is None:
         raise StepcError(f"--pass {name}: the pass states no contract")
     before, after = (read_program(path) for path in files)

@@ -12,6 +12,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
+from stepc import __version__
 from stepc.ir.diagnostics import StepcError, render
 
 DESCRIPTION = """\
@@ -28,7 +29,7 @@ update, and StableHLO. After every pass its contract is checked on random inputs
 The language: docs/language.md. Each subcommand has its own --help.
 """
 
-PASS_HELP = "differentiate, seed-scalar-loss, fuse-sgd, lower-to-stablehlo (and cse, dce, canonicalize)"
+PASS_HELP = "differentiate, seed-scalar-loss, fuse-sgd, lower-to-stablehlo, simplify-stablehlo (and cse, dce, canonicalize; cut-at-logits)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run passes and print the result (like xdsl-opt)",
         "Run a comma-separated list of passes on a program and print the result.\n\n"
         "  stepc opt step.ir -p differentiate,cse,dce\n"
-        "  cat step.ir | stepc opt - -p seed-scalar-loss\n\n"
+        "  cat step.ir | stepc opt - -p seed-scalar-loss\n"
+        "  stepc opt dumps/04-seed-scalar-loss.mlir -p fuse-sgd   # any stage: the input or any dump\n\n"
         f"Passes: {PASS_HELP}. Contracts are not run unless --check is given.",
     )
     p.add_argument("file", metavar="FILE", help="the program ('-' reads stdin)")
@@ -140,8 +142,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from stepc import __version__
-
     return __version__
 
 

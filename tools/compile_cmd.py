@@ -6,20 +6,23 @@ import argparse
 import sys
 from pathlib import Path
 
+from xdsl.dialects.builtin import ModuleOp
+
+from stepc.backends.jax_py import emit_module
 from stepc.ir.diagnostics import StepcError
 from stepc.ir.parse import load
-from stepc.passes.pipeline import LOWERING, PassEvent, Pipeline
+from stepc.ir.printing import program_text
+from stepc.ir.program import Form, program_form
+from stepc.ir.stablehlo import module_text as stablehlo_text
+from stepc.passes.lower_to_stablehlo import lowered_clone
+from stepc.pipeline import LOWERING, PassEvent, Pipeline
 from stepc.tools.files import atomic_write
 
 
-def module_text(event_or_module) -> str:  # type: ignore[no-untyped-def]
+def module_text(event_or_module: PassEvent | ModuleOp) -> str:
     """Any module as text: StableHLO after the lowering, the step IR before it."""
-    from stepc.ir.printing import program_text
-
     module = event_or_module.module if isinstance(event_or_module, PassEvent) else event_or_module
     if any(op.name.startswith("stablehlo.") for op in module.walk()):
-        from stepc.backends.stablehlo import module_text as stablehlo_text
-
         return stablehlo_text(module)
     return program_text(module)
 
@@ -67,9 +70,7 @@ def run(args: argparse.Namespace) -> int:
     pipeline = configure(args, lower)
     pipeline.run(module)
     if args.emit == "jax-py":
-        from stepc.backends.jax_py import emit_module
-
-        text = emit_module(module, source=args.file)
+        text = jax_module(module, args.file)
     else:
         text = module_text(module)
     if args.output:
@@ -77,3 +78,34 @@ def run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+def jax_module(module: ModuleOp, source: str) -> str:
+    """`--emit jax-py`: the module of the program compiled, with the earlier programs the API
+    offers beside it (`forward` and `grad` beside a step), compiled again from `source`."""
+    form = program_form(module)
+    given = form if form in (Form.FORWARD, Form.GRAD, Form.STEP) else "program"
+    programs = {given: lowered_clone(module)}
+    if form in (Form.STEP, Form.GRAD):
+        for key, earlier in earlier_programs(source, form).items():
+            programs.setdefault(key, lowered_clone(earlier))
+    return emit_module(programs, given, source)
+
+
+def earlier_programs(source: str, form: Form) -> dict[str, ModuleOp]:
+    """The input program and (for a step) the program after seed-scalar-loss, from the source
+    file (no contracts); none when the source cannot be read again (stdin)."""
+    if source == "-" or not Path(source).is_file():
+        return {}
+    try:
+        forward = load(source)
+        out = {Form.FORWARD.value: forward.clone()}
+        if form == Form.STEP:
+            pipeline = Pipeline.default(lower=False, check=False)
+            if "fuse-sgd" in pipeline.names:
+                pipeline.names = list(pipeline.names)[: list(pipeline.names).index("fuse-sgd")]
+            pipeline.run(forward)
+            out[Form.GRAD.value] = forward
+        return out
+    except StepcError:
+        return {}

@@ -15,15 +15,26 @@ import io
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import numpy as np
 from xdsl.dialects.builtin import ModuleOp
 
-from stepc.backends.jax import ArgSpec, JaxFunction, jax_function, shape_text, x64_enabled
+from stepc.backends.jax import JaxFunction, jax_function, x64_enabled
 from stepc.ir.diagnostics import StepcError
 from stepc.ir.parse import load
-from stepc.ir.program import arg_location, args, step_function
-from stepc.passes.contract import label_range
-from stepc.passes.pipeline import LOWERING, PassEvent, Pipeline
+from stepc.ir.program import (
+    ArgSpec,
+    Role,
+    arg_location,
+    args,
+    initial_state_value,
+    label_classes,
+    label_range,
+    shape_text,
+    step_function,
+)
+from stepc.passes import LOWERING_PASSES
+from stepc.pipeline import PassEvent, Pipeline
 from stepc.tools.files import atomic_write, load_npz
 
 FUSE_SGD = "fuse-sgd"
@@ -43,7 +54,7 @@ def run(args_: argparse.Namespace) -> int:
     before_lowering: list[ModuleOp] = []
 
     def keep_last_step_program(event: PassEvent) -> None:
-        if event.name != LOWERING:
+        if event.name not in LOWERING_PASSES:
             before_lowering[:] = [event.module.clone()]
 
     pipeline.listeners.append(keep_last_step_program)
@@ -66,8 +77,6 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
 
 def validate_inputs(jf: JaxFunction, step_program: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Every argument's array, checked; state left out is filled with its initial value."""
-    from stepc.api import state_initial_values
-
     fn = step_function(step_program)
     located = {a.name: a for a in args(fn)}
     keys = [s.key for s in jf.specs]
@@ -77,7 +86,7 @@ def validate_inputs(jf: JaxFunction, step_program: Any, inputs: Mapping[str, np.
             f"--inputs: unexpected key{'s' if len(extra) > 1 else ''} {', '.join(repr(k) for k in extra)} "
             f"(the program's arguments are: {', '.join(keys)})"
         )
-    state = [s for s in jf.specs if s.role == "state"]
+    state = [s for s in jf.specs if s.role == Role.STATE]
     given_state = [s.key for s in state if s.key in inputs]
     if given_state and len(given_state) != len(state):
         missing = [s.key for s in state if s.key not in inputs]
@@ -85,34 +94,23 @@ def validate_inputs(jf: JaxFunction, step_program: Any, inputs: Mapping[str, np.
             f"--inputs: state {', '.join(given_state)} given but {', '.join(missing)} missing "
             "(give all the state to continue a run, or none for a first step)"
         )
-    initial = state_initial_values()
     out: dict[str, np.ndarray] = {}
     for spec in jf.specs:
         arg = located.get(spec.name)
         where = arg_location(fn, arg.value) if arg is not None else None
         if spec.key not in inputs:
-            if spec.role == "state":
-                out[spec.key] = np.full(spec.shape, initial.get(spec.key, 0.0), dtype=spec.dtype)
+            if spec.role == Role.STATE:
+                out[spec.key] = np.full(spec.shape, initial_state_value(spec.key), dtype=spec.dtype)
                 continue
             raise StepcError(
                 f"--inputs: missing {spec.role} '{spec.key}' ({shape_text(spec.shape)} {spec.dtype})", where
             )
         value = inputs[spec.key]
         check_array(spec, value, where)
-        if arg is not None and spec.dtype == np.int32 and counts_classes(arg):
-            check_labels(spec, value, label_range(fn, arg), where)
+        if arg is not None and spec.dtype == np.int32 and label_classes(arg):
+            check_labels(spec, value, label_range(arg), where)
         out[spec.key] = value
     return out
-
-
-def counts_classes(arg: Any) -> bool:
-    """Whether an i32 argument feeds an op that reads it as class labels (cross_entropy, one_hot)."""
-    from stepc.ir.dialect import CrossEntropyOp, OneHotOp
-
-    return any(
-        isinstance(use.operation, OneHotOp) or (isinstance(use.operation, CrossEntropyOp) and use.index == 1)
-        for use in arg.value.uses
-    )
 
 
 def check_array(spec: ArgSpec, value: np.ndarray, where: Any) -> None:
@@ -141,9 +139,7 @@ def check_labels(spec: ArgSpec, value: np.ndarray, classes: int, where: Any) -> 
 
 def run_steps(jf: JaxFunction, arrays: dict[str, np.ndarray], steps: int) -> dict[str, np.ndarray]:
     """Run the program `steps` times, feeding each step's parameters and state into the next."""
-    import jax
-
-    carried = [s for s in jf.specs if s.role in ("param", "state")]
+    carried = [s for s in jf.specs if s.role in (Role.PARAM, Role.STATE)]
     with x64_enabled(jf.needs_x64):
         program = jax.jit(jf.fn)
         outputs: dict[str, np.ndarray] = {}

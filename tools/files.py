@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from stepc.ir.diagnostics import StepcError
+from stepc.ir.limits import human_bytes, memory_limit
 
 PathLike = str | Path
 
@@ -151,8 +152,6 @@ def load_npz(path: PathLike, *, option: str = "--inputs", max_bytes: int | None 
     Headers are read first: object arrays (which only pickle can load) and arrays whose
     declared size exceeds the memory limit are refused before any data is read.
     """
-    from stepc.ir.limits import human_bytes, memory_limit
-
     p = Path(path)
     if not p.exists():
         raise StepcError(f"{option} {path}: no such file")

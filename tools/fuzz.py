@@ -30,6 +30,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stepc.passes import DEFAULT_PIPELINE
+from stepc.tools.cli import main as stepc_main
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
@@ -296,8 +299,6 @@ class _Timeout(BaseException):
 
 def run_in_process(path: str, argv: Sequence[str], timeout: float) -> Outcome:
     """`stepc.tools.cli.main(argv)` in this process, stdout and stderr captured, under an alarm."""
-    from stepc.tools.cli import main
-
     stderr, stdout = io.StringIO(), io.StringIO()
 
     def on_alarm(signum, frame):  # type: ignore[no-untyped-def]
@@ -309,7 +310,7 @@ def run_in_process(path: str, argv: Sequence[str], timeout: float) -> Outcome:
     try:
         with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout):
             try:
-                status: int | None = main(list(argv))
+                status: int | None = stepc_main(list(argv))
             except SystemExit as e:  # argparse
                 status = e.code if isinstance(e.code, int) else 1
             except _Timeout:
@@ -351,8 +352,6 @@ def working_pipeline(corpus_files: Sequence[Path], candidates: Sequence[str] | N
 
     Passes still being built are left out rather than reported as findings on every input.
     """
-    from stepc.passes import DEFAULT_PIPELINE
-
     chosen: list[str] = []
     for name in candidates or DEFAULT_PIPELINE:
         trial = chosen + [name]

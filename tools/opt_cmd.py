@@ -1,4 +1,10 @@
-"""`stepc opt`: run named passes on a program and print it (like xdsl-opt)."""
+"""`stepc opt`: run named passes on a program and print it (like xdsl-opt).
+
+Like `xdsl-opt`, it reads a program at any stage: the input as written, or any dump of
+`stepc compile --dump-dir` (StableHLO included), and runs any pass whose input form the program
+has (`stepc opt 04-seed-scalar-loss.mlir -p fuse-sgd`); a pass given the wrong stage says
+which pass must run first.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +12,8 @@ import argparse
 import sys
 
 from stepc.ir.parse import parse_text, read_source, verify
-from stepc.ir.program import step_function, verify_step_function
-from stepc.passes.pipeline import Pipeline
+from stepc.ir.program import verify_any_stage
+from stepc.pipeline import Pipeline
 from stepc.tools.compile_cmd import module_text
 from stepc.tools.files import atomic_write
 
@@ -17,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     module = parse_text(text, name)
     verify(module)
     if not args.verify_only:
-        verify_step_function(step_function(module))
+        verify_any_stage(module)
     Pipeline.parse(args.passes, check=args.check).run(module)
     out = module_text(module)
     if args.output:

@@ -3,11 +3,11 @@
     stepc run examples/mlp_digits.ir --out runs/digits          # the bundled 8x8 digits
     stepc run step.ir --data mine.npz --epochs 3 --devices 8
 
-The pieces (data, initialization, batches, the loop, evaluation, the output files) live in
-`stepc.tools.train`; this module wires them to the command line. `--devices N` on a CPU
-needs N host devices, which XLA creates only when `--xla_force_host_platform_device_count`
-is in `XLA_FLAGS` before JAX starts its backends: so `run` sets it first thing (this module
-does not import JAX).
+The pieces live in `stepc.tools.data` (data, initialization, batches), `stepc.tools.loop`
+(the loop, evaluation, the output files) and `stepc.tools.plot` (the loss picture); this module
+wires them to the command line. `--devices N` on a CPU needs N host devices, which XLA creates only when `--xla_force_host_platform_device_count`
+is in `XLA_FLAGS` before JAX starts its backends (importing JAX does not start them): so `run`
+sets it first thing.
 """
 
 from __future__ import annotations
@@ -18,7 +18,13 @@ import sys
 import time
 from typing import Any
 
+import jax
+import numpy as np
+
 from stepc.ir.diagnostics import StepcError
+from stepc.ir.parse import load
+from stepc.tools import data as train_data
+from stepc.tools import loop as train_loop
 
 FORCE_DEVICES = "--xla_force_host_platform_device_count"
 
@@ -64,40 +70,34 @@ def force_host_devices(n: int) -> bool:
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     force_host_devices(args.devices)
-
-    from stepc.ir.parse import load
-    from stepc.tools import train
-
     protect = tuple(p for p in (args.file, args.data, args.init) if p)
     if args.out:
-        train.check_output_dir(args.out, train.RUN_FILES, protect=protect, option="--out")
+        train_loop.check_output_dir(args.out, train_loop.RUN_FILES, protect=protect, option="--out")
     module = load(args.file)
-    spec = train.signature(module)
-    data = train.load_data(args.data, spec)
-    steps = train.resolve_steps(args.steps, args.epochs, data.n_train, spec.batch_size)
-    params = train.load_params(args.init, spec) if args.init else train.default_init(module, args.seed)
-    devices = train.pick_devices(args.devices)
+    spec = train_data.signature(module)
+    data = train_data.load_data(args.data, spec)
+    steps = train_data.resolve_steps(args.steps, args.epochs, data.n_train, spec.batch_size)
+    params = train_data.load_params(args.init, spec) if args.init else train_data.default_init(module, args.seed)
+    devices = train_loop.pick_devices(args.devices)
 
     compile_start = time.perf_counter()
-    program = train.compile_step(args.file, check=not args.no_check)
-    cut = train.logits_module(module)
-    logits_fn = train.logits_function(cut[0]) if cut is not None else None
+    program = train_loop.compile_step(args.file, check=not args.no_check)
+    cut = train_loop.logits_module(module)
+    logits_fn = train_loop.logits_function(cut[0]) if cut is not None else None
     compile_seconds = time.perf_counter() - compile_start
 
     if len(devices) > 1:
-        placement = train.DataParallel(devices, spec)
+        placement = train_loop.DataParallel(devices, spec)
         step = placement.jit_step(program.step)
         params_on_device = placement.put_replicated(params)
         state = placement.put_replicated(program.init_state(params_on_device))
-        stream = (placement.put_batch(b) for b in train.batches(data.train, spec.batch_size, args.seed))
+        stream = (placement.put_batch(b) for b in train_data.batches(data.train, spec.batch_size, args.seed))
     else:
-        import jax
-
         step = jax.jit(program.step)
         params_on_device = jax.device_put(params, devices[0])
         # committed like the step's outputs, or the second step would compile again
         state = jax.device_put(program.init_state(params_on_device), devices[0])
-        stream = train.batches(data.train, spec.batch_size, args.seed)
+        stream = train_data.batches(data.train, spec.batch_size, args.seed)
 
     if not args.quiet:
         test = f", {data.n_test} held out" if data.test is not None else ""
@@ -106,8 +106,8 @@ def run(args: argparse.Namespace) -> int:
             f"{steps} steps on {len(devices)} device{'s' if len(devices) > 1 else ''}",
             file=sys.stderr,
         )
-    progress = train.Progress(steps, enabled=not args.quiet)
-    result = train.train(step, params_on_device, state, stream, steps, progress)
+    progress = train_loop.Progress(steps, enabled=not args.quiet)
+    result = train_loop.train(step, params_on_device, state, stream, steps, progress)
     final_params = {k: _host(v) for k, v in result.params.items()}
 
     summary: dict[str, Any] = {
@@ -136,10 +136,10 @@ def run(args: argparse.Namespace) -> int:
     if logits_fn is not None and cut is not None:
         head = cut[1]
         evaluate = _host_logits(logits_fn)
-        train_acc, _ = train.accuracy(evaluate, final_params, data.train, head, spec.batch_size)
+        train_acc, _ = train_loop.accuracy(evaluate, final_params, data.train, head, spec.batch_size)
         summary["train_accuracy"] = round(train_acc, 6)
         if data.test is not None:
-            test_acc, correct = train.accuracy(evaluate, final_params, data.test, head, spec.batch_size)
+            test_acc, correct = train_loop.accuracy(evaluate, final_params, data.test, head, spec.batch_size)
             summary["accuracy"] = round(test_acc, 6)
             summary["test_correct"] = correct
             lines.append(f"test accuracy {test_acc:.4f} ({correct}/{data.n_test} held-out examples)")
@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     for line in lines:
         print(line)
     if args.out:
-        written = train.write_run(args.out, summary, final_params, result.losses, protect=protect)
+        written = train_loop.write_run(args.out, summary, final_params, result.losses, protect=protect)
         print(f"wrote {', '.join(written)} to {args.out}")
     if result.stopped:
         raise StepcError(f"training stopped: {result.stopped}" + (f"; written to {args.out}" if args.out else ""))
@@ -161,12 +161,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _host(value: Any) -> Any:
-    import numpy as np
-
     return np.asarray(value)
 
 
 def _host_logits(logits_fn: Any) -> Any:
-    import numpy as np
-
     return lambda params, batch: np.asarray(logits_fn(params, batch))

@@ -1,56 +1,42 @@
-"""The training loop behind `stepc run`, as a library: data, initialization, batches, the
-loop, evaluation and the files of a run.
+"""The data side of `stepc run`: what a step program takes, its initial parameters, the data
+set and its batches, all plain NumPy.
 
-    spec = signature(module)                     # parameters, batch inputs, batch size, head
-    data = load_data("digits", module)           # train/test dicts keyed by input names
+    spec = signature(module)                     # parameters, batch inputs, batch size
+    data = load_data("digits", spec)             # train/test dicts keyed by input names
     params = default_init(module, seed=0)        # PyTorch nn.Linear's rule (see `fan_in`)
-    result = train(step, params, state, batches(data.train, spec.batch_size, seed=0), steps=500)
-
-Everything here is plain NumPy except `train`, `accuracy` and `DataParallel`, which call the
-JAX functions they are given: the compiled step of `stepc.compile`, and the logits function
-of the forward program cut at its logits (`logits_module`).
+    stream = batches(data.train, spec.batch_size, seed=0)
 """
 
 from __future__ import annotations
 
-import io
-import json
 import math
-import sys
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from xdsl.dialects import func
-from xdsl.dialects.builtin import FunctionType, ModuleOp
+from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import BlockArgument, Operation, SSAValue
 
 from stepc.ir.dialect import (
     AddOp,
     BroadcastOp,
     CrossEntropyOp,
-    LogSoftmaxOp,
     MatmulOp,
-    MulOp,
-    SoftmaxOp,
     is_i32,
     shape_of,
 )
 from stepc.ir.diagnostics import SourceLoc, StepcError, location_of
-from stepc.ir.program import arg_location, args, set_output_names, step_function
+from stepc.ir.program import Role, arg_location, args, label_range, step_function
 from stepc.ir.values import numpy_dtype
-from stepc.passes.contract import label_range
-from stepc.tools.files import atomic_write, atomic_write_npz, check_output_dir, load_npz
+from stepc.tools.files import load_npz
 
 DIGITS = "digits"
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0  # the train/test split never moves with --seed: accuracy is always on the same images
 DEFAULT_EPOCHS = 20
-RUN_FILES = ("summary.json", "params.npz", "loss.png")  # what --out DIR receives
 Arrays = dict[str, np.ndarray]
 
 
@@ -104,11 +90,11 @@ def signature(module: ModuleOp) -> Signature:
             tuple(arg.type.get_shape()),
             numpy_dtype(arg.type.get_element_type()),
             arg_location(fn, arg.value),
-            label_range(fn, arg) if is_i32(arg.type.get_element_type()) and _has_class_reader(arg.value) else None,
+            label_range(arg) if is_i32(arg.type.get_element_type()) and _has_class_reader(arg.value) else None,
         )
-        if arg.role == "param":
+        if arg.role == Role.PARAM:
             params.append(spec)
-        elif arg.role == "input":
+        elif arg.role == Role.INPUT:
             inputs.append(spec)
     where = location_of(fn)
     if not inputs:
@@ -443,306 +429,3 @@ def resolve_steps(steps: int | None, epochs: float | None, n_train: int, batch_s
         raise StepcError(f"--epochs must be a positive number, found {epochs}")
     per_epoch = n_train // batch_size
     return max(1, math.ceil((DEFAULT_EPOCHS if epochs is None else epochs) * per_epoch))
-
-
-# ---------------------------------------------------------------------------------------------
-# Data parallel placement
-
-
-class DataParallel:
-    """`--devices N`: the batch sharded along its first dimension over a 1-D mesh of N
-    devices (`NamedSharding(mesh, P("batch"))`); parameters and state replicated. XLA's SPMD
-    partitioner inserts the all-reduce of the gradients; the step itself is unchanged."""
-
-    def __init__(self, devices: list[Any], spec: Signature):
-        import jax
-        from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-        self.devices = devices
-        n = len(devices)
-        if spec.batch_size % n:
-            raise StepcError(
-                f"--devices {n}: the batch size {spec.batch_size} does not split evenly over {n} devices",
-                spec.inputs[0].loc,
-            )
-        self.mesh = Mesh(np.array(devices), ("batch",))
-        self.replicated = NamedSharding(self.mesh, PartitionSpec())
-        self.batch = NamedSharding(self.mesh, PartitionSpec("batch"))
-        self._jax = jax
-
-    def put_replicated(self, tree: Any) -> Any:
-        return self._jax.device_put(tree, self.replicated)
-
-    def put_batch(self, batch: Arrays) -> Any:
-        return self._jax.device_put(batch, self.batch)
-
-    def jit_step(self, step: Callable[..., Any]) -> Callable[..., Any]:
-        r = self.replicated
-        return self._jax.jit(step, in_shardings=(r, r, self.batch), out_shardings=(r, r, r))
-
-
-def pick_devices(n: int) -> list[Any]:
-    """N devices of the default backend, else N CPU devices; a clear error when fewer exist."""
-    import jax
-
-    if n < 1:
-        raise StepcError(f"--devices must be at least 1, found {n}")
-    devices = jax.devices()
-    if len(devices) >= n:
-        return list(devices[:n])
-    cpus = jax.devices("cpu")
-    if len(cpus) >= n:
-        return list(cpus[:n])
-    raise StepcError(
-        f"--devices {n}: only {len(devices)} {devices[0].platform} device(s) available. On CPU, start with "
-        f"XLA_FLAGS=--xla_force_host_platform_device_count={n} in the environment (XLA reads it when JAX "
-        "starts its backends; `stepc run` sets it itself when it is the first to start them)"
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation: the forward program cut at its logits
-
-
-@dataclass(frozen=True)
-class Head:
-    """Where a classifier's logits come from and which batch input holds its labels."""
-
-    labels: str  # the batch input's name
-    one_hot: bool  # labels given as one-hot float rows (argmax gives the class)
-    classes: int
-
-
-def logits_module(module: ModuleOp) -> tuple[ModuleOp, Head] | None:
-    """A copy of the forward program returning its logits (key `logits`) instead of the loss,
-    or None when the loss is not a classifier's.
-
-    The logits are found as the operand of `step.cross_entropy %logits, %labels` whose labels
-    are a batch input, or as the operand of a last-axis `step.log_softmax`/`step.softmax` whose
-    result is multiplied by a float batch input (one-hot targets, as in
-    examples/softmax_regression.ir). The return is replaced by that value and the ops it no
-    longer needs are erased; arguments are kept, so the cut program takes the same batch.
-    """
-    cut = module.clone()
-    fn = step_function(cut)
-    found = _find_head(fn)
-    if found is None:
-        return None
-    logits, head = found
-    block = fn.body.blocks.first
-    ret = block.last_op
-    assert isinstance(ret, func.ReturnOp)
-    new_ret = func.ReturnOp(logits)
-    new_ret.location = ret.location
-    block.insert_op_before(new_ret, ret)
-    ret.detach()
-    ret.erase()
-    for op in reversed(list(block.ops)):
-        if op is not new_ret and all(not r.uses for r in op.results):
-            op.detach()
-            op.erase()
-    fn.function_type = FunctionType.from_lists(list(fn.function_type.inputs.data), [logits.type])
-    set_output_names(fn, ["logits"])
-    return cut, head
-
-
-def _find_head(fn: func.FuncOp) -> tuple[SSAValue, Head] | None:
-    input_names = {a.value: a.name for a in args(fn) if a.role == "input"}
-    for op in fn.walk():
-        if isinstance(op, CrossEntropyOp) and op.labels in input_names:
-            return op.logits, Head(input_names[op.labels], False, shape_of(op.logits)[-1])
-    for op in fn.walk():
-        if isinstance(op, (LogSoftmaxOp, SoftmaxOp)) and op.axis_index in (-1, len(shape_of(op.input)) - 1):
-            for use in op.result.uses:
-                user = use.operation
-                if isinstance(user, MulOp):
-                    other = user.rhs if use.index == 0 else user.lhs
-                    if other in input_names and shape_of(other) == shape_of(op.input):
-                        return op.input, Head(input_names[other], True, shape_of(op.input)[-1])
-    return None
-
-
-def logits_function(cut: ModuleOp) -> Callable[[Arrays, Arrays], Any]:
-    """`logits(params, batch)` of a `logits_module` cut, through the JAX backend (jitted)."""
-    import jax
-
-    from stepc.backends.jax import jax_function
-
-    jf = jax_function(cut)
-    names = jf.arg_names
-
-    def logits(params: Mapping[str, Any], batch: Mapping[str, Any]) -> Any:
-        values = {**params, **batch}
-        return jf.fn(*(values[n] for n in names))[0]
-
-    return jax.jit(logits)
-
-
-def compile_step(path: str, check: bool = True) -> Any:
-    """The compiled training step of `stepc.compile` (the default pipeline)."""
-    import stepc
-
-    return stepc.compile(path, check=check)
-
-
-def accuracy(logits_fn: Callable[[Arrays, Arrays], Any], params: Any, data: Arrays, head: Head,
-             batch_size: int) -> tuple[float, int]:
-    """The fraction of examples whose argmax logit is the label, over every example of `data`:
-    the last partial batch is padded by repeating its last row and the padding ignored.
-    Returns (accuracy, number correct)."""
-    n = len(next(iter(data.values())))
-    correct = 0
-    for start in range(0, n, batch_size):
-        rows = np.arange(start, min(start + batch_size, n))
-        used = len(rows)
-        rows = np.concatenate([rows, np.full(batch_size - used, rows[-1])])
-        batch = {k: v[rows] for k, v in data.items()}
-        logits = np.asarray(logits_fn(params, batch), dtype=np.float64)[:used]
-        labels = batch[head.labels][:used]
-        truth = np.argmax(labels, axis=-1) if head.one_hot else labels
-        correct += int(np.sum(np.argmax(logits, axis=-1) == truth))
-    return (correct / n if n else float("nan")), correct
-
-
-# ---------------------------------------------------------------------------------------------
-# The loop
-
-
-class Progress:
-    """A one-line progress bar with the loss on stderr (redrawn at most 10 times a second on a
-    terminal; otherwise a line at every tenth of the run)."""
-
-    def __init__(self, total: int, enabled: bool = True, stream: Any = None):
-        self.total = total
-        self.stream = stream if stream is not None else sys.stderr
-        self.enabled = enabled
-        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.first: tuple[int, float] | None = None  # (steps, time) at the first update: after compiling
-        self.last_draw = 0.0
-        self.next_line = 0
-
-    def update(self, done: int, loss: float) -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if self.first is None:
-            self.first = (done, now)
-        if self.tty:
-            if now - self.last_draw < 0.1 and done < self.total:
-                return
-            self.last_draw = now
-            self.stream.write("\r" + self.line(done, loss, now))
-            self.stream.flush()
-        elif done >= self.next_line or done == self.total:
-            self.stream.write(self.line(done, loss, now) + "\n")
-            self.stream.flush()
-            self.next_line = done + max(1, self.total // 10)
-
-    def line(self, done: int, loss: float, now: float) -> str:
-        width = 30
-        filled = int(width * done / self.total) if self.total else width
-        bar = "#" * filled + "." * (width - filled)
-        text = f"step {done:>{len(str(self.total))}}/{self.total} [{bar}] loss {loss:.4f}"
-        if self.first is not None and done > self.first[0]:
-            text += f"  {(done - self.first[0]) / max(now - self.first[1], 1e-9):,.0f} steps/s"
-        return text
-
-    def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-@dataclass
-class TrainResult:
-    params: Any
-    state: Any
-    losses: list[float]
-    seconds: float
-    first_step_seconds: float
-    stopped: str | None = None  # why the run ended early (a non-finite loss), else None
-
-    @property
-    def steps(self) -> int:
-        return len(self.losses)
-
-
-def train(step: Callable[..., Any], params: Any, state: Any, batch_stream: Iterator[Any], steps: int,
-          progress: Progress | None = None) -> TrainResult:
-    """Run `steps` steps of `params, state, loss = step(params, state, batch)`.
-
-    The loss of each step is read back at once; a non-finite loss stops the run with a
-    message naming the step (counted from 1), and the result keeps the parameters that step
-    started from (the last ones with a finite loss) rather than its update.
-    """
-    losses: list[float] = []
-    start = time.perf_counter()
-    first = 0.0
-    for i in range(steps):
-        new_params, new_state, loss = step(params, state, next(batch_stream))
-        value = float(loss)
-        if i == 0:
-            first = time.perf_counter() - start
-        if not math.isfinite(value):
-            if progress:
-                progress.close()
-            return TrainResult(params, state, losses, time.perf_counter() - start, first,
-                               stopped=f"the loss is {value} at step {i + 1}; kept the parameters from before it")
-        params, state = new_params, new_state
-        losses.append(value)
-        if progress:
-            progress.update(i + 1, value)
-    if progress:
-        progress.close()
-    return TrainResult(params, state, losses, time.perf_counter() - start, first)
-
-
-# ---------------------------------------------------------------------------------------------
-# The files of a run
-
-
-def loss_png(losses: list[float], title: str) -> bytes | None:
-    """The loss curve (raw and a moving average) as PNG bytes; None without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    steps = np.arange(1, len(losses) + 1)
-    ax.plot(steps, losses, lw=0.8, alpha=0.5, label="loss per step")
-    window = max(1, len(losses) // 50)
-    if window > 1:
-        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
-        ax.plot(steps[window - 1 :], smooth, lw=1.6, label=f"moving average of {window}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    if losses and min(losses) > 0:
-        ax.set_yscale("log")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
-
-
-def write_run(out_dir: str | Path, summary: Mapping[str, Any], params: Mapping[str, Any], losses: list[float],
-              protect: tuple[str | Path, ...] = ()) -> list[str]:
-    """`--out DIR`: summary.json, params.npz and loss.png, each written atomically; returns
-    the names written."""
-    out = check_output_dir(out_dir, RUN_FILES, protect=protect, option="--out")
-    written = []
-    atomic_write_npz(out / "params.npz", {k: np.asarray(v) for k, v in params.items()}, protect=protect)
-    written.append("params.npz")
-    png = loss_png(losses, f"{summary.get('program', '')} on {summary.get('data', '')}")
-    if png is not None:
-        atomic_write(out / "loss.png", png, protect=protect)
-        written.append("loss.png")
-    atomic_write(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n", protect=protect)
-    written.append("summary.json")
-    return written

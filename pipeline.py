@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.passes import ModulePass
 from xdsl.utils.exceptions import PassFailedException, VerifyException
+from xdsl.utils.arg_spec import ArgSpec, parse_pipeline
 
+from stepc.check import ContractReport, contract_for
 from stepc.ir.diagnostics import StepcError
 from stepc.ir.parse import make_context, no_gc, verify
-from stepc.passes import DEFAULT_PIPELINE, get_all_passes
-from stepc.passes.contract import ContractReport, contract_of
+from stepc.passes import DEFAULT_PIPELINE, LOWERING_PASSES, get_all_passes
 
 
 @dataclass
@@ -52,12 +53,12 @@ class Pipeline:
 
     @staticmethod
     def default(until: str | None = None, lower: bool = True, **options) -> Pipeline:  # type: ignore[no-untyped-def]
-        """The default pipeline cut after `until`; with `lower`, ending in lower-to-stablehlo
-        (appended when the cut removed it), else without it."""
+        """The default pipeline cut after `until`; with `lower`, ending in the lowering passes
+        (`LOWERING_PASSES`, appended when the cut removed them), else without them."""
         pipeline = Pipeline(DEFAULT_PIPELINE, **options).until(until)
-        names = [n for n in pipeline.names if n != LOWERING]
+        names = [n for n in pipeline.names if n not in LOWERING_PASSES]
         if lower:
-            names.append(LOWERING)
+            names.extend(LOWERING_PASSES)
         pipeline.names = names
         return pipeline
 
@@ -78,7 +79,7 @@ class Pipeline:
             if base not in available:
                 raise StepcError(f"unknown pass '{base}'; the passes are: {', '.join(sorted(available))}")
             cls = available[base]()
-            out.append(cls.from_pass_spec(_spec(name)) if options else cls())
+            out.append(cls.from_spec(_spec(name)) if options else cls())
         return out
 
     def run(self, module: ModuleOp) -> list[PassEvent]:
@@ -87,7 +88,7 @@ class Pipeline:
         events = [PassEvent(0, "input", module)]
         self._emit(events[0])
         for index, (name, p) in enumerate(zip(self.names, self.passes()), start=1):
-            contract = contract_of(p) if self.check else None
+            contract = contract_for(p.name) if self.check else None
             before = module.clone() if contract is not None else None
             start = time.perf_counter()
             try:
@@ -114,8 +115,6 @@ class Pipeline:
             listener(event)
 
 
-def _spec(text: str):  # type: ignore[no-untyped-def]
-    from xdsl.utils.parse_pipeline import parse_pipeline
-
+def _spec(text: str) -> ArgSpec:
     (spec,) = tuple(parse_pipeline(text))
     return spec

@@ -660,18 +660,3 @@ def main_function(module: ModuleOp) -> func.FuncOp:
         if isinstance(op, func.FuncOp):
             return op
     raise ValueError("the module holds no func.func")
-
-
-def parse_module(text: str, name: str = "<stablehlo>") -> ModuleOp:
-    """Parse `module_text`'s output back (with locations, as the step IR)."""
-    from stepc.ir.parse import LocatedParser, make_context
-    from stepc.ir.diagnostics import SourceLoc, StepcError, remember_source
-    from xdsl.utils.exceptions import ParseError
-
-    remember_source(name, text)
-    ctx = make_context()
-    ctx.load_dialect(StableHLO)
-    try:
-        return LocatedParser(ctx, text, name).parse_module()
-    except ParseError as e:
-        raise StepcError(e.msg.strip(), SourceLoc.from_offset(name, text, e.span.start)) from None

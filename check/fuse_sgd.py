@@ -1,0 +1,105 @@
+"""The contract of `fuse-sgd`: the post-pass parameters and state equal torch.optim.SGD's
+equation on the pre-pass gradients, computed independently in NumPy float64.
+
+Each trial draws parameters and a batch, runs the pre-pass program (its loss and gradients),
+then the post-pass program twice: as a first step (`first_step` = 1, zero buffers, or random
+ones when the program reads the flag, for torch ignores them) and as a later step (random
+buffers, `first_step` = 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from xdsl.dialects.builtin import ModuleOp
+
+from stepc.check.contract import Arrays, Comparison, Contract, dtype_of, random_inputs, run_program
+from stepc.ir.program import FIRST_STEP, LOSS, Arg, args_of, grad_key, momentum_key, params, step_function, Role
+from stepc.passes.fuse_sgd import Hyper, hyperparameters
+
+
+def sgd_equation(
+    param: np.ndarray, grad: np.ndarray, buffer: np.ndarray | None, first_step: bool, hyper: Hyper
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """torch.optim.SGD's update of one parameter in float64: the new parameter and buffer
+    (`buffer` is ignored on a first step, where torch's buffer is None)."""
+    p = np.asarray(param, dtype=np.float64)
+    d_p = -np.asarray(grad, dtype=np.float64) if hyper.maximize else np.asarray(grad, dtype=np.float64)
+    if hyper.weight_decay != 0.0:
+        d_p = d_p + hyper.weight_decay * p
+    new_buffer = None
+    if hyper.momentum != 0.0:
+        if first_step or buffer is None:
+            new_buffer = d_p.copy()
+        else:
+            new_buffer = hyper.momentum * np.asarray(buffer, dtype=np.float64) + (1.0 - hyper.dampening) * d_p
+        d_p = d_p + hyper.momentum * new_buffer if hyper.nesterov else new_buffer
+    return p - hyper.lr * d_p, new_buffer
+
+
+@dataclass
+class Fused:
+    """The programs, each parameter's resolved SGD arguments, and the state the pass added."""
+
+    before: ModuleOp
+    after: ModuleOp
+    hyper: dict[str, Hyper]
+    params: list[Arg]
+    state: list[Arg]
+
+
+class SGDEquationContract(Contract[Fused]):
+    """New parameters and buffers = `sgd_equation` of the pre-pass gradients, first and later step."""
+
+    name = "SGD equation"
+    draws_per_trial = 2
+
+    def prepare(self, before: ModuleOp, after: ModuleOp, comparison: Comparison) -> Fused:
+        fn_before = step_function(before)
+        state = args_of(step_function(after), Role.STATE)
+        return Fused(before, after, hyperparameters(fn_before), params(fn_before), state)
+
+    def trial(self, prepared: Fused, rng: np.random.Generator, comparison: Comparison) -> None:
+        inputs = random_inputs(step_function(prepared.before), rng)
+        pre = run_program(prepared.before, inputs)
+        for first_step in (True, False):
+            state = self._state(prepared.state, rng, first_step)
+            post = run_program(prepared.after, {**inputs, **state})
+            expected = self._expected(prepared, inputs, state, pre, first_step)
+            comparison.compare_all(expected, post, "first step" if first_step else "later step")
+
+    @staticmethod
+    def _state(state_args: list[Arg], rng: np.random.Generator, first_step: bool) -> Arrays:
+        """Random buffers (zero on a first step unless the program reads `first_step`)."""
+        has_flag = any(a.state_key == FIRST_STEP for a in state_args)
+        state: Arrays = {}
+        for arg in state_args:
+            key = arg.state_key
+            assert key is not None
+            dtype = dtype_of(arg)
+            shape = tuple(arg.type.get_shape())
+            if key == FIRST_STEP:
+                state[key] = np.full(shape, 1.0 if first_step else 0.0, dtype=dtype)
+            elif first_step and not has_flag:
+                state[key] = np.zeros(shape, dtype=dtype)
+            else:
+                state[key] = rng.standard_normal(shape).astype(dtype)
+        return state
+
+    @staticmethod
+    def _expected(prepared: Fused, inputs: Arrays, state: Arrays, pre: Arrays, first_step: bool) -> Arrays:
+        """Every output the fused program must return, by key, in float64."""
+        expected: Arrays = {}
+        for p in prepared.params:
+            key = momentum_key(p.name)
+            new_param, new_buffer = sgd_equation(
+                inputs[p.name], pre[grad_key(p.name)], state.get(key), first_step, prepared.hyper[p.name]
+            )
+            expected[p.name] = new_param
+            if new_buffer is not None:
+                expected[key] = new_buffer
+        if FIRST_STEP in state:
+            expected[FIRST_STEP] = np.zeros(())
+        expected[LOSS] = np.asarray(pre[LOSS], dtype=np.float64)
+        return expected

@@ -1,0 +1,256 @@
+"""The loop side of `stepc run`: devices, the training loop with its progress bar, evaluation
+on the forward program cut at its logits, and the files of a run.
+
+    result = train(step, params, state, batches(data.train, spec.batch_size, seed=0), steps=500)
+    cut, head = logits_module(module)            # the `cut-at-logits` pass on a copy
+    acc, correct = accuracy(logits_function(cut), params, data.test, head, spec.batch_size)
+
+`train`, `accuracy` and `DataParallel` call the JAX functions they are given: the compiled
+step of `stepc.compile`, and the logits function of the cut program. The picture of the loss
+is `tools/plot.py`'s.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from xdsl.context import Context
+from xdsl.dialects.builtin import ModuleOp
+
+from stepc.ir.diagnostics import StepcError
+from stepc.api import Program
+from stepc.api import compile as compile_program
+from stepc.backends.jax import jax_function
+from stepc.ir.program import Head, classifier_head, step_function
+from stepc.passes.cut_at_logits import CutAtLogits
+from stepc.passes.lower_to_stablehlo import lowered_clone
+from stepc.tools.files import atomic_write, atomic_write_npz, check_output_dir
+from stepc.tools.plot import loss_chart
+
+from stepc.tools.data import Arrays, Signature
+
+RUN_FILES = ("summary.json", "params.npz", "loss.png")  # what --out DIR receives
+
+# ---------------------------------------------------------------------------------------------
+# Data parallel placement
+
+
+class DataParallel:
+    """`--devices N`: the batch sharded along its first dimension over a 1-D mesh of N
+    devices (`NamedSharding(mesh, P("batch"))`); parameters and state replicated. XLA's SPMD
+    partitioner inserts the all-reduce of the gradients; the step itself is unchanged."""
+
+    def __init__(self, devices: list[Any], spec: Signature):
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+        self.devices = devices
+        n = len(devices)
+        if spec.batch_size % n:
+            raise StepcError(
+                f"--devices {n}: the batch size {spec.batch_size} does not split evenly over {n} devices",
+                spec.inputs[0].loc,
+            )
+        self.mesh = Mesh(np.array(devices), ("batch",))
+        self.replicated = NamedSharding(self.mesh, PartitionSpec())
+        self.batch = NamedSharding(self.mesh, PartitionSpec("batch"))
+        self._jax = jax
+
+    def put_replicated(self, tree: Any) -> Any:
+        return self._jax.device_put(tree, self.replicated)
+
+    def put_batch(self, batch: Arrays) -> Any:
+        return self._jax.device_put(batch, self.batch)
+
+    def jit_step(self, step: Callable[..., Any]) -> Callable[..., Any]:
+        r = self.replicated
+        return self._jax.jit(step, in_shardings=(r, r, self.batch), out_shardings=(r, r, r))
+
+
+def pick_devices(n: int) -> list[Any]:
+    """N devices of the default backend, else N CPU devices; a clear error when fewer exist."""
+    if n < 1:
+        raise StepcError(f"--devices must be at least 1, found {n}")
+    devices = jax.devices()
+    if len(devices) >= n:
+        return list(devices[:n])
+    cpus = jax.devices("cpu")
+    if len(cpus) >= n:
+        return list(cpus[:n])
+    raise StepcError(
+        f"--devices {n}: only {len(devices)} {devices[0].platform} device(s) available. On CPU, start with "
+        f"XLA_FLAGS=--xla_force_host_platform_device_count={n} in the environment (XLA reads it when JAX "
+        "starts its backends; `stepc run` sets it itself when it is the first to start them)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation: the forward program cut at its logits
+
+
+def logits_module(module: ModuleOp) -> tuple[ModuleOp, Head] | None:
+    """A copy of the forward program returning its logits (the `cut-at-logits` pass), and
+    where its labels come from; None when the loss is not a classifier's."""
+    head = classifier_head(step_function(module))
+    if head is None:
+        return None
+    cut = module.clone()
+    CutAtLogits().apply(Context(), cut)
+    return cut, head
+
+
+def logits_function(cut: ModuleOp) -> Callable[[Arrays, Arrays], Any]:
+    """`logits(params, batch)` of a `logits_module` cut, through the JAX backend (jitted)."""
+    jf = jax_function(lowered_clone(cut))
+    names = jf.arg_names
+
+    def logits(params: Mapping[str, Any], batch: Mapping[str, Any]) -> Any:
+        values = {**params, **batch}
+        return jf.fn(*(values[n] for n in names))[0]
+
+    return jax.jit(logits)
+
+
+def compile_step(path: str, check: bool = True) -> Program:
+    """The compiled training step of `stepc.compile` (the default pipeline)."""
+    return compile_program(path, check=check)
+
+
+def accuracy(logits_fn: Callable[[Arrays, Arrays], Any], params: Any, data: Arrays, head: Head,
+             batch_size: int) -> tuple[float, int]:
+    """The fraction of examples whose argmax logit is the label, over every example of `data`:
+    the last partial batch is padded by repeating its last row and the padding ignored.
+    Returns (accuracy, number correct)."""
+    n = len(next(iter(data.values())))
+    correct = 0
+    for start in range(0, n, batch_size):
+        rows = np.arange(start, min(start + batch_size, n))
+        used = len(rows)
+        rows = np.concatenate([rows, np.full(batch_size - used, rows[-1])])
+        batch = {k: v[rows] for k, v in data.items()}
+        logits = np.asarray(logits_fn(params, batch), dtype=np.float64)[:used]
+        labels = batch[head.labels][:used]
+        truth = np.argmax(labels, axis=-1) if head.one_hot else labels
+        correct += int(np.sum(np.argmax(logits, axis=-1) == truth))
+    return (correct / n if n else float("nan")), correct
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+class Progress:
+    """A one-line progress bar with the loss on stderr (redrawn at most 10 times a second on a
+    terminal; otherwise a line at every tenth of the run)."""
+
+    def __init__(self, total: int, enabled: bool = True, stream: Any = None):
+        self.total = total
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = enabled
+        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.first: tuple[int, float] | None = None  # (steps, time) at the first update: after compiling
+        self.last_draw = 0.0
+        self.next_line = 0
+
+    def update(self, done: int, loss: float) -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = (done, now)
+        if self.tty:
+            if now - self.last_draw < 0.1 and done < self.total:
+                return
+            self.last_draw = now
+            self.stream.write("\r" + self.line(done, loss, now))
+            self.stream.flush()
+        elif done >= self.next_line or done == self.total:
+            self.stream.write(self.line(done, loss, now) + "\n")
+            self.stream.flush()
+            self.next_line = done + max(1, self.total // 10)
+
+    def line(self, done: int, loss: float, now: float) -> str:
+        width = 30
+        filled = int(width * done / self.total) if self.total else width
+        bar = "#" * filled + "." * (width - filled)
+        text = f"step {done:>{len(str(self.total))}}/{self.total} [{bar}] loss {loss:.4f}"
+        if self.first is not None and done > self.first[0]:
+            text += f"  {(done - self.first[0]) / max(now - self.first[1], 1e-9):,.0f} steps/s"
+        return text
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+@dataclass
+class TrainResult:
+    params: Any
+    state: Any
+    losses: list[float]
+    seconds: float
+    first_step_seconds: float
+    stopped: str | None = None  # why the run ended early (a non-finite loss), else None
+
+    @property
+    def steps(self) -> int:
+        return len(self.losses)
+
+
+def train(step: Callable[..., Any], params: Any, state: Any, batch_stream: Iterator[Any], steps: int,
+          progress: Progress | None = None) -> TrainResult:
+    """Run `steps` steps of `params, state, loss = step(params, state, batch)`.
+
+    The loss of each step is read back at once; a non-finite loss stops the run with a
+    message naming the step (counted from 1), and the result keeps the parameters that step
+    started from (the last ones with a finite loss) rather than its update.
+    """
+    losses: list[float] = []
+    start = time.perf_counter()
+    first = 0.0
+    for i in range(steps):
+        new_params, new_state, loss = step(params, state, next(batch_stream))
+        value = float(loss)
+        if i == 0:
+            first = time.perf_counter() - start
+        if not math.isfinite(value):
+            if progress:
+                progress.close()
+            return TrainResult(params, state, losses, time.perf_counter() - start, first,
+                               stopped=f"the loss is {value} at step {i + 1}; kept the parameters from before it")
+        params, state = new_params, new_state
+        losses.append(value)
+        if progress:
+            progress.update(i + 1, value)
+    if progress:
+        progress.close()
+    return TrainResult(params, state, losses, time.perf_counter() - start, first)
+
+
+# ---------------------------------------------------------------------------------------------
+# The files of a run
+
+
+def write_run(out_dir: str | Path, summary: Mapping[str, Any], params: Mapping[str, Any], losses: list[float],
+              protect: tuple[str | Path, ...] = ()) -> list[str]:
+    """`--out DIR`: summary.json, params.npz and loss.png, each written atomically; returns
+    the names written."""
+    out = check_output_dir(out_dir, RUN_FILES, protect=protect, option="--out")
+    written = []
+    atomic_write_npz(out / "params.npz", {k: np.asarray(v) for k, v in params.items()}, protect=protect)
+    written.append("params.npz")
+    chart = loss_chart(losses, f"{summary.get('program', '')} on {summary.get('data', '')}")
+    atomic_write(out / "loss.png", chart.png, protect=protect)
+    written.append("loss.png")
+    atomic_write(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n", protect=protect)
+    written.append("summary.json")
+    return written
