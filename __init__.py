@@ -15,11 +15,11 @@ if TYPE_CHECKING:
     from stepc.api import Program
 
 
-def compile(source: str, **options: Any) -> Program:  # noqa: A001 - the spec's name
+def compile(source: str, **options: Any) -> Program:
     """Compile a step program (a path, or IR text) through the default pipeline."""
     from stepc.api import compile as _compile
 
     return _compile(source, **options)
 
 
-__all__ = ["compile", "__version__"]
+__all__ = ["__version__", "compile"]

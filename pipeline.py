@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.passes import ModulePass
-from xdsl.utils.exceptions import PassFailedException, VerifyException
 from xdsl.utils.arg_spec import ArgSpec, parse_pipeline
+from xdsl.utils.exceptions import PassFailedException, VerifyException
 
 from stepc.check import ContractReport, contract_for
 from stepc.ir.diagnostics import StepcError

@@ -76,10 +76,9 @@ TWINS: dict[str, Callable[..., Any]] = {
 
 def example_inputs(name: str, seed: int = 0) -> tuple[list[str], dict[str, np.ndarray]]:
     """The argument names of an example and random inputs for them (labels in range)."""
-    from stepc.ir.parse import load
-    from stepc.passes.lower_to_stablehlo import lowered_clone
-    from stepc.ir.program import args, step_function
     from stepc.check.contract import random_inputs
+    from stepc.ir.parse import load
+    from stepc.ir.program import args, step_function
 
     fn = step_function(load(ROOT / "examples" / f"{name}.ir"))
     return [a.name for a in args(fn)], random_inputs(fn, np.random.default_rng(seed))

@@ -75,9 +75,9 @@ def flops(compiled: Any) -> float:
 def measure(name: str) -> tuple[float, float]:
     """(stepc's flops, the twin's flops) for one example."""
     from stepc.backends.jax import jax_function
+    from stepc.check.contract import random_inputs
     from stepc.ir.parse import load
     from stepc.ir.program import params, step_function
-    from stepc.check.contract import random_inputs
     from stepc.pipeline import Pipeline
 
     module = load(ROOT / "examples" / f"{name}.ir")

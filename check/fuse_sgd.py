@@ -15,7 +15,7 @@ import numpy as np
 from xdsl.dialects.builtin import ModuleOp
 
 from stepc.check.contract import Arrays, Comparison, Contract, dtype_of, random_inputs, run_program
-from stepc.ir.program import FIRST_STEP, LOSS, Arg, args_of, grad_key, momentum_key, params, step_function, Role
+from stepc.ir.program import FIRST_STEP, LOSS, Arg, Role, args_of, grad_key, momentum_key, params, step_function
 from stepc.passes.fuse_sgd import Hyper, hyperparameters
 
 

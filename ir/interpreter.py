@@ -30,6 +30,7 @@ from xdsl.interpreter import Interpreter, InterpreterFunctions, PythonValues, im
 from xdsl.interpreters.func import FuncFunctions
 from xdsl.ir import Attribute, Operation
 
+from stepc.ir.diagnostics import StepcError, error_at, location_of
 from stepc.ir.dialect import (
     AbsOp,
     AddOp,
@@ -64,7 +65,6 @@ from stepc.ir.dialect import (
     TanhOp,
     TransposeOp,
 )
-from stepc.ir.diagnostics import StepcError, error_at, location_of
 from stepc.ir.program import arg_location, args, output_names, step_function
 from stepc.ir.shapes import fmt
 from stepc.ir.values import numpy_dtype

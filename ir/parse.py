@@ -22,7 +22,6 @@ from xdsl.utils.exceptions import ParseError, VerifyException
 from xdsl.utils.lexer import Input, Span
 from xdsl.utils.mlir_lexer import MLIRLexer, MLIRTokenKind
 
-from stepc.ir.dialect import Position, Step, attribute_name_error
 from stepc.ir.diagnostics import (
     Note,
     SourceLoc,
@@ -32,6 +31,7 @@ from stepc.ir.diagnostics import (
     remember_part,
     remember_source,
 )
+from stepc.ir.dialect import Position, Step, attribute_name_error
 from stepc.ir.program import arg_name, step_function, verify_step_function
 from stepc.ir.stablehlo import StableHLO
 

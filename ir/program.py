@@ -19,6 +19,7 @@ from xdsl.dialects import func
 from xdsl.dialects.builtin import ArrayAttr, DictionaryAttr, ModuleOp, StringAttr, TensorType, UnitAttr
 from xdsl.ir import Attribute, BlockArgument, SSAValue
 
+from stepc.ir.diagnostics import SourceLoc, StepcError, location_of, part_location
 from stepc.ir.dialect import (
     CrossEntropyOp,
     LogSoftmaxOp,
@@ -31,7 +32,6 @@ from stepc.ir.dialect import (
     is_i32,
     shape_of,
 )
-from stepc.ir.diagnostics import SourceLoc, StepcError, location_of, part_location
 from stepc.ir.limits import check_memory
 from stepc.ir.values import numpy_dtype
 

@@ -15,11 +15,11 @@ with `parse_module` (the `stepc check --pass lower-to-stablehlo` path reads dump
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
-from typing import ClassVar
-import math
 from io import StringIO
+from typing import ClassVar
 
 from xdsl.dialects import func
 from xdsl.dialects.builtin import (

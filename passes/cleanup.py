@@ -28,7 +28,6 @@ from xdsl.transforms.common_subexpression_elimination import CommonSubexpression
 from xdsl.transforms.dead_code_elimination import DeadCodeElimination, would_be_trivially_dead
 
 
-
 class StraightLineCleanup(ModulePass):
     """A cleanup with a direct route per straight-line block (`per_block`), falling back to
     xDSL's own pass (the next class in the MRO) for any other module."""

@@ -21,8 +21,8 @@ from xdsl.dialects.builtin import DictionaryAttr, ModuleOp, UnitAttr
 from xdsl.ir import Operation, SSAValue
 from xdsl.passes import ModulePass
 
-from stepc.ir.dialect import AddOp, ConstantOp, element_of, is_float
 from stepc.ir.diagnostics import error_at
+from stepc.ir.dialect import AddOp, ConstantOp, element_of, is_float
 from stepc.ir.program import (
     COTANGENT,
     arg_attrs,

@@ -57,8 +57,8 @@ from xdsl.passes import ModulePass
 from xdsl.rewriter import InsertPoint, Rewriter
 
 from stepc.ir.builder import LocatedBuilder
-from stepc.ir.dialect import AddOp, ConstantOp, ConvertOp, MulOp, NegOp, SubOp, element_of, make_tensor
 from stepc.ir.diagnostics import StepcError, error_at, part_location
+from stepc.ir.dialect import AddOp, ConstantOp, ConvertOp, MulOp, NegOp, SubOp, element_of, make_tensor
 from stepc.ir.program import (
     FIRST_STEP,
     LOSS,

@@ -16,9 +16,19 @@ from xdsl.passes import ModulePass
 from xdsl.rewriter import InsertPoint
 
 from stepc.ir.builder import LocatedBuilder
-from stepc.ir.dialect import ConstantOp, is_float
 from stepc.ir.diagnostics import error_at
-from stepc.ir.program import LOSS, Role, arg_attrs, args, cotangents, output_names, returned_values, set_arg_attrs, step_function
+from stepc.ir.dialect import ConstantOp, is_float
+from stepc.ir.program import (
+    LOSS,
+    Role,
+    arg_attrs,
+    args,
+    cotangents,
+    output_names,
+    returned_values,
+    set_arg_attrs,
+    step_function,
+)
 
 
 def seed_function(fn: func.FuncOp) -> None:

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stepc.ir import shapes
-from stepc.ir.dialect import EXTRA_OPS, SPEC_OPS, SGDAttr, format_float
 from stepc.ir.diagnostics import StepcError
+from stepc.ir.dialect import EXTRA_OPS, SPEC_OPS, SGDAttr, format_float
 from stepc.ir.parse import load, load_text, parse_text, verify
 from stepc.ir.printing import program_text
 from stepc.ir.program import step_function

@@ -6,18 +6,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from stepc.check import contract_for
+from stepc.check.cleanup import IdentityContract
+from stepc.check.differentiate import VJPContract, numpy_forward_mode
+from stepc.check.seed_scalar_loss import SeedContract
 from stepc.ir.diagnostics import StepcError
 from stepc.ir.interpreter import run_function
 from stepc.ir.parse import load_text, parse_text, verify
 from stepc.ir.program import args, output_names, step_function
 from stepc.passes import vjp
-from stepc.check import contract_for
-from stepc.check.cleanup import IdentityContract
-from stepc.check.differentiate import VJPContract, numpy_forward_mode
-from stepc.check.seed_scalar_loss import SeedContract
 from stepc.passes.differentiate import Differentiate
-from stepc.pipeline import Pipeline
 from stepc.passes.seed_scalar_loss import SeedScalarLoss
+from stepc.pipeline import Pipeline
 
 PROGRAM = """\
 func.func @f(%w: tensor<3x2xf32> {step.param}, %b: tensor<2xf32> {step.param = #step.sgd<weight_decay = 0.0>},

@@ -18,11 +18,11 @@ import torch
 from xdsl.dialects import func
 from xdsl.dialects.builtin import FileLineColLoc
 
+from stepc.check.fuse_sgd import SGDEquationContract
 from stepc.ir.dialect import ConstantOp
 from stepc.ir.interpreter import run_function
 from stepc.ir.parse import load, make_context, parse_text, verify
 from stepc.ir.printing import program_text
-from stepc.check.fuse_sgd import SGDEquationContract
 from stepc.ir.program import FIRST_STEP, args, initial_state, missing_state_value, output_names, step_function
 from stepc.passes.fuse_sgd import FuseSGD, state_layout
 from stepc.pipeline import Pipeline

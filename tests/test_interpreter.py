@@ -15,8 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stepc.ir.dialect import EXTRA_OPS, SPEC_OPS
 from stepc.ir.diagnostics import StepcError
+from stepc.ir.dialect import EXTRA_OPS, SPEC_OPS
 from stepc.ir.interpreter import run_function
 from stepc.ir.parse import load_text, parse_text, verify
 from stepc.ir.program import step_function

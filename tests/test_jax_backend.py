@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from stepc.backends.jax import jax_function
-from stepc.passes.lower_to_stablehlo import lowered_clone
 from stepc.ir.interpreter import run_function
 from stepc.ir.parse import load, parse_text, verify
+from stepc.passes.lower_to_stablehlo import lowered_clone
 
 ROOT = Path(__file__).resolve().parent.parent
 

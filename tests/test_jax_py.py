@@ -117,9 +117,9 @@ func.func @quad(%w: tensor<3xf32> {step.param}, %x: tensor<3xf32>,
 
 def test_names_cannot_inject_code(tmp_path: Path) -> None:
     from stepc.backends.jax_py import emit_module
-    from stepc.passes.lower_to_stablehlo import lowered_clone
     from stepc.ir.parse import parse_text, verify
     from stepc.ir.program import args, output_names, step_function
+    from stepc.passes.lower_to_stablehlo import lowered_clone
 
     module = parse_text(INJECTION, "injection.ir")
     verify(module)

@@ -16,13 +16,12 @@ import numpy as np
 import pytest
 
 from stepc.backends.jax import jax_function
-from stepc.ir.parse import parse_module
-from stepc.ir.stablehlo import module_text
 from stepc.backends.xla import XlaExecutable, parse_with_jax_mlir
 from stepc.ir import dialect as step
 from stepc.ir.diagnostics import StepcError
 from stepc.ir.interpreter import run_function
-from stepc.ir.parse import make_context, parse_text, verify
+from stepc.ir.parse import make_context, parse_module, parse_text, verify
+from stepc.ir.stablehlo import module_text
 from stepc.passes import lower_to_stablehlo
 from stepc.passes.lower_to_stablehlo import LOWERINGS, LowerToStableHLO
 from stepc.passes.simplify_stablehlo import SimplifyStableHLO
@@ -369,9 +368,9 @@ def test_nan_constant_survives_the_text() -> None:
 def test_whole_pipeline_text_compiles_and_equals_the_jax_function(example: str) -> None:
     """Every op the passes emit lowers too: the printed end of the default pipeline, compiled
     by XLA as it is, equals the JAX function of the same module."""
+    from stepc.check.contract import random_inputs
     from stepc.ir.parse import load
     from stepc.ir.program import step_function
-    from stepc.check.contract import random_inputs
     from stepc.pipeline import Pipeline
 
     module = load(ROOT / "examples" / f"{example}.ir")

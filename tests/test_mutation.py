@@ -23,16 +23,16 @@ import pytest
 from xdsl.dialects.builtin import DenseArrayBase, f64
 from xdsl.ir import Operation, SSAValue
 
+from stepc.check import CONTRACTS, contract_for
+from stepc.check.differentiate import VJPContract, numpy_forward_mode
+from stepc.check.seed_scalar_loss import SeedContract
 from stepc.ir import dialect as step
 from stepc.ir.diagnostics import StepcError
 from stepc.ir.parse import load_text
 from stepc.passes import vjp
-from stepc.check import CONTRACTS, contract_for
-from stepc.check.differentiate import VJPContract, numpy_forward_mode
-from stepc.check.seed_scalar_loss import SeedContract
 from stepc.passes.differentiate import CotangentMap, Differentiate
-from stepc.pipeline import Pipeline
 from stepc.passes.seed_scalar_loss import SeedScalarLoss
+from stepc.pipeline import Pipeline
 
 T = "tensor<3x3xf64>"
 POSITIVE = f"""%a2 = step.square %a : {T}

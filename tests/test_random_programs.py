@@ -27,10 +27,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stepc.backends.jaxpr_numpy import evaluate
-from stepc.ir.interpreter import run_function
-from stepc.ir.parse import load_text, make_context, verify
 from stepc.check import contract_for
 from stepc.check.differentiate import VJPContract, numpy_forward_mode
+from stepc.ir.interpreter import run_function
+from stepc.ir.parse import load_text, make_context, verify
 from stepc.pipeline import Pipeline
 
 Shape = tuple[int, ...]

@@ -19,7 +19,6 @@ import pytest
 
 from stepc.ir.parse import load
 from stepc.tools import data as train_data
-from stepc.tools import loop as train_loop
 from stepc.tools.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -23,8 +23,7 @@ import torch
 
 from stepc.ir.interpreter import run_function
 from stepc.ir.parse import make_context, parse_text, verify
-from stepc.ir.program import args, output_names, step_function
-from stepc.ir.program import initial_state
+from stepc.ir.program import args, initial_state, output_names, step_function
 from stepc.passes.fuse_sgd import FuseSGD
 
 STEPS = 5

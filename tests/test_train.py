@@ -38,7 +38,7 @@ def test_bundled_digits_archive():
     with np.load(train_data.digits_path(), allow_pickle=False) as archive:
         images, labels = archive["images"], archive["labels"]
     assert images.shape == (1797, 64) and images.dtype == np.uint8
-    assert 0 == images.min() and images.max() == 16
+    assert images.min() == 0 and images.max() == 16
     assert labels.dtype == np.int32
     assert np.bincount(labels).tolist() == DIGIT_COUNTS
 
@@ -56,7 +56,7 @@ def test_digits_split_is_fixed_disjoint_and_scaled(mlp):
     # every image appears exactly as often as in the archive: a permutation of the rows
     key = lambda a: sorted(map(bytes, np.round(a * 16).astype(np.uint8)))  # noqa: E731
     assert key(rows) == key(images)
-    assert data.train["x"].dtype == np.float32 and 0.0 <= rows.min() and rows.max() == 1.0
+    assert data.train["x"].dtype == np.float32 and rows.min() >= 0.0 and rows.max() == 1.0
     again = train_data.load_data("digits", train_data.signature(mlp))
     np.testing.assert_array_equal(again.test["x"], data.test["x"])
 

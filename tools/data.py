@@ -20,6 +20,7 @@ from xdsl.dialects import func
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import BlockArgument, Operation, SSAValue
 
+from stepc.ir.diagnostics import SourceLoc, StepcError, location_of
 from stepc.ir.dialect import (
     AddOp,
     BroadcastOp,
@@ -28,7 +29,6 @@ from stepc.ir.dialect import (
     is_i32,
     shape_of,
 )
-from stepc.ir.diagnostics import SourceLoc, StepcError, location_of
 from stepc.ir.program import Role, arg_location, args, label_range, step_function
 from stepc.ir.values import numpy_dtype
 from stepc.tools.files import load_npz

@@ -315,7 +315,7 @@ def run_in_process(path: str, argv: Sequence[str], timeout: float) -> Outcome:
                 status = e.code if isinstance(e.code, int) else 1
             except _Timeout:
                 raise
-            except BaseException:  # noqa: BLE001 - an escaped exception is exactly a finding
+            except BaseException:
                 import traceback
 
                 traceback.print_exc(file=stderr)

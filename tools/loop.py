@@ -26,17 +26,16 @@ import numpy as np
 from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp
 
-from stepc.ir.diagnostics import StepcError
 from stepc.api import Program
 from stepc.api import compile as compile_program
 from stepc.backends.jax import jax_function
+from stepc.ir.diagnostics import StepcError
 from stepc.ir.program import Head, classifier_head, step_function
 from stepc.passes.cut_at_logits import CutAtLogits
 from stepc.passes.lower_to_stablehlo import lowered_clone
+from stepc.tools.data import Arrays, Signature
 from stepc.tools.files import atomic_write, atomic_write_npz, check_output_dir
 from stepc.tools.plot import loss_chart
-
-from stepc.tools.data import Arrays, Signature
 
 RUN_FILES = ("summary.json", "params.npz", "loss.png")  # what --out DIR receives
 
