@@ -27,11 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 from xdsl.dialects.builtin import ModuleOp
 
-from stepc.backends.jax import JaxFunction, jax_function, x64_enabled
+from stepc.backends.jax import JaxFunction, jax_function, x64_enabled, x64_on
 from stepc.ir.diagnostics import StepcError
 from stepc.ir.parse import load, load_text
 from stepc.ir.program import GRAD_PREFIX, LOSS, Form, Role, check_inputs, initial_state_value, program_form
@@ -204,4 +203,4 @@ ROLE_GROUP = {Role.PARAM: "params", Role.INPUT: "batch", Role.STATE: "state", Ro
 
 def _x64() -> bool:
     """Whether JAX keeps 64-bit arrays now (the input validator's hint reads it)."""
-    return bool(jax.config.jax_enable_x64)
+    return x64_on()

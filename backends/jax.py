@@ -429,17 +429,22 @@ class JaxFunction:
         return [s.key for s in self.specs]
 
     def __call__(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        arrays = check_inputs(self.specs, inputs, x64=bool(jax.config.jax_enable_x64))
+        arrays = check_inputs(self.specs, inputs, x64=x64_on())
         with x64_enabled(self.needs_x64):
             outputs = self.jitted(*arrays)
             return {name: np.asarray(value) for name, value in zip(self.output_names, outputs)}
+
+
+def x64_on() -> bool:
+    """Whether JAX keeps 64-bit arrays now (`jax_enable_x64`)."""
+    return bool(jax.config.jax_enable_x64)  # pyright: ignore[reportAttributeAccessIssue]  # JAX sets its config options as attributes at runtime
 
 
 def x64_enabled(needed: bool):  # type: ignore[no-untyped-def]
     """A context enabling `jax_enable_x64` when the program has f64 values (no-op otherwise)."""
     import contextlib
 
-    if not needed or jax.config.jax_enable_x64:
+    if not needed or x64_on():
         return contextlib.nullcontext()
     return jax.enable_x64(True)
 

@@ -18,9 +18,9 @@ from typing import Any
 import jax
 import numpy as np
 from jax._src.interpreters import mlir
-from jax._src.lib import xla_client
-from jax._src.lib.mlir import ir
 from jax.extend.backend import get_backend
+from jaxlib import xla_client
+from jaxlib.mlir import ir
 from xdsl.dialects.builtin import ModuleOp
 
 from stepc.ir.diagnostics import StepcError

@@ -6,6 +6,8 @@ these same objects. A pass without an entry (none today) runs unchecked.
 
 from __future__ import annotations
 
+from typing import Any
+
 from stepc.check.cleanup import IdentityContract
 from stepc.check.contract import Contract, ContractReport, format_table
 from stepc.check.differentiate import VJPContract
@@ -14,7 +16,7 @@ from stepc.check.lower_to_stablehlo import LoweringContract
 from stepc.check.seed_scalar_loss import SeedContract
 from stepc.check.simplify_stablehlo import SimplifyContract
 
-CONTRACTS: dict[str, Contract[object]] = {
+CONTRACTS: dict[str, Contract[Any]] = {
     "differentiate": VJPContract(),
     "seed-scalar-loss": SeedContract(),
     "fuse-sgd": SGDEquationContract(),
@@ -26,7 +28,7 @@ CONTRACTS: dict[str, Contract[object]] = {
 }
 
 
-def contract_for(pass_name: str) -> Contract[object] | None:
+def contract_for(pass_name: str) -> Contract[Any] | None:
     """The contract of the pass named `pass_name` (options such as `{a=1}` ignored)."""
     return CONTRACTS.get(pass_name.partition("{")[0])
 

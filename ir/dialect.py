@@ -1,3 +1,6 @@
+# pyright: basic
+# (Not strict here alone: IRDL's operand/result/property descriptors and DenseArrayBase.get_values are
+# untyped in xDSL 0.74, so every op declaration reads as Unknown; the rest of ir/ and passes/ is strict.)
 """The `step` dialect: the ops and attributes of one training step.
 
 Every op takes and returns static-shaped tensors with value semantics. Each op's shape rule
@@ -300,7 +303,7 @@ class SGDAttr(ParametrizedAttribute):
                 params.append(FloatAttr(float(value), f64))
         if fields:
             raise ValueError(f"unknown SGD fields {sorted(fields)}")
-        return SGDAttr(*params)
+        return SGDAttr(*params)  # pyright: ignore[reportArgumentType]  # the fields come from `parse_fields`, checked there against each field's attribute type
 
     def fields(self) -> dict[str, float | bool]:
         """The fields written in the text, by name."""
@@ -513,7 +516,7 @@ class BinaryOp(StepOp):
 
     @classmethod
     def parse(cls, parser: Parser) -> Self:
-        return parse_two_operand_form(cls, parser)
+        return parse_two_operand_form(cls, parser)  # pyright: ignore[reportReturnType]  # build_fixed builds an instance of `cls`; xDSL types the generic constructor as IRDLOperation
 
     def print(self, printer: Printer) -> None:
         print_two_operand_form(self, printer)
@@ -640,7 +643,7 @@ class CompareOp(StepOp):
             parser.raise_error(
                 f"unknown comparison '{direction}'; expected one of " + ", ".join(COMPARE_DIRECTIONS), pos, parser.pos
             )
-        return parse_two_operand_form(cls, parser, {"direction": StringAttr(direction)})
+        return parse_two_operand_form(cls, parser, {"direction": StringAttr(direction)})  # pyright: ignore[reportReturnType]  # build_fixed builds an instance of `cls`; xDSL types the generic constructor as IRDLOperation
 
     def print(self, printer: Printer) -> None:
         printer.print_string(f" {self.direction.data}")
@@ -681,7 +684,7 @@ class TypeChangeOp(StepOp):
 
     @classmethod
     def parse(cls, parser: Parser) -> Self:
-        return parse_type_change_form(cls, parser)
+        return parse_type_change_form(cls, parser)  # pyright: ignore[reportReturnType]  # build_fixed builds an instance of `cls`; xDSL types the generic constructor as IRDLOperation
 
     def print(self, printer: Printer) -> None:
         print_type_change_form(self, printer)
@@ -787,7 +790,7 @@ class TransposeOp(StepOp):
 
     @property
     def permutation(self) -> tuple[int, ...]:
-        return tuple(int(v) for v in self.perm.get_values())
+        return tuple(int(v) for v in self.perm.get_values())  # pyright: ignore[reportAttributeAccessIssue]  # DenseArrayBase.get_values exists on the concrete i64/f64 arrays; xDSL's generic type hides it
 
     @classmethod
     def parse(cls, parser: Parser) -> TransposeOp:
@@ -843,7 +846,7 @@ class ReduceOp(StepOp):
         """The dims as written, or None for all dims."""
         if isinstance(self.dims, NoneAttr):
             return None
-        return tuple(int(v) for v in self.dims.get_values())
+        return tuple(int(v) for v in self.dims.get_values())  # pyright: ignore[reportAttributeAccessIssue]  # DenseArrayBase.get_values exists on the concrete i64/f64 arrays; xDSL's generic type hides it
 
     @property
     def axes(self) -> tuple[int, ...]:
@@ -976,7 +979,7 @@ class CrossEntropyOp(StepOp):
 
     @classmethod
     def parse(cls, parser: Parser) -> Self:
-        return parse_two_operand_form(cls, parser)
+        return parse_two_operand_form(cls, parser)  # pyright: ignore[reportReturnType]  # build_fixed builds an instance of `cls`; xDSL types the generic constructor as IRDLOperation
 
     def print(self, printer: Printer) -> None:
         print_two_operand_form(self, printer)
@@ -1005,7 +1008,7 @@ class MseOp(StepOp):
 
     @classmethod
     def parse(cls, parser: Parser) -> Self:
-        return parse_two_operand_form(cls, parser)
+        return parse_two_operand_form(cls, parser)  # pyright: ignore[reportReturnType]  # build_fixed builds an instance of `cls`; xDSL types the generic constructor as IRDLOperation
 
     def print(self, printer: Printer) -> None:
         print_two_operand_form(self, printer)
@@ -1040,7 +1043,7 @@ class ConstantOp(StepOp):
 
     @property
     def values(self) -> tuple[float, ...]:
-        return tuple(float(v) for v in self.value.get_values())
+        return tuple(float(v) for v in self.value.get_values())  # pyright: ignore[reportAttributeAccessIssue]  # DenseArrayBase.get_values exists on the concrete i64/f64 arrays; xDSL's generic type hides it
 
     @property
     def splat(self) -> float | None:

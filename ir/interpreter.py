@@ -65,6 +65,7 @@ from stepc.ir.dialect import (
     TanhOp,
     TransposeOp,
 )
+from stepc.ir.narrow import is_tensor
 from stepc.ir.program import arg_location, args, output_names, step_function
 from stepc.ir.shapes import fmt
 from stepc.ir.values import numpy_dtype
@@ -79,7 +80,7 @@ NARROW_FLOATS = ("float16", "bfloat16")
 
 def result_dtype(op: Operation, index: int = 0) -> np.dtype:
     t = op.results[index].type
-    assert isinstance(t, TensorType)
+    assert is_tensor(t)
     return numpy_dtype(t.get_element_type())
 
 
@@ -299,7 +300,7 @@ def _check_inputs(fn: func.FuncOp, inputs: Mapping[str, Any]) -> list[Array]:
     unknown = sorted(str(k) for k in inputs if k not in names)
     where = location_of(fn)
     if missing or unknown:
-        parts = []
+        parts: list[str] = []
         if missing:
             parts.append("missing " + ", ".join(f"%{n}" for n in missing))
         if unknown:

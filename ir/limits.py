@@ -21,6 +21,7 @@ from xdsl.dialects.builtin import TensorType
 from xdsl.ir import Attribute, SSAValue
 
 from stepc.ir.diagnostics import SourceLoc, StepcError, location_of
+from stepc.ir.narrow import is_tensor
 from stepc.ir.shapes import fmt
 
 ENV_VAR = "STEPC_MAX_BYTES"
@@ -113,8 +114,9 @@ def human_bytes(n: int) -> str:
 def footprint(fn: func.FuncOp) -> Footprint:
     """Sum the bytes of the function's arguments and of every op result inside it."""
     values: list[tuple[SSAValue, str, SourceLoc | None]] = []
-    if fn.body.blocks:
-        for arg in fn.body.blocks.first.args:
+    entry = fn.body.blocks.first
+    if entry is not None:
+        for arg in entry.args:
             name = f"argument %{arg.name_hint or arg.index}"
             values.append((arg, name, SourceLoc.from_attr(arg.location) or location_of(fn)))
     for op in fn.walk():
@@ -127,7 +129,7 @@ def footprint(fn: func.FuncOp) -> Footprint:
     largest: tuple[int, str, str, SourceLoc | None] = (0, "", "", location_of(fn))
     for value, name, loc in values:
         t = value.type
-        if not isinstance(t, TensorType):
+        if not is_tensor(t):
             continue
         size = tensor_bytes(t, loc, name)
         total += size

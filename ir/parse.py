@@ -5,10 +5,11 @@ from __future__ import annotations
 import gc
 import re
 from bisect import bisect_right
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar, cast
 
 from xdsl.context import Context
 from xdsl.dialects import func
@@ -34,6 +35,8 @@ from stepc.ir.diagnostics import (
 from stepc.ir.dialect import Position, Step, attribute_name_error
 from stepc.ir.program import arg_name, step_function, verify_step_function
 from stepc.ir.stablehlo import StableHLO
+
+_ParsedType = TypeVar("_ParsedType", bound=Attribute)
 
 # Programs beyond this size are refused before parsing (a configurable guard against hostile input).
 MAX_SOURCE_BYTES = 64 * 1024 * 1024
@@ -79,13 +82,13 @@ class LocatedParser(Parser):
         self._text = text
         self._line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
         self._frames: list[_Frame] = []
-        self._first_use: dict[str, Span] = {}  # name -> first use, for undefined values
-        self._defined_at: dict[str, Span] = {}  # name -> definition
+        self._first_use: dict[str, Span[str]] = {}  # name -> first use, for undefined values
+        self._defined_at: dict[str, Span[str]] = {}  # name -> definition
         self._types: dict[str, Attribute] = {}  # `tensor<16x32xf32>` -> its type
         super().__init__(ctx, "", name)
         self._parser_state = ParserState(_LinearLexer(Input(text, name)))
 
-    def loc(self, span: Span) -> SourceLoc:
+    def loc(self, span: Span[str]) -> SourceLoc:
         """The location of a span (line lookup by bisection: linear time over a whole file)."""
         line = bisect_right(self._line_starts, span.start)
         col = span.start - self._line_starts[line - 1] + 1
@@ -131,7 +134,7 @@ class LocatedParser(Parser):
             return None
         return self._cached(_PLAIN_FUNCTION_TYPE, super().parse_optional_function_type)
 
-    def _cached(self, pattern: re.Pattern[str], parse):  # type: ignore[no-untyped-def]
+    def _cached(self, pattern: re.Pattern[str], parse: Callable[[], _ParsedType | None]) -> _ParsedType | None:
         """The type written at the current token, from the cache when `pattern` matches it
         (then the lexer jumps past it), else parsed and remembered."""
         match = pattern.match(self.lexer.input.content, self._current_token.span.start)
@@ -145,7 +148,7 @@ class LocatedParser(Parser):
             return cached
         self.lexer.pos = match.end()
         self._parser_state.current_token = self.lexer.lex()
-        return cached
+        return cast(_ParsedType, cached)  # (remembered from `parse` for this very text)
 
     def parse_optional_argument(self, expect_type: bool = True):  # type: ignore[override]
         token = self._current_token
@@ -229,13 +232,16 @@ class LocatedParser(Parser):
 class _Frame:
     """What one op's parse saw at its own level."""
 
-    args: list[Span] = field(default_factory=list)
-    results: Span | None = None  # the first token after the op's `->`
+    args: list[Span[str]] = field(default_factory=list[Span[str]])
+    results: Span[str] | None = None  # the first token after the op's `->`
     in_keyword_dict: bool = False
-    forward_uses: list[tuple[str, Span]] = field(default_factory=list)  # operands not defined yet
+    # The operands not defined yet, for `verify`'s use-before-definition error.
+    forward_uses: list[tuple[str, Span[str]]] = field(default_factory=list[tuple[str, Span[str]]])
     # The names in the op's attribute dictionaries, with the argument or result of a function
     # whose dictionary each is in (None: the op's own), as `attribute_part` names them.
-    attribute_entries: list[tuple[str | None, str, Span]] = field(default_factory=list)
+    attribute_entries: list[tuple[str | None, str, Span[str]]] = field(
+        default_factory=list[tuple[str | None, str, Span[str]]]
+    )
     dict_depth: int = 0  # > 1 inside a dictionary that is an attribute's value
     dict_owner: str | None = None  # the owner of the dictionary being parsed
     result_dicts: int = 0  # the dictionaries after the `->` so far: one per result
@@ -306,7 +312,7 @@ def parse_text(text: str, name: str = "<stdin>") -> ModuleOp:
         offset = parser.pos if parser is not None else 0
         raise StepcError("the program nests too deeply to parse", SourceLoc.from_offset(name, text, offset)) from None
     except (VerifyException, ValueError, OverflowError) as e:  # an attribute refused while parsing (axis 1e30)
-        offset = parser._current_token.span.start if parser is not None else 0
+        offset = parser.pos if parser is not None else 0
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         loc = SourceLoc.from_offset(name, text, offset)
         number = re.search(r"Integer value (-?\d+)", message)
@@ -411,7 +417,8 @@ def _dictionaries(attrs: Attribute | None) -> list[Mapping[str, Attribute]]:
     dictionary reads as an empty one (the func.func verifier reports it)."""
     if not isinstance(attrs, ArrayAttr):
         return []
-    return [a.data if isinstance(a, DictionaryAttr) else {} for a in attrs.data]
+    entries = cast(ArrayAttr[Attribute], attrs).data
+    return [a.data if isinstance(a, DictionaryAttr) else {} for a in entries]
 
 
 def _check_names(

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from xdsl.dialects import func
 from xdsl.dialects.builtin import ArrayAttr, DictionaryAttr, ModuleOp, StringAttr, TensorType, UnitAttr
-from xdsl.ir import Attribute, BlockArgument, SSAValue
+from xdsl.ir import Attribute, Block, BlockArgument, SSAValue
 
 from stepc.ir.diagnostics import SourceLoc, StepcError, location_of, part_location
 from stepc.ir.dialect import (
@@ -33,6 +33,7 @@ from stepc.ir.dialect import (
     shape_of,
 )
 from stepc.ir.limits import check_memory
+from stepc.ir.narrow import is_tensor
 from stepc.ir.values import numpy_dtype
 
 PARAM = "step.param"
@@ -102,7 +103,7 @@ class Arg:
     @property
     def type(self) -> TensorType[Attribute]:
         t = self.value.type
-        assert isinstance(t, TensorType)
+        assert is_tensor(t)
         return t
 
     @property
@@ -128,8 +129,15 @@ def arg_name(value: BlockArgument) -> str:
     return value.name_hint if value.name_hint is not None else f"arg{value.index}"
 
 
+def entry_block(fn: func.FuncOp) -> Block:
+    """The function's entry block (a step function has one block)."""
+    block = fn.body.blocks.first
+    assert block is not None, f"@{fn.sym_name.data} has no body"
+    return block
+
+
 def arg_attrs(fn: func.FuncOp) -> list[DictionaryAttr]:
-    n = len(fn.body.blocks.first.args) if fn.body.blocks else len(fn.function_type.inputs.data)
+    n = len(entry_block(fn).args) if fn.body.blocks else len(fn.function_type.inputs.data)
     if fn.arg_attrs is None:
         return [DictionaryAttr({}) for _ in range(n)]
     return list(fn.arg_attrs.data)
@@ -137,7 +145,7 @@ def arg_attrs(fn: func.FuncOp) -> list[DictionaryAttr]:
 
 def args(fn: func.FuncOp) -> list[Arg]:
     out: list[Arg] = []
-    for value, attrs in zip(fn.body.blocks.first.args, arg_attrs(fn)):
+    for value, attrs in zip(entry_block(fn).args, arg_attrs(fn)):
         if PARAM in attrs.data:
             role = Role.PARAM
         elif COTANGENT in attrs.data:
@@ -191,7 +199,7 @@ def set_arg_attrs(fn: func.FuncOp, attrs: list[DictionaryAttr]) -> None:
 
 
 def returned_values(fn: func.FuncOp) -> list[SSAValue]:
-    ret = fn.body.blocks.first.last_op
+    ret = entry_block(fn).last_op
     assert isinstance(ret, func.ReturnOp)
     return list(ret.arguments)
 
@@ -212,7 +220,7 @@ def verify_step_function(fn: func.FuncOp) -> None:
             part_location(fn, "results"),
         )
     loss_t = results[0]
-    if not (isinstance(loss_t, TensorType) and loss_t.get_shape() == () and is_float(loss_t.get_element_type())):
+    if not (is_tensor(loss_t) and loss_t.get_shape() == () and is_float(loss_t.get_element_type())):
         raise StepcError(
             f"the loss must be a rank-0 float tensor (tensor<f32>, say), found {loss_t}", part_location(fn, "results")
         )
@@ -220,7 +228,7 @@ def verify_step_function(fn: func.FuncOp) -> None:
     for arg in all_args:
         t = arg.value.type
         loc = arg_location(fn, arg.value)
-        if not isinstance(t, TensorType):
+        if not is_tensor(t):
             raise StepcError(f"argument %{arg.name} must be a tensor, found {t}", loc)
         if arg.role == Role.PARAM and not is_float(t.get_element_type()):
             raise StepcError(f"parameter %{arg.name} must be a float tensor (f16, bf16, f32, f64), found {t}", loc)
@@ -258,6 +266,8 @@ def verify_any_stage(module: ModuleOp) -> None:
     lowered StableHLO) keeps distinct argument names, and each pass checks the form it needs
     when it runs."""
     fn = step_function(module)
+    if not fn.body.blocks:  # a declaration: the rules of a program as written say so, located
+        verify_step_function(fn)
     lowered = any(op.dialect_name() == "stablehlo" for op in fn.walk())
     if not lowered and program_form(module) in (Form.FORWARD, Form.OTHER):
         verify_step_function(fn)
@@ -393,7 +403,7 @@ def classifier_head(fn: func.FuncOp) -> Head | None:
     batch input, or the operand of a last-axis `step.log_softmax`/`step.softmax` whose result
     is multiplied by a float batch input of its shape (one-hot targets, as in
     examples/softmax_regression.ir)."""
-    input_names = {a.value: a.name for a in inputs(fn)}
+    input_names: dict[SSAValue, str] = {a.value: a.name for a in inputs(fn)}
     for op in fn.walk():
         if isinstance(op, CrossEntropyOp) and op.labels in input_names:
             return Head(input_names[op.labels], False, shape_of(op.logits)[-1], op.logits)

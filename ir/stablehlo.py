@@ -19,7 +19,7 @@ import math
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from io import StringIO
-from typing import ClassVar
+from typing import ClassVar, Self
 
 from xdsl.dialects import func
 from xdsl.dialects.builtin import (
@@ -60,6 +60,7 @@ from xdsl.utils.exceptions import VerifyException
 from xdsl.utils.str_enum import StrEnum
 
 from stepc.ir.dialect import build_fixed
+from stepc.ir.narrow import is_array, is_dense, is_float_array, is_int_array, is_int_attr, is_tensor
 
 # ---------------------------------------------------------------------------------------------
 # Attributes
@@ -90,6 +91,19 @@ def _int_list(values: Sequence[int]) -> ArrayAttr[IntAttr]:
     return ArrayAttr([IntAttr(int(v)) for v in values])
 
 
+def _int_data(attr: Attribute) -> int:
+    assert is_int_attr(attr)
+    return attr.data
+
+
+def _field_attr(scalar: bool, value: Sequence[int] | int) -> Attribute:
+    if scalar:
+        assert isinstance(value, int)
+        return IntAttr(value)
+    assert not isinstance(value, int)
+    return _int_list(value)
+
+
 class _DimensionNumbers(ParametrizedAttribute):
     """Shared text form of `#stablehlo.dot<...>`, `#stablehlo.gather<...>` and `#stablehlo.scatter<...>`:
     `key = [..]` or `key = N` fields, empty lists left out, as StableHLO prints them."""
@@ -99,19 +113,20 @@ class _DimensionNumbers(ParametrizedAttribute):
 
     def field(self, key: str) -> tuple[int, ...] | int:
         param = self.parameters[self.FIELDS.index(key)]
-        if isinstance(param, IntAttr):
+        if is_int_attr(param):
             return param.data
-        assert isinstance(param, ArrayAttr)
-        return tuple(p.data for p in param.data)  # type: ignore[union-attr]
+        assert is_array(param)
+        return tuple(_int_data(p) for p in param.data)
 
     def print_parameters(self, printer: Printer) -> None:
-        items = []
+        items: list[str] = []
         for key in self.FIELDS:
             value = self.field(key)
             if key in self.SCALAR_FIELDS:
                 items.append(f"{key} = {value}")
             elif value:
-                items.append(f"{key} = [{', '.join(str(v) for v in value)}]")  # type: ignore[union-attr]
+                assert isinstance(value, tuple)  # a list field
+                items.append(f"{key} = [{', '.join(str(v) for v in value)}]")
         printer.print_string("<" + ", ".join(items) + ">")
 
     @classmethod
@@ -139,16 +154,17 @@ class _DimensionNumbers(ParametrizedAttribute):
         """The parameters in `FIELDS` order; a field not given is empty (or 0), as in the text."""
         return tuple(values.get(k, IntAttr(0) if k in cls.SCALAR_FIELDS else _int_list([])) for k in cls.FIELDS)
 
+
+class _NamedDimensionNumbers(_DimensionNumbers):
+    """Dimension numbers built from their fields by name (`#stablehlo.gather`, `#stablehlo.scatter`)."""
+
     @classmethod
-    def make(cls, **fields: Sequence[int] | int):  # type: ignore[no-untyped-def]
+    def make(cls, **fields: Sequence[int] | int) -> Self:
         """`GatherAttr.make(collapsed_slice_dims=[1], index_vector_dim=1, ...)`: fields by name."""
         unknown = sorted(set(fields) - set(cls.FIELDS))
         if unknown:
             raise TypeError(f"{cls.name} has no fields {unknown}")
-        values: dict[str, Attribute] = {
-            k: IntAttr(v) if k in cls.SCALAR_FIELDS else _int_list(v)  # type: ignore[arg-type]
-            for k, v in fields.items()
-        }
+        values: dict[str, Attribute] = {k: _field_attr(k in cls.SCALAR_FIELDS, v) for k, v in fields.items()}
         return cls(*cls._parameters(values))
 
 
@@ -184,7 +200,7 @@ def _dot_attr(lhs_batch: tuple[int, ...], rhs_batch: tuple[int, ...], lhs_contra
 
 
 @irdl_attr_definition
-class GatherAttr(_DimensionNumbers):
+class GatherAttr(_NamedDimensionNumbers):
     """`#stablehlo.gather<collapsed_slice_dims = [1], operand_batching_dims = [0],
     start_indices_batching_dims = [0], start_index_map = [1], index_vector_dim = 1>`"""
 
@@ -208,7 +224,7 @@ class GatherAttr(_DimensionNumbers):
 
 
 @irdl_attr_definition
-class ScatterAttr(_DimensionNumbers):
+class ScatterAttr(_NamedDimensionNumbers):
     """`#stablehlo.scatter<inserted_window_dims = [1], input_batching_dims = [0],
     scatter_indices_batching_dims = [0], scatter_dims_to_operand_dims = [1], index_vector_dim = 1>`"""
 
@@ -243,6 +259,9 @@ def _i64_array(values: tuple[int, ...]) -> DenseArrayBase:
 
 
 def i64_values(attr: DenseArrayBase) -> tuple[int, ...]:
+    if is_int_array(attr):
+        return attr.get_values()
+    assert is_float_array(attr)  # a dense array holds integers or floats
     return tuple(int(v) for v in attr.get_values())
 
 
@@ -252,7 +271,7 @@ def i64_values(attr: DenseArrayBase) -> tuple[int, ...]:
 
 def _type(value: SSAValue) -> TensorType[Attribute]:
     t = value.type
-    if not isinstance(t, TensorType):
+    if not is_tensor(t):
         raise VerifyException(f"expected a tensor, found {t}")
     return t
 
@@ -295,31 +314,107 @@ class ElementwiseUnary(StableHLOOp):
         super().__init__(operands=[operand], result_types=[operand.type])
 
 
-def _binary(name: str) -> type[ElementwiseBinary]:
-    cls_name = "".join(p.title() for p in name.split(".")[1].split("_")) + "Op"
-    return irdl_op_definition(type(cls_name, (ElementwiseBinary,), {"name": name, "__doc__": f'`"{name}"(%a, %b)`'}))
+@irdl_op_definition
+class AddOp(ElementwiseBinary):
+    """`"stablehlo.add"(%a, %b)`"""
+
+    name = "stablehlo.add"
 
 
-def _unary(name: str) -> type[ElementwiseUnary]:
-    cls_name = "".join(p.title() for p in name.split(".")[1].split("_")) + "Op"
-    return irdl_op_definition(type(cls_name, (ElementwiseUnary,), {"name": name, "__doc__": f'`"{name}"(%a)`'}))
+@irdl_op_definition
+class SubtractOp(ElementwiseBinary):
+    """`"stablehlo.subtract"(%a, %b)`"""
+
+    name = "stablehlo.subtract"
 
 
-AddOp = _binary("stablehlo.add")
-SubtractOp = _binary("stablehlo.subtract")
-MultiplyOp = _binary("stablehlo.multiply")
-DivideOp = _binary("stablehlo.divide")
-MaxOp = _binary("stablehlo.maximum")
-MinOp = _binary("stablehlo.minimum")
+@irdl_op_definition
+class MultiplyOp(ElementwiseBinary):
+    """`"stablehlo.multiply"(%a, %b)`"""
 
-NegateOp = _unary("stablehlo.negate")
-ExpOp = _unary("stablehlo.exponential")
-LogOp = _unary("stablehlo.log")
-TanhOp = _unary("stablehlo.tanh")
-LogisticOp = _unary("stablehlo.logistic")
-SqrtOp = _unary("stablehlo.sqrt")
-RsqrtOp = _unary("stablehlo.rsqrt")
-AbsOp = _unary("stablehlo.abs")
+    name = "stablehlo.multiply"
+
+
+@irdl_op_definition
+class DivideOp(ElementwiseBinary):
+    """`"stablehlo.divide"(%a, %b)`"""
+
+    name = "stablehlo.divide"
+
+
+@irdl_op_definition
+class MaximumOp(ElementwiseBinary):
+    """`"stablehlo.maximum"(%a, %b)`"""
+
+    name = "stablehlo.maximum"
+
+
+@irdl_op_definition
+class MinimumOp(ElementwiseBinary):
+    """`"stablehlo.minimum"(%a, %b)`"""
+
+    name = "stablehlo.minimum"
+
+
+@irdl_op_definition
+class NegateOp(ElementwiseUnary):
+    """`"stablehlo.negate"(%a)`"""
+
+    name = "stablehlo.negate"
+
+
+@irdl_op_definition
+class ExponentialOp(ElementwiseUnary):
+    """`"stablehlo.exponential"(%a)`"""
+
+    name = "stablehlo.exponential"
+
+
+@irdl_op_definition
+class LogOp(ElementwiseUnary):
+    """`"stablehlo.log"(%a)`"""
+
+    name = "stablehlo.log"
+
+
+@irdl_op_definition
+class TanhOp(ElementwiseUnary):
+    """`"stablehlo.tanh"(%a)`"""
+
+    name = "stablehlo.tanh"
+
+
+@irdl_op_definition
+class LogisticOp(ElementwiseUnary):
+    """`"stablehlo.logistic"(%a)`"""
+
+    name = "stablehlo.logistic"
+
+
+@irdl_op_definition
+class SqrtOp(ElementwiseUnary):
+    """`"stablehlo.sqrt"(%a)`"""
+
+    name = "stablehlo.sqrt"
+
+
+@irdl_op_definition
+class RsqrtOp(ElementwiseUnary):
+    """`"stablehlo.rsqrt"(%a)`"""
+
+    name = "stablehlo.rsqrt"
+
+
+@irdl_op_definition
+class AbsOp(ElementwiseUnary):
+    """`"stablehlo.abs"(%a)`"""
+
+    name = "stablehlo.abs"
+
+
+MaxOp = MaximumOp
+MinOp = MinimumOp
+ExpOp = ExponentialOp
 
 
 @irdl_op_definition
@@ -642,7 +737,7 @@ class _StableHLOPrinter(Printer):
     (xDSL's parser reads a bare `0xFF800000` element as an integer)."""
 
     def print_attribute(self, attribute: Attribute) -> None:
-        if isinstance(attribute, DenseIntOrFPElementsAttr) and _has_nonfinite(attribute):
+        if is_dense(attribute) and _has_nonfinite(attribute):
             self.print_string(f'dense<"0x{attribute.data.data.hex().upper()}"> : ')
             self.print_attribute(attribute.type)
             return
@@ -652,7 +747,11 @@ class _StableHLOPrinter(Printer):
 def _has_nonfinite(attr: DenseIntOrFPElementsAttr) -> bool:
     if isinstance(attr.get_element_type(), (IntegerType,)):
         return False
-    return not all(math.isfinite(v) for v in attr.get_values())
+    for v in attr.get_values():
+        assert not isinstance(v, tuple)  # no complex element types in the step IR
+        if not math.isfinite(v):
+            return True
+    return False
 
 
 def main_function(module: ModuleOp) -> func.FuncOp:

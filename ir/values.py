@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import ml_dtypes
 import numpy as np
-from xdsl.dialects.builtin import BFloat16Type, Float16Type, Float32Type, Float64Type, IntegerType, TensorType
+from xdsl.dialects.builtin import BFloat16Type, Float16Type, Float32Type, Float64Type, TensorType
 from xdsl.ir import Attribute
+
+from stepc.ir.narrow import is_integer_type
 
 _TO_NUMPY: tuple[tuple[type, np.dtype], ...] = (
     (Float16Type, np.dtype(np.float16)),
@@ -19,7 +21,7 @@ def numpy_dtype(element: Attribute) -> np.dtype:
     for cls, dtype in _TO_NUMPY:
         if isinstance(element, cls):
             return dtype
-    if isinstance(element, IntegerType) and element.width.data == 32:
+    if is_integer_type(element) and element.width.data == 32:
         return np.dtype(np.int32)
     raise TypeError(f"no NumPy dtype for element type {element}")
 

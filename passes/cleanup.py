@@ -44,11 +44,15 @@ class StraightLineCleanup(ModulePass):
 
 
 class CSE(StraightLineCleanup, CommonSubexpressionElimination):
-    per_block = staticmethod(lambda block: merge_duplicates(block))
+    @staticmethod
+    def per_block(block: Block) -> None:
+        merge_duplicates(block)
 
 
 class DCE(StraightLineCleanup, DeadCodeElimination):
-    per_block = staticmethod(lambda block: erase_dead(block))
+    @staticmethod
+    def per_block(block: Block) -> None:
+        erase_dead(block)
 
 
 class Canonicalize(CanonicalizePass):

@@ -27,6 +27,7 @@ from stepc.ir.program import (
     COTANGENT,
     arg_attrs,
     cotangents,
+    entry_block,
     grad_key,
     output_names,
     params,
@@ -41,7 +42,7 @@ from stepc.passes import vjp
 class CotangentMap:
     """The cotangent of each value reached so far; absent means a symbolic zero."""
 
-    values: dict[SSAValue, SSAValue] = field(default_factory=dict)
+    values: dict[SSAValue, SSAValue] = field(default_factory=dict[SSAValue, SSAValue])
 
     def get(self, value: SSAValue) -> SSAValue | None:
         return self.values.get(value)
@@ -55,7 +56,7 @@ class CotangentMap:
 def differentiate_function(fn: func.FuncOp) -> None:
     """Turn `fn(params, inputs) -> outputs` into
     `fn(params, inputs, cotangents) -> (outputs, gradients of the params)`."""
-    block = fn.body.blocks.first
+    block = entry_block(fn)
     ret = block.last_op
     if not isinstance(ret, func.ReturnOp):
         raise error_at(fn, "differentiate: the function must end in func.return")
@@ -70,7 +71,8 @@ def differentiate_function(fn: func.FuncOp) -> None:
     for output, name in zip(outputs, names):
         if not is_float(element_of(output)):
             raise error_at(_defining_op(output) or fn, f"differentiate: output '{name}' is not a float tensor ({output.type})")
-        location = _defining_op(output).location if _defining_op(output) else ret.location
+        owner = _defining_op(output)
+        location = owner.location if owner else ret.location
         seed = block.insert_arg(output.type, len(block.args), location)
         seed.name_hint = f"{name}_cotangent"
         cotangent_map.accumulate(vjp.BackwardBuilder.before(ret, location), output, seed)
@@ -81,7 +83,7 @@ def differentiate_function(fn: func.FuncOp) -> None:
             _backward(op, ret, cotangent_map, active)
 
     param_args = params(fn)
-    gradients = []
+    gradients: list[SSAValue] = []
     for param in param_args:
         gradient = cotangent_map.get(param.value)
         if gradient is None:  # the outputs never read this parameter

@@ -69,6 +69,7 @@ from stepc.ir.program import (
     arg_attrs,
     args,
     check_sgd,
+    entry_block,
     function_sgd,
     grad_key,
     momentum_key,
@@ -150,7 +151,7 @@ class UpdateBuilder(LocatedBuilder):
 
     def scale(self, x: SSAValue, factor: float | SSAValue) -> SSAValue:
         """`factor * x` (a rank-0 factor, a constant in x's element type when given as a float)."""
-        if isinstance(factor, float):
+        if not isinstance(factor, SSAValue):
             factor = self.constant(factor, x)
         return self.emit(MulOp(x, factor))
 
@@ -241,7 +242,7 @@ def fuse_sgd(fn: func.FuncOp) -> None:
     """Replace `fn`'s gradient results by the SGD update of each parameter (in place)."""
     ps = _check_input_form(fn)
     hyper = hyperparameters(fn)
-    block = fn.body.blocks.first
+    block = entry_block(fn)
     ret = block.last_op
     assert isinstance(ret, func.ReturnOp)
     loss, *grads = ret.arguments

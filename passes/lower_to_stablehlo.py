@@ -185,12 +185,12 @@ def lower_elementwise_unary(b: StableHLOBuilder, op: step.UnaryOp) -> SSAValue:
 
 
 @lowering(step.SquareOp)
-def lower_square(b: StableHLOBuilder, op: step.SquareOp) -> SSAValue:
+def lower_square(b: StableHLOBuilder, op: step.UnaryOp) -> SSAValue:
     return b.emit(shlo.MultiplyOp(op.input, op.input))
 
 
 @lowering(step.ReluOp)
-def lower_relu(b: StableHLOBuilder, op: step.ReluOp) -> SSAValue:
+def lower_relu(b: StableHLOBuilder, op: step.UnaryOp) -> SSAValue:
     """`maximum(x, 0)`, as XLA and `jax.nn.relu` compute it (one op per element), tagged
     `{step.relu}` so that the JAX backend differentiates it with PyTorch's relu'(0) = 0
     (`lax.max` would split a tie: 0.5 at 0)."""

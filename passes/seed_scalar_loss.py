@@ -24,6 +24,7 @@ from stepc.ir.program import (
     arg_attrs,
     args,
     cotangents,
+    entry_block,
     output_names,
     returned_values,
     set_arg_attrs,
@@ -39,7 +40,7 @@ def seed_function(fn: func.FuncOp) -> None:
         )
     names = output_names(fn)
     outputs = returned_values(fn)
-    block = fn.body.blocks.first
+    block = entry_block(fn)
     first_op = block.first_op
     assert first_op is not None
     for index, cotangent in enumerate(cotangent_args):

@@ -28,18 +28,19 @@ from xdsl.pattern_rewriter import (
 )
 
 from stepc.ir import stablehlo as shlo
+from stepc.ir.narrow import is_tensor
 from stepc.passes.lower_to_stablehlo import StableHLOBuilder, row_indices
 
 
 def _shape(value: SSAValue) -> tuple[int, ...]:
     t = value.type
-    assert isinstance(t, TensorType)
+    assert is_tensor(t)
     return tuple(t.get_shape())
 
 
 def _element(value: SSAValue) -> Attribute:
     t = value.type
-    assert isinstance(t, TensorType)
+    assert is_tensor(t)
     return t.get_element_type()
 
 

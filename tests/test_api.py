@@ -154,7 +154,7 @@ def test_input_errors(programs) -> None:  # type: ignore[no-untyped-def]
         prog.step({**params, "w1": params["w1"].T}, state, batch)
     with pytest.raises(StepcError, match="batch: 'labels' has dtype int64, expected int32"):
         prog.forward(params, {**batch, "labels": batch["labels"].astype(np.int64)})
-    with pytest.raises(StepcError, match="state: missing 'momentum.w2'"):
+    with pytest.raises(StepcError, match=r"state: missing 'momentum.w2'"):
         prog.step(params, {k: v for k, v in state.items() if k != "momentum.w2"}, batch)
     with pytest.raises(StepcError, match="params: expected a dict"):
         prog.forward([params["w1"]], batch)
@@ -167,9 +167,8 @@ def test_float64_program_under_the_users_jit_says_to_enable_x64() -> None:
     rng = np.random.default_rng(0)
     params = {"w": rng.standard_normal((4, 1)), "b": rng.standard_normal(1)}
     batch = {"x": rng.standard_normal((32, 4)), "t": rng.standard_normal((32, 1))}
-    with jax.enable_x64(False):
-        with pytest.raises(StepcError, match=r"'w' has dtype float32, expected float64 .*jax_enable_x64"):
-            jax.jit(prog.step)(params, {}, batch)
+    with jax.enable_x64(False), pytest.raises(StepcError, match=r"'w' has dtype float32, expected float64 .*jax_enable_x64"):
+        jax.jit(prog.step)(params, {}, batch)
     with jax.enable_x64(True):
         new, _, loss = jax.jit(prog.step)(params, {}, batch)
         assert new["w"].dtype == np.float64
@@ -184,7 +183,7 @@ def test_until_stops_the_api_clearly() -> None:
     _, inputs = example_inputs("linreg")
     params, batch = split(prog, inputs)
     prog.grad(params, batch)
-    with pytest.raises(StepcError, match="Program.step needs the pass fuse-sgd"):
+    with pytest.raises(StepcError, match=r"Program.step needs the pass fuse-sgd"):
         prog.step(params, {}, batch)
 
 

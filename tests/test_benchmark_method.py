@@ -93,7 +93,7 @@ def test_two_equal_contenders_time_equal_even_after_a_spoiler(bench, monkeypatch
 
 
 def test_the_lead_in_absorbs_what_the_previous_contender_left(bench, monkeypatch):
-    medians, samples = _timed(bench, monkeypatch, lead_seconds=0.02)
+    _medians, samples = _timed(bench, monkeypatch, lead_seconds=0.02)
     for name, base in (("a", 1e-3), ("b", 1e-3), ("torch", 3e-3)):
         assert samples[name] == pytest.approx([base] * len(samples[name]))
 

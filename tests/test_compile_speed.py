@@ -134,7 +134,7 @@ def test_a_non_terminator_at_the_end_is_still_rejected() -> None:
     verify(module)
     fn = step_function(module)
     fn.body.block.last_op.detach()  # type: ignore[union-attr]  # the mean now ends the block
-    with pytest.raises(StepcError, match="must end with func.return"):
+    with pytest.raises(StepcError, match=r"must end with func.return"):
         verify(module)
 
 
@@ -183,7 +183,7 @@ def test_forward_use_is_reported_after_op_errors() -> None:
     assert caught.value.loc.col == forward.splitlines()[10].index("%q") + 1  # the caret is on the use
     bad_add = "  %bad = step.add %x, %t1 : (tensor<2x4xf32>, tensor<2x3xf32>) -> tensor<2x4xf32>\n  %loss ="
     both = forward.replace("  %loss =", bad_add)
-    with pytest.raises(StepcError, match="step.add") as caught:
+    with pytest.raises(StepcError, match=r"step.add") as caught:
         verify(parse_text(both, "both.ir"))
     assert caught.value.loc is not None and caught.value.loc.line == 20
 

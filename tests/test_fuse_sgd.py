@@ -122,9 +122,9 @@ def _mutant(after, pick, value: float):  # type: ignore[no-untyped-def]
     "what, pick, value",
     [
         ("lr off by 1%", lambda cs: [c for c in cs if c.splat == 0.1][-1], 0.101),
-        ("no weight decay", lambda cs: [c for c in cs if c.splat == 0.01][0], 0.0),
-        ("dampening ignored", lambda cs: [c for c in cs if c.splat == 0.7][0], 1.0),
-        ("momentum wrong", lambda cs: [c for c in cs if c.splat == 0.9][0], 0.8),
+        ("no weight decay", lambda cs: next(c for c in cs if c.splat == 0.01), 0.0),
+        ("dampening ignored", lambda cs: next(c for c in cs if c.splat == 0.7), 1.0),
+        ("momentum wrong", lambda cs: next(c for c in cs if c.splat == 0.9), 0.8),
         ("next step marked first", lambda cs: cs[-1], 1.0),
     ],
 )

@@ -130,7 +130,7 @@ def numpy_oracle(params: dict[str, np.ndarray], batch: dict[str, np.ndarray]) ->
 
 @needs_jax_py
 def test_emitted_module_runs_nothing_and_keeps_names(hostile: tuple[Path, Path, str], tmp_path: Path) -> None:
-    path, marker, name = hostile
+    path, marker, _name = hostile
     out = tmp_path / "emitted.py"
     status, _, err = run_cli(["compile", path, "--emit", "jax-py", "--no-check", "-o", out])
     assert status == 0, err

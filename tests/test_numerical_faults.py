@@ -86,7 +86,7 @@ def test_non_finite_loss_stops_the_run_and_names_the_step(diverging_run) -> None
 
 
 def test_keeps_the_last_finite_parameters(diverging_run) -> None:  # type: ignore[no-untyped-def]
-    status, _, _, out, losses, params = diverging_run
+    _status, _, _, out, losses, params = diverging_run
     summary = json.loads((out / "summary.json").read_text())
     finite_steps = summary["steps"]
     with np.load(out / "params.npz") as saved:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ def test_every_dump_runs_the_next_pass_to_the_next_dump(dumps: list[Path], tmp_p
     """Dump k through pass k+1 prints exactly dump k+1: each stage reads back and the pass
     accepts it (the pipeline's own dump is the expected text)."""
     assert [pass_of(d) for d in dumps][:2] == ["input", "differentiate"] and len(dumps) == 11
-    for before, after in zip(dumps, dumps[1:]):
+    for before, after in itertools.pairwise(dumps):
         out = tmp_path / f"{after.stem}.mlir"
         assert main(["opt", str(before), "-p", pass_of(after), "-o", str(out)]) == 0, (before.name, pass_of(after))
         assert out.read_text() == after.read_text(), (before.name, pass_of(after))

@@ -62,7 +62,8 @@ def test_digits_split_is_fixed_disjoint_and_scaled(mlp):
 
 
 def test_digits_feed_one_hot_targets():
-    text = open(SOFTMAX).read().replace("5x3", "64x10").replace("32x5", "32x64").replace("32x3", "32x10")
+    with open(SOFTMAX) as f:
+        text = f.read().replace("5x3", "64x10").replace("32x5", "32x64").replace("32x3", "32x10")
     text = text.replace("tensor<3xf32>", "tensor<10xf32>")
     module = load_text(text, "digits_softmax.ir")
     data = train_data.load_data(None, train_data.signature(module))
@@ -136,14 +137,14 @@ def test_user_data_split_and_held_out_keys(tmp_path):
 
 
 BAD_DATA = [
-    ("missing", lambda x, t, l: {"x": x}, "missing t"),
-    ("extra", lambda x, t, l: {"x": x, "t": t, "y": t}, "unknown keys y"),
-    ("shape", lambda x, t, l: {"x": x[:, :3], "t": t}, r"'x' has shape \(100, 3\)"),
-    ("count", lambda x, t, l: {"x": x, "t": t[:50]}, "'t' has 50 examples but 'x' has 100"),
-    ("nan", lambda x, t, l: {"x": np.where(x > 2, np.nan, x), "t": t}, "non-finite"),
-    ("strings", lambda x, t, l: {"x": x.astype(str), "t": t}, "needs numbers"),
-    ("few", lambda x, t, l: {"x": x[:20], "t": t[:20]}, "fewer than the step's batch size 32"),
-    ("half test", lambda x, t, l: {"x": x, "t": t, "test.x": x}, "missing test.t"),
+    ("missing", lambda x, t, labels: {"x": x}, "missing t"),
+    ("extra", lambda x, t, labels: {"x": x, "t": t, "y": t}, "unknown keys y"),
+    ("shape", lambda x, t, labels: {"x": x[:, :3], "t": t}, r"'x' has shape \(100, 3\)"),
+    ("count", lambda x, t, labels: {"x": x, "t": t[:50]}, "'t' has 50 examples but 'x' has 100"),
+    ("nan", lambda x, t, labels: {"x": np.where(x > 2, np.nan, x), "t": t}, "non-finite"),
+    ("strings", lambda x, t, labels: {"x": x.astype(str), "t": t}, "needs numbers"),
+    ("few", lambda x, t, labels: {"x": x[:20], "t": t[:20]}, "fewer than the step's batch size 32"),
+    ("half test", lambda x, t, labels: {"x": x, "t": t, "test.x": x}, "missing test.t"),
 ]
 
 
@@ -180,7 +181,7 @@ def test_data_files_never_unpickle(tmp_path, mlp):
     with pytest.raises(StepcError, match="pickle"):
         train_data.load_data(str(path), train_data.signature(mlp))
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    with pytest.raises(StepcError, match="not an .npz"):
+    with pytest.raises(StepcError, match=r"not an .npz"):
         train_data.load_data(str(tmp_path / "junk.npz"), train_data.signature(mlp))
     with pytest.raises(StepcError, match="no such"):
         train_data.load_data(str(tmp_path / "absent.npz"), train_data.signature(mlp))

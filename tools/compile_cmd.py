@@ -69,10 +69,7 @@ def run(args: argparse.Namespace) -> int:
     lower = args.emit != "step" or args.until == LOWERING
     pipeline = configure(args, lower)
     pipeline.run(module)
-    if args.emit == "jax-py":
-        text = jax_module(module, args.file)
-    else:
-        text = module_text(module)
+    text = jax_module(module, args.file) if args.emit == "jax-py" else module_text(module)
     if args.output:
         atomic_write(args.output, text, protect=(args.file,))
     else:

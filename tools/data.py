@@ -385,7 +385,7 @@ def _split(columns: Arrays, batch_size: int) -> tuple[Arrays, Arrays | None]:
     """A fixed 80/20 split (seed `SPLIT_SEED`), or everything for training when the training
     part would hold less than one batch."""
     n = len(next(iter(columns.values())))
-    n_test = int(round(n * TEST_FRACTION))
+    n_test = round(n * TEST_FRACTION)
     if n_test == 0 or n - n_test < batch_size:
         return columns, None
     order = np.random.default_rng(SPLIT_SEED).permutation(n)

@@ -64,7 +64,8 @@ def run(args_: argparse.Namespace) -> int:
     arrays = validate_inputs(jf, step_program, inputs)
     outputs = run_steps(jf, arrays, args_.steps)
     buffer = io.BytesIO()
-    np.savez(buffer, **outputs)
+    named: dict[str, Any] = dict(outputs)  # keys are IR names, not savez's keyword options
+    np.savez(buffer, **named)
     atomic_write(args_.output, buffer.getvalue(), protect=(args_.file, args_.inputs))
     return 0
 

@@ -22,6 +22,7 @@ import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -87,7 +88,8 @@ def atomic_write_npz(path: PathLike, arrays: Mapping[str, np.ndarray], *, protec
     """`np.savez` into memory, then `atomic_write`: a failing save leaves the old file intact."""
     refuse_to_overwrite(Path(path), protect)
     buffer = io.BytesIO()
-    np.savez(buffer, **{key: np.asarray(value) for key, value in arrays.items()})
+    named: dict[str, Any] = {key: np.asarray(value) for key, value in arrays.items()}  # keys are array names, not savez's keyword options
+    np.savez(buffer, **named)
     atomic_write(path, buffer.getvalue(), protect=protect)
 
 
