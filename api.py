@@ -159,7 +159,7 @@ class Program:
         """The state of a first step: each state argument's documented initial value
         (`ir.program.STATE_INITIAL_VALUES`, e.g. `first_step` = 1), else zeros."""
         jf = self.function(Form.STEP)
-        check_inputs([s for s in jf.specs if s.role == Role.PARAM], params, "params", x64=_x64())
+        check_inputs([s for s in jf.specs if s.role == Role.PARAM], params, "params", x64=x64_on())
         with x64_enabled(jf.needs_x64):
             return {
                 s.key: jnp.full(s.shape, initial_state_value(s.key), dtype=s.dtype)
@@ -186,7 +186,7 @@ class Program:
             if not isinstance(values, Mapping):
                 raise StepcError(f"{what}: expected a dict keyed by IR names, found {type(values).__name__}")
             specs = [s for s in jf.specs if ROLE_GROUP[s.role] == what]
-            for spec, value in zip(specs, check_inputs(specs, values, what, x64=_x64())):
+            for spec, value in zip(specs, check_inputs(specs, values, what, x64=x64_on())):
                 arrays[spec.key] = value
         missing = [s for s in jf.specs if s.key not in arrays]
         if missing:
@@ -199,8 +199,3 @@ class Program:
 
 
 ROLE_GROUP = {Role.PARAM: "params", Role.INPUT: "batch", Role.STATE: "state", Role.COTANGENT: "cotangent"}
-
-
-def _x64() -> bool:
-    """Whether JAX keeps 64-bit arrays now (the input validator's hint reads it)."""
-    return x64_on()

@@ -32,6 +32,9 @@ takes the plain lax call, with no op added.
 import jax
 from jax import lax
 
+# The names the table may call (`backends/jax.py` NAMESPACE).
+__all__ = ["abs0", "aligned", "dot_general", "relu0"]
+
 # ---------------------------------------------------------------------------------------------
 # PyTorch's derivatives at kinks
 

@@ -14,6 +14,7 @@ callers of `.fn` enable it themselves (`jax.config.update("jax_enable_x64", True
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -31,6 +32,7 @@ from xdsl.ir import Attribute, Operation, SSAValue
 from stepc.backends import helpers
 from stepc.ir import stablehlo as shlo
 from stepc.ir.diagnostics import StepcError, error_at, location_of
+from stepc.ir.dialect import RELU_TAG
 from stepc.ir.program import ArgSpec, arg_specs, check_inputs, output_names, step_function
 from stepc.ir.values import numpy_dtype
 
@@ -121,10 +123,7 @@ NAMESPACE: dict[str, Any] = {
     "lax": lax,
     "jnp": jnp,
     "np": np,
-    "abs0": helpers.abs0,
-    "relu0": helpers.relu0,
-    "dot_general": helpers.dot_general,
-    "aligned": helpers.aligned,
+    **{name: getattr(helpers, name) for name in helpers.__all__},
 }
 
 
@@ -173,7 +172,7 @@ def elementwise_call(fn: str, arity: int) -> Call:
 
 def _maximum(op: shlo.MaxOp) -> Call:
     """`lax.max`, or `relu0` for the maximum that lowers `step.relu` (PyTorch's relu'(0) = 0)."""
-    return _elementwise("relu0" if shlo.RELU_TAG in op.attributes else "lax.max")(op)
+    return _elementwise("relu0" if RELU_TAG in op.attributes else "lax.max")(op)
 
 
 COMPARISONS: dict[shlo.ComparisonDirection, str] = {
@@ -440,10 +439,8 @@ def x64_on() -> bool:
     return bool(jax.config.jax_enable_x64)  # pyright: ignore[reportAttributeAccessIssue]  # JAX sets its config options as attributes at runtime
 
 
-def x64_enabled(needed: bool):  # type: ignore[no-untyped-def]
+def x64_enabled(needed: bool) -> contextlib.AbstractContextManager[object]:
     """A context enabling `jax_enable_x64` when the program has f64 values (no-op otherwise)."""
-    import contextlib
-
     if not needed or x64_on():
         return contextlib.nullcontext()
     return jax.enable_x64(True)

@@ -403,8 +403,16 @@ class StepAttribute:
 # stages, which must read back from a dump. Any other `step.*` name is a typo, refused with the
 # nearest of these; a name the spec defines but this version does not implement is refused as
 # such, rather than silently ignored.
+# The names the code reads and writes (the keys of the table below).
+SGD = "step.sgd"
+PARAM = "step.param"
+COTANGENT = "step.cotangent"
+STATE = "step.state"
+OUTPUT = "step.output"
+RELU_TAG = "step.relu"
+
 STEP_ATTRIBUTES: Mapping[str, StepAttribute] = {
-    "step.sgd": StepAttribute(
+    SGD: StepAttribute(
         Position.FUNCTION, "the optimizer, torch.optim.SGD",
         "attributes {step.sgd = #step.sgd<lr = 0.1>} (one parameter's own: {step.param = #step.sgd<lr = 0.01>})",
     ),
@@ -424,7 +432,7 @@ STEP_ATTRIBUTES: Mapping[str, StepAttribute] = {
         Position.FUNCTION, "gradient accumulation over micro-batches", "attributes {step.accumulate = 4 : i64}",
         supported=False,
     ),
-    "step.param": StepAttribute(
+    PARAM: StepAttribute(
         Position.ARGUMENT, "a parameter, with its own optimizer fields when it has a value",
         "%w: tensor<4x3xf32> {step.param} or {step.param = #step.sgd<weight_decay = 0.0>}",
     ),
@@ -433,17 +441,17 @@ STEP_ATTRIBUTES: Mapping[str, StepAttribute] = {
         supported=False,
     ),
     # Written by `differentiate`: the cotangent of an output.
-    "step.cotangent": StepAttribute(
+    COTANGENT: StepAttribute(
         Position.ARGUMENT, "the cotangent of an output", "%loss_cotangent: tensor<f32> {step.cotangent}"
     ),
     # Written by `fuse-sgd`: optimizer state, by its key.
-    "step.state": StepAttribute(
+    STATE: StepAttribute(
         Position.ARGUMENT, "optimizer state", '%momentum.w: tensor<4x3xf32> {step.state = "momentum.w"}'
     ),
     # Written by `differentiate` and `fuse-sgd`: the key of a result.
-    "step.output": StepAttribute(Position.RESULT, "the key of a result", '-> (tensor<f32> {step.output = "loss"})'),
+    OUTPUT: StepAttribute(Position.RESULT, "the key of a result", '-> (tensor<f32> {step.output = "loss"})'),
     # Written by `lower-to-stablehlo` on the `stablehlo.maximum` that lowers a `step.relu`.
-    "step.relu": StepAttribute(Position.OP, "a maximum that is a relu", '"stablehlo.maximum"(%a, %0) {step.relu}'),
+    RELU_TAG: StepAttribute(Position.OP, "a maximum that is a relu", '"stablehlo.maximum"(%a, %0) {step.relu}'),
 }  # fmt: skip
 
 _ON_POSITION = {

@@ -21,6 +21,11 @@ from xdsl.ir import Attribute, Block, BlockArgument, SSAValue
 
 from stepc.ir.diagnostics import SourceLoc, StepcError, location_of, part_location
 from stepc.ir.dialect import (
+    COTANGENT,
+    OUTPUT,
+    PARAM,
+    SGD,
+    STATE,
     CrossEntropyOp,
     LogSoftmaxOp,
     MatmulOp,
@@ -34,13 +39,8 @@ from stepc.ir.dialect import (
 )
 from stepc.ir.limits import check_memory
 from stepc.ir.narrow import is_tensor
+from stepc.ir.stablehlo import is_lowered
 from stepc.ir.values import numpy_dtype
-
-PARAM = "step.param"
-SGD = "step.sgd"
-COTANGENT = "step.cotangent"
-STATE = "step.state"
-OUTPUT = "step.output"
 
 
 class Role(StrEnum):
@@ -118,9 +118,14 @@ class Arg:
 
 
 def step_function(module: ModuleOp) -> func.FuncOp:
-    """The step: the module's first `func.func`."""
+    """The step: the module's first `func.func`, which must have a body (every stage of every
+    pass and backend reads its one block, so a declaration is refused here, located)."""
     for op in module.ops:
         if isinstance(op, func.FuncOp):
+            if not op.body.blocks:
+                raise StepcError(
+                    f"func.func @{op.sym_name.data} has no body: a step must be defined, not declared", location_of(op)
+                )
             return op
     raise StepcError("the module holds no func.func: a step is one function returning the loss", location_of(module))
 
@@ -211,8 +216,6 @@ def arg_location(fn: func.FuncOp, arg: BlockArgument) -> SourceLoc | None:
 def verify_step_function(fn: func.FuncOp) -> None:
     """The function-level rules of a step as a user writes it (before any pass)."""
     where = location_of(fn)
-    if not fn.body.blocks:
-        raise StepcError(f"func.func @{fn.sym_name.data} has no body: a step must be defined, not declared", where)
     results = fn.function_type.outputs.data
     if len(results) != 1:
         raise StepcError(
@@ -266,10 +269,7 @@ def verify_any_stage(module: ModuleOp) -> None:
     lowered StableHLO) keeps distinct argument names, and each pass checks the form it needs
     when it runs."""
     fn = step_function(module)
-    if not fn.body.blocks:  # a declaration: the rules of a program as written say so, located
-        verify_step_function(fn)
-    lowered = any(op.dialect_name() == "stablehlo" for op in fn.walk())
-    if not lowered and program_form(module) in (Form.FORWARD, Form.OTHER):
+    if not is_lowered(module) and program_form(module) in (Form.FORWARD, Form.OTHER):
         verify_step_function(fn)
         return
     check_names(args(fn), fn)
@@ -478,19 +478,26 @@ def check_inputs(
         if extra:
             parts.append("unexpected " + ", ".join(repr(k) for k in extra))
         raise StepcError(f"{what}: {'; '.join(parts)} (expected keys: {', '.join(keys)})")
-    arrays: list[Any] = []
-    for spec in specs:
-        value = inputs[spec.key]
-        if not hasattr(value, "shape") or not hasattr(value, "dtype"):
-            value = np.asarray(value)
-        shape, dtype = tuple(value.shape), np.dtype(value.dtype)
-        if shape != spec.shape:
-            raise StepcError(f"{what}: {spec.key!r} has shape {shape_text(shape)}, expected {shape_text(spec.shape)}")
-        if dtype != spec.dtype:
-            hint = ""
-            if spec.dtype.itemsize == 8 and dtype.itemsize == 4 and not x64:
-                hint = (" (JAX turns 64-bit arrays into 32-bit ones unless jax_enable_x64 is on: a program with "
-                        "64-bit values under your own jax.jit needs jax.config.update('jax_enable_x64', True) first)")
-            raise StepcError(f"{what}: {spec.key!r} has dtype {dtype}, expected {spec.dtype}{hint}")
-        arrays.append(value)
-    return arrays
+    return [check_array(spec, inputs[spec.key], what, x64=x64) for spec in specs]
+
+
+def check_array(spec: ArgSpec, value: Any, what: str, *, x64: bool = True, where: SourceLoc | None = None) -> Any:
+    """One argument's value, its shape and dtype checked against the program's (a StepcError
+    that says what was found and how to fix it, at `where` when given); a value without shape
+    and dtype (a list, a float) becomes a NumPy array. See `check_inputs` for `x64`."""
+    if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+        value = np.asarray(value)
+    shape, dtype = tuple(value.shape), np.dtype(value.dtype)
+    if shape != spec.shape:
+        raise StepcError(
+            f"{what}: {spec.key!r} has shape {shape_text(shape)}, expected {shape_text(spec.shape)}", where
+        )
+    if dtype != spec.dtype:
+        if spec.dtype.itemsize == 8 and dtype.itemsize == 4 and not x64:
+            hint = (" (JAX turns 64-bit arrays into 32-bit ones unless jax_enable_x64 is on: a program with "
+                    "64-bit values under your own jax.jit needs jax.config.update('jax_enable_x64', True) first)")
+        else:
+            module = "np" if hasattr(np, spec.dtype.name) else "ml_dtypes"  # bfloat16 is ml_dtypes'
+            hint = f" (convert it with .astype({module}.{spec.dtype.name}))"
+        raise StepcError(f"{what}: {spec.key!r} has dtype {dtype}, expected {spec.dtype}{hint}", where)
+    return value

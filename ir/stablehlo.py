@@ -59,7 +59,7 @@ from xdsl.traits import IsTerminator, Pure
 from xdsl.utils.exceptions import VerifyException
 from xdsl.utils.str_enum import StrEnum
 
-from stepc.ir.dialect import build_fixed
+from stepc.ir.dialect import PARAM, build_fixed
 from stepc.ir.narrow import is_array, is_dense, is_float_array, is_int_array, is_int_attr, is_tensor
 
 # ---------------------------------------------------------------------------------------------
@@ -67,9 +67,9 @@ from stepc.ir.narrow import is_array, is_dense, is_float_array, is_int_array, is
 
 
 
-# A discardable attribute on the `stablehlo.maximum` that lowers `step.relu`: XLA ignores it;
-# the JAX backend gives that maximum PyTorch's derivative at 0 (see backends/jax.py `relu0`).
-RELU_TAG = "step.relu"
+# `RELU_TAG` (`ir/dialect.py`) is the discardable attribute on the `stablehlo.maximum` that lowers
+# `step.relu`: XLA ignores it; the JAX backend gives that maximum PyTorch's derivative at 0
+# (`backends/helpers.py` `relu0`).
 
 class ComparisonDirection(StrEnum):
     EQ = "EQ"
@@ -274,6 +274,17 @@ def _type(value: SSAValue) -> TensorType[Attribute]:
     if not is_tensor(t):
         raise VerifyException(f"expected a tensor, found {t}")
     return t
+
+
+def shape_of_any(value: SSAValue) -> tuple[int, ...]:
+    """The shape of any tensor value of the lowered program (i1 masks included, which the step
+    dialect's `shape_of` refuses)."""
+    return tuple(_type(value).get_shape())
+
+
+def element_of_any(value: SSAValue) -> Attribute:
+    """The element type of any tensor value of the lowered program (i1 included)."""
+    return _type(value).get_element_type()
 
 
 class StableHLOOp(IRDLOperation):
@@ -712,7 +723,7 @@ def harmless_arg_attrs(attrs: DictionaryAttr) -> DictionaryAttr:
     `{step.param}` (the optimizer has been applied by then); the roles stay."""
     out: dict[str, Attribute] = {}
     for key, value in attrs.data.items():
-        if key == "step.param":
+        if key == PARAM:
             out[key] = UnitAttr()
         elif isinstance(value, (UnitAttr, StringAttr, IntegerAttr)):  # BoolAttr is an IntegerAttr
             out[key] = value

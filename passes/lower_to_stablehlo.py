@@ -41,7 +41,7 @@ from stepc.ir import dialect as step
 from stepc.ir import stablehlo as shlo
 from stepc.ir.builder import LocatedBuilder
 from stepc.ir.diagnostics import error_at
-from stepc.ir.dialect import element_of, make_tensor, shape_of
+from stepc.ir.dialect import RELU_TAG, element_of, make_tensor, shape_of
 from stepc.ir.program import step_function
 from stepc.ir.shapes import broadcast
 from stepc.ir.values import numpy_dtype
@@ -103,7 +103,7 @@ class StableHLOBuilder(LocatedBuilder):
         return self.emit(shlo.CompareOp(direction, self.broadcast(lhs, shape), self.broadcast(rhs, shape)))
 
     def convert(self, value: SSAValue, element: Attribute) -> SSAValue:
-        return self.emit(shlo.ConvertOp(value, make_tensor(shape_of_any(value), element)))
+        return self.emit(shlo.ConvertOp(value, make_tensor(shlo.shape_of_any(value), element)))
 
 
 @lru_cache(maxsize=1024)
@@ -122,13 +122,6 @@ def dense_constant(key: tuple[str | int, ...], element: Attribute, shape: tuple[
 
 def step_broadcast(lhs: Sequence[int], rhs: Sequence[int]) -> tuple[int, ...]:
     return broadcast(tuple(lhs), tuple(rhs))
-
-
-def shape_of_any(value: SSAValue) -> tuple[int, ...]:
-    """The shape of any tensor value (i1 masks included, which the step dialect never has)."""
-    t = value.type
-    assert isinstance(t, TensorType)
-    return tuple(t.get_shape())
 
 
 REDUCE_INIT: dict[type[shlo.ElementwiseBinary], float] = {shlo.AddOp: 0.0, shlo.MaxOp: -math.inf}
@@ -197,7 +190,7 @@ def lower_relu(b: StableHLOBuilder, op: step.UnaryOp) -> SSAValue:
     x = op.input
     zero = b.constant(0.0, element_of(x), shape_of(x))
     relu = shlo.MaxOp(x, zero)
-    relu.attributes[shlo.RELU_TAG] = UnitAttr()
+    relu.attributes[RELU_TAG] = UnitAttr()
     return b.emit(relu)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp, TensorType, i32
-from xdsl.ir import Attribute, Operation, SSAValue
+from xdsl.ir import Operation, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.pattern_rewriter import (
     GreedyRewritePatternApplier,
@@ -28,20 +28,7 @@ from xdsl.pattern_rewriter import (
 )
 
 from stepc.ir import stablehlo as shlo
-from stepc.ir.narrow import is_tensor
 from stepc.passes.lower_to_stablehlo import StableHLOBuilder, row_indices
-
-
-def _shape(value: SSAValue) -> tuple[int, ...]:
-    t = value.type
-    assert is_tensor(t)
-    return tuple(t.get_shape())
-
-
-def _element(value: SSAValue) -> Attribute:
-    t = value.type
-    assert is_tensor(t)
-    return t.get_element_type()
 
 
 def mask_predicate(value: SSAValue) -> SSAValue | None:
@@ -66,12 +53,13 @@ class MaskProductToSelect(RewritePattern):
             if pred is None:
                 continue
             b = StableHLOBuilder.before(op)
-            shape = _shape(op.result)
-            if _shape(pred) != shape:
+            shape = shlo.shape_of_any(op.result)
+            if shlo.shape_of_any(pred) != shape:
                 mask_op = mask.owner
                 assert isinstance(mask_op, shlo.BroadcastInDimOp)  # `mask_predicate` saw through it
-                pred = b.emit(shlo.BroadcastInDimOp(pred, mask_op.dims, TensorType(_element(pred), list(shape))))
-            zero = b.constant(0.0, _element(op.result), shape)
+                pred_type = TensorType(shlo.element_of_any(pred), list(shape))
+                pred = b.emit(shlo.BroadcastInDimOp(pred, mask_op.dims, pred_type))
+            zero = b.constant(0.0, shlo.element_of_any(op.result), shape)
             rewriter.replace(op, [], [b.emit(shlo.SelectOp(pred, other, zero))])
             return
 
@@ -90,8 +78,8 @@ def one_hot_labels(value: SSAValue) -> SSAValue | None:
         or not isinstance(classes, shlo.IotaOp)
         or classes.dimension != 1
         or labels.dims != (0,)
-        or len(_shape(value)) != 2
-        or _element(labels.operand) != i32
+        or len(shlo.shape_of_any(value)) != 2
+        or shlo.element_of_any(labels.operand) != i32
     ):
         return None
     return labels.operand
@@ -103,12 +91,13 @@ class OneHotDifferenceToScatter(RewritePattern):
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: shlo.SubtractOp, rewriter: PatternRewriter) -> None:
         labels = one_hot_labels(op.rhs)
-        shape = _shape(op.lhs)
-        if labels is None or len(shape) != 2 or _shape(op.rhs) != shape or _element(op.lhs) != _element(op.rhs):
+        shape = shlo.shape_of_any(op.lhs)
+        element = shlo.element_of_any(op.lhs)
+        if labels is None or len(shape) != 2 or shlo.shape_of_any(op.rhs) != shape or shlo.element_of_any(op.rhs) != element:
             return
         b = StableHLOBuilder.before(op)
         indices = row_indices(b, labels)
-        updates = b.constant(-1.0, _element(op.lhs), [shape[0]])
+        updates = b.constant(-1.0, element, [shape[0]])
         numbers = shlo.ScatterAttr.make(
             update_window_dims=[],
             inserted_window_dims=[1],

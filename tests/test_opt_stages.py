@@ -27,12 +27,15 @@ def pass_of(dump: Path) -> str:
 
 def test_every_dump_runs_the_next_pass_to_the_next_dump(dumps: list[Path], tmp_path: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    """Dump k through pass k+1 prints exactly dump k+1: each stage reads back and the pass
-    accepts it (the pipeline's own dump is the expected text)."""
+    """Dump k through pass k+1, with the pass's contract checked, prints exactly dump k+1: each
+    stage reads back, the pass accepts it, and reading it back changed nothing."""
     assert [pass_of(d) for d in dumps][:2] == ["input", "differentiate"] and len(dumps) == 11
     for before, after in itertools.pairwise(dumps):
         out = tmp_path / f"{after.stem}.mlir"
-        assert main(["opt", str(before), "-p", pass_of(after), "-o", str(out)]) == 0, (before.name, pass_of(after))
+        # --check: each pass also meets its contract (the independent oracle) on the stage it read.
+        assert main(["opt", str(before), "-p", pass_of(after), "--check", "-o", str(out)]) == 0, (
+            before.name, pass_of(after),
+        )  # fmt: skip
         assert out.read_text() == after.read_text(), (before.name, pass_of(after))
 
 

@@ -13,6 +13,7 @@ from stepc.ir.diagnostics import StepcError
 from stepc.ir.parse import load
 from stepc.ir.printing import program_text
 from stepc.ir.program import Form, program_form
+from stepc.ir.stablehlo import is_lowered
 from stepc.ir.stablehlo import module_text as stablehlo_text
 from stepc.passes.lower_to_stablehlo import lowered_clone
 from stepc.pipeline import LOWERING, PassEvent, Pipeline
@@ -22,7 +23,7 @@ from stepc.tools.files import atomic_write
 def module_text(event_or_module: PassEvent | ModuleOp) -> str:
     """Any module as text: StableHLO after the lowering, the step IR before it."""
     module = event_or_module.module if isinstance(event_or_module, PassEvent) else event_or_module
-    if any(op.name.startswith("stablehlo.") for op in module.walk()):
+    if is_lowered(module):
         return stablehlo_text(module)
     return program_text(module)
 

@@ -27,6 +27,7 @@ from stepc.ir.program import (
     Role,
     arg_location,
     args,
+    check_array,
     initial_state_value,
     label_classes,
     label_range,
@@ -107,24 +108,11 @@ def validate_inputs(jf: JaxFunction, step_program: Any, inputs: Mapping[str, np.
                 f"--inputs: missing {spec.role} '{spec.key}' ({shape_text(spec.shape)} {spec.dtype})", where
             )
         value = inputs[spec.key]
-        check_array(spec, value, where)
+        check_array(spec, value, "--inputs", where=where)
         if arg is not None and spec.dtype == np.int32 and label_classes(arg):
             check_labels(spec, value, label_range(arg), where)
         out[spec.key] = value
     return out
-
-
-def check_array(spec: ArgSpec, value: np.ndarray, where: Any) -> None:
-    if value.shape != spec.shape:
-        raise StepcError(
-            f"--inputs: '{spec.key}' has shape {shape_text(value.shape)}, expected {shape_text(spec.shape)}", where
-        )
-    if value.dtype != spec.dtype:
-        raise StepcError(
-            f"--inputs: '{spec.key}' has dtype {value.dtype}, expected {spec.dtype} "
-            f"(save it with .astype(np.{spec.dtype}))",
-            where,
-        )
 
 
 def check_labels(spec: ArgSpec, value: np.ndarray, classes: int, where: Any) -> None:
