@@ -32,7 +32,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	mkdir -p build/typecheck && ln -sfn ../.. build/typecheck/stepc
 	$(BIN)/ruff check .
-	$(BIN)/pyright
+	$(BIN)/pyright --project pyproject.toml  # this file's [tool.pyright], never a pyrightconfig.json above the checkout
 
 test: lint
 	$(BIN)/python -m pytest
