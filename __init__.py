@@ -1,12 +1,13 @@
 """stepc: a compiler for machine-learning training steps.
 
     import stepc
-    prog = stepc.compile("examples/mlp_digits.ir")
+    prog = stepc.compile("examples/mlp_digits.ir")      # a path; stepc.compile_text(text) for a string
     params, state, loss = prog.step(params, state, batch)
 """
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -15,11 +16,19 @@ if TYPE_CHECKING:
     from stepc.api import Program
 
 
-def compile(source: str, **options: Any) -> Program:
-    """Compile a step program (a path, or IR text) through the default pipeline."""
+def compile(path: str | os.PathLike[str], **options: Any) -> Program:
+    """Compile the step program in the file at `path` through the default pipeline
+    (`stepc.api.compile`); for a program held in a string, `compile_text`."""
     from stepc.api import compile as _compile
 
-    return _compile(source, **options)
+    return _compile(path, **options)
 
 
-__all__ = ["__version__", "compile"]
+def compile_text(text: str, **options: Any) -> Program:
+    """Compile a step program given as text (`stepc.api.compile_text`; `filename=` names it in errors)."""
+    from stepc.api import compile_text as _compile_text
+
+    return _compile_text(text, **options)
+
+
+__all__ = ["__version__", "compile", "compile_text"]

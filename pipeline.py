@@ -7,6 +7,7 @@ A failure inside a pass becomes a located `StepcError` naming the pass.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -14,9 +15,10 @@ from dataclasses import dataclass, field
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.passes import ModulePass
 from xdsl.utils.arg_spec import ArgSpec, parse_pipeline
-from xdsl.utils.exceptions import PassFailedException, VerifyException
+from xdsl.utils.exceptions import ArgSpecParseError, PassFailedException, VerifyException
 
 from stepc.check import ContractReport, contract_for
+from stepc.check.reduced import MODES, ContractRunner
 from stepc.ir.diagnostics import StepcError
 from stepc.ir.parse import make_context, no_gc, verify
 from stepc.passes import DEFAULT_PIPELINE, LOWERING_PASSES, get_all_passes
@@ -44,12 +46,20 @@ class Pipeline:
     trials: int = 3
     seed: int = 0
     listeners: list[Listener] = field(default_factory=list)
+    # Where contracts run: "auto" (reduced shapes for a big program), "full" or "reduced";
+    # see `stepc.check.reduced` for what each guarantees.
+    check_mode: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_trials(self.trials)
+        check_seed(self.seed)
+        if self.check_mode not in MODES:
+            raise StepcError(f"unknown check mode {self.check_mode!r} (the modes are: {', '.join(MODES)})")
 
     @staticmethod
     def parse(spec: str, **options) -> Pipeline:  # type: ignore[no-untyped-def]
-        """A comma-separated pipeline, as `stepc opt -p`."""
-        names = [n.strip() for n in spec.split(",") if n.strip()]
-        return Pipeline(names=names, **options)
+        """A comma-separated pipeline, as `stepc opt -p` (xDSL's syntax: `name{option=value}`)."""
+        return Pipeline(names=[str(s) for s in _parse_specs(spec)], **options)
 
     @staticmethod
     def default(until: str | None = None, lower: bool = True, **options) -> Pipeline:  # type: ignore[no-untyped-def]
@@ -69,22 +79,32 @@ class Pipeline:
         if last not in self.names:
             raise StepcError(f"--until {last}: no such pass in the pipeline ({', '.join(self.names)})")
         names = list(self.names)
-        return Pipeline(names[: names.index(last) + 1], self.check, self.trials, self.seed, self.listeners)
+        return Pipeline(names[: names.index(last) + 1], self.check, self.trials, self.seed, self.listeners, self.check_mode)
 
     def passes(self) -> list[ModulePass]:
+        """Every pass, built before any runs: an unknown name or a bad option is a StepcError."""
         available = get_all_passes()
         out: list[ModulePass] = []
         for name in self.names:
-            base, _, options = name.partition("{")
-            if base not in available:
-                raise StepcError(f"unknown pass '{base}'; the passes are: {', '.join(sorted(available))}")
-            cls = available[base]()
-            out.append(cls.from_spec(_spec(name)) if options else cls())
+            if not isinstance(name, str):
+                raise TypeError(f"a pass is named by a str, found {type(name).__name__} {name!r}")
+            specs = _parse_specs(name)
+            if len(specs) != 1:
+                raise StepcError(f"'{name}' is not one pass (a pipeline names one pass per entry)")
+            spec = specs[0]
+            if spec.name not in available:
+                raise StepcError(f"unknown pass '{spec.name}'; the passes are: {', '.join(sorted(available))}")
+            cls = available[spec.name]()
+            try:
+                out.append(cls.from_spec(spec) if spec.parameters else cls())
+            except (ValueError, TypeError) as e:
+                raise StepcError(f"pass {spec.name}: {e} (stepc's passes take no options)") from None
         return out
 
     def run(self, module: ModuleOp) -> list[PassEvent]:
         """Run every pass on `module` in place; returns the events (input first)."""
         ctx = make_context()
+        runner = ContractRunner(self.check_mode)
         events = [PassEvent(0, "input", module)]
         self._emit(events[0])
         for index, (name, p) in enumerate(zip(self.names, self.passes()), start=1):
@@ -102,7 +122,7 @@ class Pipeline:
             seconds = time.perf_counter() - start
             report = None
             if contract is not None and before is not None:
-                report = contract.check(p.name, before, module, trials=self.trials, seed=self.seed + index)
+                report = runner.check(contract, p, before, module, trials=self.trials, seed=self.seed + index)
             event = PassEvent(index, name.partition("{")[0], module, seconds, report)
             events.append(event)
             self._emit(event)
@@ -115,6 +135,57 @@ class Pipeline:
             listener(event)
 
 
-def _spec(text: str) -> ArgSpec:
-    (spec,) = tuple(parse_pipeline(text))
-    return spec
+def _parse_specs(text: str) -> list[ArgSpec]:
+    """A pipeline's passes as xDSL parses them; a syntax error (`dce{`) is a StepcError.
+
+    (xDSL's parse error is a `BaseException`, which no `except Exception` would catch.)"""
+    if not isinstance(text, str):
+        raise TypeError(f"a pipeline is a str of comma-separated pass names, found {type(text).__name__}")
+    try:
+        return list(parse_pipeline(_tight(text)))
+    except (ArgSpecParseError, ValueError) as e:
+        detail = " ".join(str(e).split())  # xDSL's message spans lines with a caret
+        raise StepcError(f"cannot read the pass pipeline {text!r}: {detail}") from None
+
+
+def _tight(text: str) -> str:
+    """`differentiate, cse` as `differentiate,cse`: blanks around the names, outside any `{...}`
+    of options (where blanks separate the options), mean nothing."""
+    out: list[str] = []
+    depth = 0
+    for part in re.split(r"([{}])", text):
+        if part == "{":
+            depth += 1
+        elif part == "}":
+            depth = max(0, depth - 1)
+        elif depth == 0:
+            part = ",".join(name.strip() for name in part.split(","))
+        out.append(part)
+    return "".join(out).strip()
+
+
+def check_trials(trials: object) -> int:
+    """`trials`, random inputs per contract: an int of at least 1 (0 would check nothing)."""
+    if not isinstance(trials, int) or isinstance(trials, bool):
+        raise TypeError(f"trials must be an int (random inputs per contract), found {type(trials).__name__}")
+    if trials < 1:
+        raise StepcError(f"trials must be at least 1 (random inputs per contract), found {_shown(trials)}: "
+                         "zero trials would check nothing")
+    return trials
+
+
+MAX_SEED = 2**64 - 1
+
+
+def check_seed(seed: object) -> int:
+    """`seed` of the contracts' random inputs: an int in [0, 2**64)."""
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, found {type(seed).__name__}")
+    if not 0 <= seed <= MAX_SEED:
+        raise StepcError(f"seed must be an integer from 0 to 2**64 - 1, found {_shown(seed)}")
+    return seed
+
+
+def _shown(n: int) -> str:
+    """An int for a message (one of 5,000 digits cannot even be formatted: Python's digit limit)."""
+    return str(n) if n.bit_length() <= 256 else f"{'-' if n < 0 else ''}an integer of {n.bit_length()} bits"

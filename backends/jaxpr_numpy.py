@@ -36,7 +36,14 @@ def _dot_general(lhs: Array, rhs: Array, *, dimension_numbers: Any, **_: Any) ->
     lhs_free = [s for i, s in enumerate(lhs_sub) if i not in lb and i not in lc]
     rhs_free = [s for i, s in enumerate(rhs_sub) if i not in rb and i not in rc]
     spec = f"{''.join(lhs_sub)},{''.join(rhs_sub)}->{''.join(batch + lhs_free + rhs_free)}"
+    if _is_half(lhs) or _is_half(rhs):  # XLA's dot of f16 and bf16 accumulates in f32, then rounds
+        return np.einsum(spec, lhs.astype(np.float32), rhs.astype(np.float32))  # (NumPy has no bf16 einsum)
     return np.einsum(spec, lhs, rhs)
+
+
+def _is_half(x: Array) -> bool:
+    """float16 or bfloat16 (an ml_dtypes type NumPy's kernels do not know)."""
+    return x.dtype.name in ("float16", "bfloat16")
 
 
 def _broadcast_in_dim(x: Array, *, shape: Sequence[int], broadcast_dimensions: Sequence[int], **_: Any) -> Array:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stepc.check.cleanup import IdentityContract
+from stepc.check.cleanup import ExactIdentityContract, IdentityContract
 from stepc.check.contract import Contract, ContractReport, format_table
 from stepc.check.differentiate import VJPContract
 from stepc.check.fuse_sgd import SGDEquationContract
@@ -22,8 +22,8 @@ CONTRACTS: dict[str, Contract[Any]] = {
     "fuse-sgd": SGDEquationContract(),
     "lower-to-stablehlo": LoweringContract(),
     "simplify-stablehlo": SimplifyContract(),
-    "cse": IdentityContract(),
-    "dce": IdentityContract(),
+    "cse": ExactIdentityContract(),
+    "dce": ExactIdentityContract(),
     "canonicalize": IdentityContract(),
 }
 

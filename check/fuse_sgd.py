@@ -1,6 +1,10 @@
 """The contract of `fuse-sgd`: the post-pass parameters and state equal torch.optim.SGD's
 equation on the pre-pass gradients, computed independently in NumPy float64.
 
+The expected values carry rounding-error bounds: the gradients' from the pre-pass program
+(`stepc.ir.error_bounds`), then the equation's own roundings in the parameter's type
+(`sgd_equation_bounded`: each hyperparameter rounded to that type, one rounding per + and *).
+
 Each trial draws parameters and a batch, runs the pre-pass program (its loss and gradients),
 then the post-pass program twice: as a first step (`first_step` = 1, zero buffers, or random
 ones when the program reads the flag, for torch ignores them) and as a later step (random
@@ -10,11 +14,13 @@ buffers, `first_step` = 0).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from xdsl.dialects.builtin import ModuleOp
 
-from stepc.check.contract import Arrays, Comparison, Contract, dtype_of, random_inputs, run_program
+from stepc.check.contract import Arrays, Comparison, Contract, bounded_program, dtype_of, random_inputs, run_program
+from stepc.ir.error_bounds import Bounded, Precision, exact, literal, plus, times
 from stepc.ir.program import FIRST_STEP, LOSS, Arg, Role, args_of, grad_key, momentum_key, params, step_function
 from stepc.passes.fuse_sgd import Hyper, hyperparameters
 
@@ -36,6 +42,28 @@ def sgd_equation(
             new_buffer = hyper.momentum * np.asarray(buffer, dtype=np.float64) + (1.0 - hyper.dampening) * d_p
         d_p = d_p + hyper.momentum * new_buffer if hyper.nesterov else new_buffer
     return p - hyper.lr * d_p, new_buffer
+
+
+def sgd_equation_bounded(
+    param: np.ndarray, grad: Bounded, buffer: np.ndarray | None, first_step: bool, hyper: Hyper, dtype: np.dtype[Any]
+) -> tuple[Bounded, Bounded | None]:
+    """`sgd_equation` with the bound of its evaluation in `dtype`: the gradient's error carried
+    through, each hyperparameter's rounding to `dtype`, one rounding per operation."""
+    p = Precision.of(dtype)
+    weights = exact(param)
+    d_p = Bounded(-grad.value, grad.error, grad.sigma) if hyper.maximize else grad
+    if hyper.weight_decay != 0.0:
+        d_p = plus(d_p, times(weights, literal(hyper.weight_decay, dtype), p), p)
+    new_buffer = None
+    if hyper.momentum != 0.0:
+        if first_step or buffer is None:
+            new_buffer = d_p
+        else:
+            new_buffer = plus(
+                times(exact(buffer), literal(hyper.momentum, dtype), p), times(d_p, literal(1.0 - hyper.dampening, dtype), p), p
+            )
+        d_p = plus(d_p, times(new_buffer, literal(hyper.momentum, dtype), p), p) if hyper.nesterov else new_buffer
+    return plus(weights, times(d_p, literal(hyper.lr, dtype), p), p, -1.0), new_buffer
 
 
 @dataclass
@@ -62,7 +90,7 @@ class SGDEquationContract(Contract[Fused]):
 
     def trial(self, prepared: Fused, rng: np.random.Generator, comparison: Comparison) -> None:
         inputs = random_inputs(step_function(prepared.before), rng)
-        pre = run_program(prepared.before, inputs)
+        pre = bounded_program(prepared.before, inputs)
         for first_step in (True, False):
             state = self._state(prepared.state, rng, first_step)
             post = run_program(prepared.after, {**inputs, **state})
@@ -88,18 +116,20 @@ class SGDEquationContract(Contract[Fused]):
         return state
 
     @staticmethod
-    def _expected(prepared: Fused, inputs: Arrays, state: Arrays, pre: Arrays, first_step: bool) -> Arrays:
-        """Every output the fused program must return, by key, in float64."""
-        expected: Arrays = {}
+    def _expected(
+        prepared: Fused, inputs: Arrays, state: Arrays, pre: dict[str, Bounded], first_step: bool
+    ) -> dict[str, Bounded]:
+        """Every output the fused program must return, by key, in float64 with its bound."""
+        expected: dict[str, Bounded] = {}
         for p in prepared.params:
             key = momentum_key(p.name)
-            new_param, new_buffer = sgd_equation(
-                inputs[p.name], pre[grad_key(p.name)], state.get(key), first_step, prepared.hyper[p.name]
+            new_param, new_buffer = sgd_equation_bounded(
+                inputs[p.name], pre[grad_key(p.name)], state.get(key), first_step, prepared.hyper[p.name], dtype_of(p)
             )
             expected[p.name] = new_param
             if new_buffer is not None:
                 expected[key] = new_buffer
         if FIRST_STEP in state:
-            expected[FIRST_STEP] = np.zeros(())
-        expected[LOSS] = np.asarray(pre[LOSS], dtype=np.float64)
+            expected[FIRST_STEP] = exact(np.zeros(()))
+        expected[LOSS] = pre[LOSS]
         return expected

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 
 from xdsl.dialects import func
 from xdsl.dialects.builtin import TensorType
@@ -28,6 +29,10 @@ ENV_VAR = "STEPC_MAX_BYTES"
 # A tensor must be countable by a signed 64-bit size (XLA's and NumPy's index type).
 MAX_ELEMENTS = 2**63 - 1
 FALLBACK_LIMIT = 8 * 1024**3  # where the physical memory cannot be read
+
+# A limit past this is no limit (2**63 - 1 bytes: 8 EiB): 310 digits are accepted and mean it.
+MAX_LIMIT = 2**63 - 1
+_MAX_DIGITS = 30  # digits read of a count; longer ones are past MAX_LIMIT whatever they say
 
 _SUFFIXES = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 _LIMIT_PATTERN = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", re.IGNORECASE)
@@ -89,10 +94,15 @@ def parse_byte_count(text: str) -> int:
             "optionally with a K, M, G or T suffix (8G, 512M)"
         )
     number, suffix = match.groups()
-    value = int(float(number) * _SUFFIXES[suffix.upper()])
+    whole, _, fraction = number.partition(".")
+    whole = whole.lstrip("0") or "0"
+    if len(whole) > _MAX_DIGITS:  # more bytes than any machine holds: no limit at all, exactly
+        return MAX_LIMIT
+    # Exact arithmetic: a float of 310 digits is inf, and `int(inf)` an OverflowError.
+    value = int(Fraction(f"{whole}.{fraction[:_MAX_DIGITS] or 0}") * _SUFFIXES[suffix.upper()])
     if value <= 0:
         raise StepcError(f"{ENV_VAR}={text!r} must be a positive byte count")
-    return value
+    return min(value, MAX_LIMIT)
 
 
 def memory_limit() -> int:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import gc
+import os
 import re
+import stat
 from bisect import bisect_right
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar, cast
+from typing import BinaryIO, TypeVar, cast
 
 from xdsl.context import Context
 from xdsl.dialects import func
@@ -586,22 +588,63 @@ def load_text(text: str, name: str) -> ModuleOp:
 
 
 def read_source(path: str | Path) -> tuple[str, str]:
-    """The text and display name of a program file (`-` is stdin); bad bytes are located errors."""
+    """The text and display name of a program file (`-` is stdin); bad bytes are located errors.
+
+    At most `MAX_SOURCE_BYTES` + 1 bytes are ever read, from a regular file, a device
+    (`/dev/zero`), a FIFO or stdin alike: one byte over the limit is the error."""
     import sys
 
     name = str(path)
     if name == "-":
-        data = sys.stdin.buffer.read()
+        data = _read_capped(sys.stdin.buffer, "<stdin>")
         name = "<stdin>"
     else:
-        p = Path(path)
-        if not p.exists():
-            raise StepcError(f"no such file: {name}")
-        if p.is_dir():
-            raise StepcError(f"{name} is a directory, expected a .ir file")
-        if p.stat().st_size > MAX_SOURCE_BYTES:
-            raise StepcError(f"{name} is {p.stat().st_size} bytes, over the {MAX_SOURCE_BYTES}-byte limit for a program")
-        data = p.read_bytes()
+        data = read_file_bytes(path)
+    return decode_source(data, name), name
+
+
+def read_file_bytes(path: str | Path) -> bytes:
+    """The bytes of a program file (never stdin: a file named `-` is that file), at most
+    `MAX_SOURCE_BYTES`; a path that cannot be read is a `StepcError` saying why."""
+    name = str(path) or "''"
+    if "\0" in str(path):
+        raise StepcError(f"no such file: {name!r} (a path cannot hold a NUL character)")
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise StepcError(f"no such file: {name}") from None
+    except OSError as e:
+        raise StepcError(f"cannot read {name}: {e.strerror or e}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise StepcError(f"{name} is a directory, expected a .ir file")
+    if stat.S_ISREG(info.st_mode) and info.st_size > MAX_SOURCE_BYTES:
+        raise StepcError(f"{name} is {info.st_size} bytes, over the {MAX_SOURCE_BYTES}-byte limit for a program")
+    try:
+        with open(path, "rb") as f:
+            return _read_capped(f, name)
+    except OSError as e:
+        raise StepcError(f"cannot read {name}: {e.strerror or e}") from None
+
+
+def _read_capped(stream: BinaryIO, name: str) -> bytes:
+    """At most `MAX_SOURCE_BYTES` bytes of `stream`; one more is the error (a device or a pipe
+    has no size to check first)."""
+    limit = MAX_SOURCE_BYTES
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = stream.read(min(1 << 20, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
+        raise StepcError(f"{name} holds more than {limit} bytes, over the {limit}-byte limit for a program")
+    return b"".join(chunks)
+
+
+def decode_source(data: bytes, name: str) -> str:
+    """A program's bytes as text: NUL bytes and invalid UTF-8 are errors located in `name`."""
     if b"\x00" in data:  # binary: say so at the first NUL, before any decoding complaint
         first = data.index(b"\x00")
         shown = data.decode("utf-8", "replace").replace("\x00", " ")
@@ -617,13 +660,20 @@ def read_source(path: str | Path) -> tuple[str, str]:
             f"the file is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})",
             SourceLoc.from_offset(name, prefix, len(prefix)),
         ) from None
+    check_source_text(text, name)
+    return text
+
+
+def check_source_text(text: str, name: str) -> None:
+    """What any program text must be before parsing: at most `MAX_SOURCE_BYTES` (in UTF-8), no NUL."""
+    if len(text) > MAX_SOURCE_BYTES or (len(text) * 4 > MAX_SOURCE_BYTES and len(text.encode()) > MAX_SOURCE_BYTES):
+        raise StepcError(f"{name} is over the {MAX_SOURCE_BYTES}-byte limit for a program")
     if "\x00" in text:
         remember_source(name, text.replace("\x00", " "))
         raise StepcError(
             "the file holds NUL bytes: it is binary, not a program",
             SourceLoc.from_offset(name, text, text.index("\x00")),
         )
-    return text, name
 
 
 def load(path: str | Path) -> ModuleOp:

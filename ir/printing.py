@@ -6,12 +6,13 @@ from io import StringIO
 
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Operation
-from xdsl.printer import Printer
+
+from stepc.ir.names import NamingPrinter
 
 
 def op_text(op: Operation) -> str:
     out = StringIO()
-    Printer(stream=out).print_op(op)
+    NamingPrinter(stream=out).print_op(op)
     return out.getvalue()
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from xdsl.dialects import func
@@ -277,18 +277,26 @@ def verify_any_stage(module: ModuleOp) -> None:
 
 RESERVED_KEY = (LOSS,)
 RESERVED_PREFIXES = (GRAD_PREFIX, MOMENTUM_PREFIX)
+COTANGENT_SUFFIX = "_cotangent"
+
+
+def cotangent_name(output: str) -> str:
+    """The name of the cotangent argument `differentiate` adds for an output: `loss_cotangent`."""
+    return output + COTANGENT_SUFFIX
 
 
 def check_names(all_args: list[Arg], fn: func.FuncOp) -> None:
     """Argument names are the keys of every dict and `.npz`: distinct, and apart from the keys
-    stepc makes (`loss`, `grad.NAME`, `momentum.NAME`)."""
+    stepc makes (`loss`, `grad.NAME`, `momentum.NAME`, and `NAME_cotangent`, the cotangent
+    argument of output NAME that `differentiate` adds)."""
     seen: dict[str, Arg] = {}
+    cotangent_of = {cotangent_name(name): name for name in reserved_cotangent_outputs(fn)}
     for arg in all_args:
         loc = arg_location(fn, arg.value)
         if arg.name in seen:
             raise StepcError(
-                f"argument {arg.index} has the name '{arg.name}' of argument {seen[arg.name].index} "
-                "(a trailing _N is not kept: %w_1 reads as %w); the names key the inputs and outputs, rename one",
+                f"argument {arg.index} has the name '{arg.name}' of argument {seen[arg.name].index}; "
+                "the names key the inputs and outputs, rename one",
                 loc,
             )
         seen[arg.name] = arg
@@ -299,6 +307,22 @@ def check_names(all_args: list[Arg], fn: func.FuncOp) -> None:
                 "rename it",
                 loc,
             )
+        if user_named and arg.name in cotangent_of:
+            raise StepcError(
+                f"argument %{arg.name}: the name is reserved for the cotangent argument that differentiate adds "
+                f"for the output '{cotangent_of[arg.name]}' (the key of that input after the pass); rename it",
+                loc,
+            )
+
+
+def reserved_cotangent_outputs(fn: func.FuncOp) -> list[str]:
+    """The outputs whose `NAME_cotangent` no parameter or input may be named: the loss always
+    (so that a program keeps the names it had at every stage), and every output of a program
+    `differentiate` takes (a forward program, or one of no stage the passes make)."""
+    names = [LOSS]
+    if function_form(fn) in (Form.FORWARD, Form.OTHER):
+        names.extend(n for n in output_names(fn) if n != LOSS)
+    return names
 
 
 def check_sgd(fn: func.FuncOp) -> None:
@@ -349,7 +373,11 @@ class Form(StrEnum):
 
 def program_form(module: ModuleOp) -> Form:
     """The `Form` of a module's step function, from its argument roles and result keys."""
-    fn = step_function(module)
+    return function_form(step_function(module))
+
+
+def function_form(fn: func.FuncOp) -> Form:
+    """The `Form` of a step function (`program_form`)."""
     arguments = args(fn)
     roles = {a.role for a in arguments}
     names = output_names(fn)
@@ -461,24 +489,54 @@ def shape_text(shape: Sequence[int]) -> str:
 
 
 def check_inputs(
-    specs: Sequence[ArgSpec], inputs: Mapping[str, Any], what: str = "inputs", *, x64: bool = True
+    specs: Sequence[ArgSpec], inputs: Mapping[Any, Any], what: str = "inputs", *, x64: bool = True
 ) -> list[Any]:
     """The arrays in argument order; a missing or extra key, a wrong shape or dtype is a StepcError.
 
     Values may be NumPy or JAX arrays, or JAX tracers (only shapes and dtypes are read). `x64`
     says whether 64-bit arrays can reach the caller (JAX's `jax_enable_x64`): when not, a
     64-bit argument given as 32 bits gets a hint on how to turn it on."""
+    given = cast(object, inputs)  # (whatever the caller passed: the API's callers are not type-checked)
+    if not isinstance(given, Mapping):
+        raise StepcError(f"{what}: expected a dict keyed by IR names, found {type(given).__name__}")
     keys = [s.key for s in specs]
+    known = set(keys)
     missing = [k for k in keys if k not in inputs]
-    extra = sorted(k for k in inputs if k not in keys)
+    # In the caller's order, not sorted: keys may be of any type (`1`, `None`, `"x"` together).
+    extra = [k for k in inputs if not (isinstance(k, str) and k in known)]
     if missing or extra:
         parts: list[str] = []
         if missing:
-            parts.append("missing " + ", ".join(repr(k) for k in missing))
+            parts.append("missing " + _listed(missing))
         if extra:
-            parts.append("unexpected " + ", ".join(repr(k) for k in extra))
+            parts.append("unexpected " + _listed(extra))
         raise StepcError(f"{what}: {'; '.join(parts)} (expected keys: {', '.join(keys)})")
     return [check_array(spec, inputs[spec.key], what, x64=x64) for spec in specs]
+
+
+def _listed(keys: Sequence[object], most: int = 10) -> str:
+    """Keys as `repr`s, the first `most` of them (a dict of 100,000 keys makes no message of a megabyte)."""
+    shown = ", ".join(_short_repr(k) for k in keys[:most])
+    return shown + (f" and {len(keys) - most} more" if len(keys) > most else "")
+
+
+def _short_repr(key: object, most: int = 80) -> str:
+    text = repr(key)
+    return text if len(text) <= most else text[: most - 3] + "..."
+
+
+def check_labels(spec: ArgSpec, value: Any, classes: int, what: str, where: SourceLoc | None = None) -> None:
+    """An i32 input read as class indices (`label_classes`): every value in `[0, classes)`,
+    else a StepcError naming the first one outside. `value` must be concrete (not traced)."""
+    array = np.asarray(value)
+    bad = np.flatnonzero((array < 0) | (array >= classes))
+    if bad.size:
+        index = tuple(int(i) for i in np.unravel_index(int(bad[0]), array.shape)) if array.ndim else ()
+        raise StepcError(
+            f"{what}: label {spec.key!r}{list(index)} is {int(array[index])}, outside the {classes} classes "
+            f"[0, {classes}) ({bad.size} such value{'s' if bad.size > 1 else ''})",
+            where,
+        )
 
 
 def check_array(spec: ArgSpec, value: Any, what: str, *, x64: bool = True, where: SourceLoc | None = None) -> Any:
@@ -486,7 +544,13 @@ def check_array(spec: ArgSpec, value: Any, what: str, *, x64: bool = True, where
     that says what was found and how to fix it, at `where` when given); a value without shape
     and dtype (a list, a float) becomes a NumPy array. See `check_inputs` for `x64`."""
     if not hasattr(value, "shape") or not hasattr(value, "dtype"):
-        value = np.asarray(value)
+        try:
+            value = np.asarray(value)
+        except (ValueError, TypeError) as e:  # a ragged list, an object NumPy cannot hold
+            raise StepcError(
+                f"{what}: {spec.key!r} is not an array of shape {shape_text(spec.shape)} ({type(value).__name__}: {e})",
+                where,
+            ) from None
     shape, dtype = tuple(value.shape), np.dtype(value.dtype)
     if shape != spec.shape:
         raise StepcError(

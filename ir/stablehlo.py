@@ -15,15 +15,16 @@ with `parse_module` (the `stepc check --pass lower-to-stablehlo` path reads dump
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from io import StringIO
 from typing import ClassVar, Self
 
+import numpy as np
 from xdsl.dialects import func
 from xdsl.dialects.builtin import (
     ArrayAttr,
+    BFloat16Type,
     BoolAttr,
     DenseArrayBase,
     DenseIntOrFPElementsAttr,
@@ -60,6 +61,7 @@ from xdsl.utils.exceptions import VerifyException
 from xdsl.utils.str_enum import StrEnum
 
 from stepc.ir.dialect import PARAM, build_fixed
+from stepc.ir.names import NamingPrinter
 from stepc.ir.narrow import is_array, is_dense, is_float_array, is_int_array, is_int_attr, is_tensor
 
 # ---------------------------------------------------------------------------------------------
@@ -742,7 +744,7 @@ def module_text(module: ModuleOp) -> str:
     return text + "\n"
 
 
-class _StableHLOPrinter(Printer):
+class _StableHLOPrinter(NamingPrinter):
     """xDSL's printer, except that float constants holding inf or NaN print as MLIR's raw
     little-endian hex form `dense<"0x0000807F">`, which both XLA and xDSL read back exactly
     (xDSL's parser reads a bare `0xFF800000` element as an integer)."""
@@ -756,13 +758,16 @@ class _StableHLOPrinter(Printer):
 
 
 def _has_nonfinite(attr: DenseIntOrFPElementsAttr) -> bool:
-    if isinstance(attr.get_element_type(), (IntegerType,)):
+    """Whether a float constant holds inf or NaN (read from its raw bytes with NumPy: a splat
+    constant of a big type stores every element)."""
+    element = attr.get_element_type()
+    if isinstance(element, IntegerType):
         return False
-    for v in attr.get_values():
-        assert not isinstance(v, tuple)  # no complex element types in the step IR
-        if not math.isfinite(v):
-            return True
-    return False
+    dtype = {16: np.float16, 32: np.float32, 64: np.float64}.get(getattr(element, "bitwidth", 0))
+    if dtype is None or isinstance(element, BFloat16Type):  # bf16: widen its 16 bits to f32's high half
+        raw = np.frombuffer(attr.data.data, dtype=np.uint16).astype(np.uint32) << 16
+        return not bool(np.all(np.isfinite(raw.view(np.float32))))
+    return not bool(np.all(np.isfinite(np.frombuffer(attr.data.data, dtype=dtype))))
 
 
 def main_function(module: ModuleOp) -> func.FuncOp:

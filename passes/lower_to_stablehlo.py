@@ -55,10 +55,15 @@ class StableHLOBuilder(LocatedBuilder):
     """Inserts StableHLO ops before the step op being lowered, at its location."""
 
     def constant(self, value: float | Sequence[float], element: Attribute, shape: Sequence[int] = ()) -> SSAValue:
-        """`dense<value>` of the given element type and shape (a splat when one value)."""
+        """`dense<value>` of the given element type and shape; one value for a shape with
+        elements is a rank-0 constant broadcast to it (as `jnp.zeros` is), so the attribute holds
+        one element, not one per element of the shape."""
         values = [value] if isinstance(value, (int, float)) else list(value)
         # Keyed by the exact bits: -0.0 == 0.0 and NaN != NaN as floats.
         key = tuple(v.hex() if isinstance(v, float) else int(v) for v in values)
+        if len(values) == 1 and tuple(shape) != ():
+            scalar = self.emit(shlo.ConstantOp(dense_constant(key, element, ())))
+            return self.broadcast_dims(scalar, shape, [])
         return self.emit(shlo.ConstantOp(dense_constant(key, element, tuple(shape))))
 
     def broadcast(self, value: SSAValue, shape: Sequence[int]) -> SSAValue:

@@ -113,7 +113,7 @@ def test_step_equals_torch_sgd(programs, name: str) -> None:  # type: ignore[no-
 
 def test_compile_from_text_and_vmap_jit_donation(programs) -> None:  # type: ignore[no-untyped-def]
     text = (ROOT / "examples" / "linreg.ir").read_text()
-    prog = stepc.compile(text, check=False)
+    prog = stepc.compile_text(text, check=False)
     assert prog.source == "<string>"
     _, inputs = example_inputs("linreg")
     params, batch = split(prog, inputs)
@@ -163,7 +163,7 @@ def test_input_errors(programs) -> None:  # type: ignore[no-untyped-def]
 def test_float64_program_under_the_users_jit_says_to_enable_x64() -> None:
     """`jax.jit` casts float64 arrays to float32 unless x64 is on; the error says so and how to
     fix it. With x64 on, the jitted step equals NumPy's least-squares gradient step."""
-    prog = stepc.compile((ROOT / "examples" / "linreg.ir").read_text().replace("f32", "f64"), check=False)
+    prog = stepc.compile_text((ROOT / "examples" / "linreg.ir").read_text().replace("f32", "f64"), check=False)
     rng = np.random.default_rng(0)
     params = {"w": rng.standard_normal((4, 1)), "b": rng.standard_normal(1)}
     batch = {"x": rng.standard_normal((32, 4)), "t": rng.standard_normal((32, 1))}

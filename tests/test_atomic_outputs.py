@@ -286,6 +286,11 @@ ALLOWED_DIRECT_WRITES = {
     ("tools/files.py", "_write_in_place"),  # devices and FIFOs cannot be renamed over
     ("tools/files.py", "atomic_write"),  # the temporary file itself
     ("tools/fuzz.py", "campaign"),  # the fuzzer's own scratch input and crash files
+    # the surface fuzzer's scratch files: hostile inputs laid out for a case, and its crash records
+    ("tools/fuzz_surface.py", "npz_of_zeros"),
+    ("tools/fuzz_surface.py", "run_process"),
+    ("tools/fuzz_surface.py", "lay_out"),
+    ("tools/fuzz_surface.py", "record"),
 }
 DIRECT_WRITES = {"write_text", "write_bytes", "tofile", "copyfile", "copy2", "move"}
 SHUTIL_ONLY = {"copy"}  # `shutil.copy` writes a file; `array.copy()` does not

@@ -33,10 +33,12 @@ def test_check_every_example(example: Path, capsys: pytest.CaptureFixture[str]) 
     assert main(["check", str(example), "--trials", "2"]) == 0
     out = capsys.readouterr().out
     print(out)  # the table, for the record (pytest -s)
-    rows = [line.split() for line in out.splitlines()[2:]]
+    lines = out.splitlines()
+    rows = [line.split() for line in lines[2:-1]]
     assert [row[0] for row in rows] == list(DEFAULT_PIPELINE)
     assert all("ok" in row for row in rows)
     assert "FAILED" not in out
+    assert lines[-1].startswith("contracts: ") and "--check-mode auto" in lines[-1]
 
 
 def dumps(tmp_path: Path, until: str) -> Path:
@@ -66,7 +68,7 @@ def test_check_pass_differentiate_on_its_dump_and_on_a_broken_one(
     captured = capsys.readouterr()
     assert "FAILED" in captured.out
     assert "contract of pass differentiate" in captured.err
-    assert "worst output grad." in captured.err and "abs error" in captured.err
+    assert "worst output grad." in captured.err and "times its rounding-error bound" in captured.err
 
 
 def test_check_pass_seed_scalar_loss(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

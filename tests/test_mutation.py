@@ -134,13 +134,25 @@ def mutate(rule: Rule, kind: str) -> Rule:
     return mutated
 
 
-def caught(text: str, name: str) -> str | None:
-    """The contract's error when the pipeline rejects the program, else None."""
-    module = load_text(text, f"{name}.ir")
+def widened(text: str) -> str:
+    """The same program with every dim of 3 (and the 9 of the reshape) widened to 24 (576):
+    over `check.reduced.SMALL`, so the contracts run at reduced shapes."""
+    for old, new in (("3x3", "24x24"), ("tensor<3x", "tensor<24x"), ("x3x", "x24x"), ("tensor<3xi32>", "tensor<24xi32>"),
+                     ("tensor<3xf", "tensor<24xf"), ("tensor<9xf", "tensor<576xf"), ("2x3xf", "2x24xf")):  # fmt: skip
+        text = text.replace(old, new)
+    return text
+
+
+def caught(text: str, name: str, mode: str = "full") -> str | None:
+    """The contract's error when the pipeline rejects the program, else None (`mode` "reduced":
+    the program widened and its contracts run at reduced shapes)."""
+    module = load_text(widened(text) if mode == "reduced" else text, f"{name}.ir")
     try:
-        Pipeline(["differentiate", "seed-scalar-loss"], check=True, trials=2).run(module)
+        events = Pipeline(["differentiate", "seed-scalar-loss"], check=True, trials=2, check_mode=mode).run(module)
     except StepcError as e:
         return e.message
+    for event in events[1:]:  # each contract ran where it was asked to (a reshape's split sizes shrink as products)
+        assert event.report is not None and event.report.mode.split(",")[0] == mode, (name, event.report)
     return None
 
 
@@ -154,19 +166,25 @@ def test_every_rule_has_a_case() -> None:
     assert {c.op for c in CASES} | NOTHING_TO_BREAK == set(vjp.VJP_RULES)
 
 
-def test_unmutated_cases_pass(fast_contract: None) -> None:
+MODES = ["full", "reduced"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_unmutated_cases_pass(fast_contract: None, mode: str) -> None:
     for case in CASES:
-        assert caught(program(case), case.op.name) is None, case.op.name
-    assert caught(FAN_OUT, "fan_out") is None
+        assert caught(program(case), case.op.name, mode) is None, case.op.name
+    assert caught(FAN_OUT, "fan_out", mode) is None
 
 
-def test_mutation_score(fast_contract: None, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_mutation_score(fast_contract: None, monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    """Every mutant caught, at full shapes and at reduced ones (no mutant lost to the reduction)."""
     results: list[tuple[str, str | None]] = []
     for case in CASES:
         for kind in case.mutations:
             with monkeypatch.context() as m:
                 m.setitem(vjp.VJP_RULES, case.op, mutate(vjp.VJP_RULES[case.op], kind))
-                results.append((f"{case.op.name} {kind}", caught(program(case), case.op.name)))
+                results.append((f"{case.op.name} {kind}", caught(program(case), case.op.name, mode)))
 
     def keep_first(self: CotangentMap, emit: vjp.BackwardBuilder, value: SSAValue, cotangent: SSAValue) -> None:
         self.values.setdefault(value, cotangent)
@@ -177,7 +195,7 @@ def test_mutation_score(fast_contract: None, monkeypatch: pytest.MonkeyPatch) ->
     for name, accumulate in (("keep first", keep_first), ("keep latest", keep_latest)):
         with monkeypatch.context() as m:
             m.setattr(CotangentMap, "accumulate", accumulate)
-            results.append((f"driver accumulation dropped ({name})", caught(FAN_OUT, "fan_out")))
+            results.append((f"driver accumulation dropped ({name})", caught(FAN_OUT, "fan_out", mode)))
 
     from stepc.passes import seed_scalar_loss
 
@@ -191,10 +209,10 @@ def test_mutation_score(fast_contract: None, monkeypatch: pytest.MonkeyPatch) ->
                     op.properties["value"] = DenseArrayBase.from_list(f64, [2.0])
 
         m.setattr(seed_scalar_loss, "seed_function", seed_two)
-        results.append(("seed-scalar-loss seeds 2", caught(FAN_OUT, "fan_out")))
+        results.append(("seed-scalar-loss seeds 2", caught(FAN_OUT, "fan_out", mode)))
 
     missed = [name for name, message in results if message is None]
-    print(f"\nmutation score: {len(results) - len(missed)}/{len(results)} caught")
+    print(f"\nmutation score ({mode} shapes): {len(results) - len(missed)}/{len(results)} caught")
     for name, message in results:
         print(f"  {'caught' if message else 'MISSED'}: {name}: {message}")
     assert not missed, f"mutants the contracts did not catch: {missed}"

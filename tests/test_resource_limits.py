@@ -172,3 +172,32 @@ def test_every_command_refuses_before_allocating(command: str, tmp_path: Path, m
     assert status == 1, err
     assert "internal error" not in err
     assert f"{path}:1:16: error: the program's tensors need about 111.8 GiB" in err.splitlines()[0]
+
+
+# The child's own peak, `VmHWM` (its `ru_maxrss` would start at this test process's peak).
+PEAK_CHILD = """
+import sys
+from stepc.tools.cli import main
+status = main(sys.argv[1:])
+with open('/proc/self/status') as f:
+    print("peak", int(next(line for line in f if line.startswith('VmHWM:')).split()[1]) * 1024, file=sys.stderr)
+sys.exit(status)
+"""
+
+
+def test_contracts_stay_within_the_memory_limit(tmp_path: Path) -> None:
+    """Issue 18, finding 1: linreg with x 131072x1024 (an estimate of 513.5 MiB) compiled with
+    its contracts under STEPC_MAX_BYTES=520M peaked at 6.5 GB (216 s). The contracts now count
+    against the limit too (they run at reduced shapes when a full-size check would not fit in
+    half of it): the whole process, JAX's ~0.2 GB included, stays under 1.5x the limit."""
+    path = tmp_path / "wide_linreg.ir"
+    text = (ROOT / "examples" / "linreg.ir").read_text()
+    path.write_text(text.replace("32x4", "131072x1024").replace("4x1", "1024x1").replace("32x1", "131072x1"))
+    limit = 520 * 1024**2
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK_CHILD, "compile", str(path), "-o", str(tmp_path / "out.mlir")],
+        env={**os.environ, "STEPC_MAX_BYTES": "520M"}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    peak = int(re.search(r"peak (\d+)", done.stderr).group(1))  # type: ignore[union-attr]
+    assert peak < 1.5 * limit, f"peak {peak / 1024**2:.0f} MiB under a {limit / 1024**2:.0f} MiB limit"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -32,9 +34,17 @@ class DumpWriter:
     """`--dump-dir`: `00-input.mlir`, `01-differentiate.mlir`, ... in pipeline order."""
 
     def __init__(self, directory: str, protect: tuple[str, ...]):
+        if not directory:
+            raise StepcError("--dump-dir: an empty path (give a directory)")
         self.directory = Path(directory)
         self.protect = protect
-        if self.directory.exists() and not self.directory.is_dir():
+        try:
+            info = os.stat(self.directory)
+        except FileNotFoundError:
+            return  # made at the first dump
+        except OSError as e:
+            raise StepcError(f"--dump-dir {directory}: {e.strerror or e}") from None
+        if not stat.S_ISDIR(info.st_mode):
             raise StepcError(f"--dump-dir {directory} exists and is not a directory")
 
     def __call__(self, event: PassEvent) -> None:
@@ -54,8 +64,12 @@ def time_passes(event: PassEvent) -> None:
 
 
 def configure(args: argparse.Namespace, lower: bool) -> Pipeline:
-    pipeline = Pipeline.default(until=args.until, lower=lower, check=not args.no_check, trials=args.trials)
+    pipeline = Pipeline.default(
+        until=args.until, lower=lower, check=not args.no_check, trials=args.trials, check_mode=args.check_mode
+    )
     protect = (args.file,)
+    if getattr(args, "dump_dir", None) == "":
+        raise StepcError("--dump-dir: an empty path (give a directory)")
     if getattr(args, "dump_dir", None):
         pipeline.listeners.append(DumpWriter(args.dump_dir, protect))
     if getattr(args, "print_after_all", False):
@@ -66,16 +80,32 @@ def configure(args: argparse.Namespace, lower: bool) -> Pipeline:
 
 
 def run(args: argparse.Namespace) -> int:
+    output = output_path(args.output)
     module = load(args.file)
     lower = args.emit != "step" or args.until == LOWERING
     pipeline = configure(args, lower)
     pipeline.run(module)
     text = jax_module(module, args.file) if args.emit == "jax-py" else module_text(module)
-    if args.output:
-        atomic_write(args.output, text, protect=(args.file,))
+    write_output(output, text, protect=(args.file,))
+    return 0
+
+
+def output_path(option: str | None) -> str | None:
+    """`-o OUT`: the file to write, or None for stdout (no `-o`, or `-o -`, as `-` is stdin
+    for the input); `-o ''` is an error, not a silent stdout."""
+    if option is None or option == "-":
+        return None
+    if not option:
+        raise StepcError("-o: an empty path (give a file name, or '-' for stdout)")
+    return option
+
+
+def write_output(output: str | None, text: str, *, protect: tuple[str, ...]) -> None:
+    """The result: atomically to `output`, or to stdout when it is None."""
+    if output is not None:
+        atomic_write(output, text, protect=protect)
     else:
         sys.stdout.write(text)
-    return 0
 
 
 def jax_module(module: ModuleOp, source: str) -> str:

@@ -10,7 +10,7 @@ set and its batches, all plain NumPy.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -29,9 +29,10 @@ from stepc.ir.dialect import (
     is_i32,
     shape_of,
 )
+from stepc.ir.limits import human_bytes, memory_limit
 from stepc.ir.program import Role, arg_location, args, label_range, step_function
 from stepc.ir.values import numpy_dtype
-from stepc.tools.files import load_npz
+from stepc.tools.files import CHUNK_BYTES, LISTED, NpzArchive, load_npz, name_list
 
 DIGITS = "digits"
 TEST_FRACTION = 0.2
@@ -181,49 +182,66 @@ def default_init(module: ModuleOp, seed: int) -> Arrays:
     return out
 
 
-def key_problems(arrays: Arrays, required: list[str], allowed: set[str]) -> str:
-    """`missing a, b; unknown keys c` for the keys of an .npz file, or "" when they are right."""
-    missing = [n for n in required if n not in arrays]
-    extra = sorted(k for k in arrays if k not in allowed)
+def key_problems(keys: Iterable[str], required: list[str], allowed: set[str], hint: str = "") -> str:
+    """`missing a, b; unknown keys c` for the keys of an .npz file, or "" when they are right
+    (at most `files.LISTED` names of each kind, then `and N more`)."""
+    present = set(keys)
+    missing = [n for n in required if n not in present]
+    extra = sorted(k for k in present if k not in allowed)
     parts = []
     if missing:
-        parts.append(f"missing {', '.join(missing)}")
+        parts.append(f"missing {name_list(missing)}")
     if extra:
-        parts.append(f"unknown keys {', '.join(extra)}")
+        parts.append(f"unknown keys {name_list(extra)}{hint if any(k.startswith(OLD_HELD_OUT) for k in extra) else ''}")
     return "; ".join(parts)
 
 
-def finite_numbers(a: np.ndarray, dtype: np.dtype, kinds: str, loc, not_numbers: str, not_finite: str):  # type: ignore[no-untyped-def]
-    """`a` as `dtype`, refusing arrays of another kind (NumPy kind letters `kinds`, or bf16)
-    and non-finite values, with the given messages at `loc`."""
-    if a.dtype.kind not in kinds and a.dtype.name != "bfloat16":
-        raise StepcError(not_numbers, loc)
-    values = a.astype(dtype)
-    if not np.all(np.isfinite(values.astype(np.float64))):
-        raise StepcError(not_finite, loc)
-    return values
+def _finite_check(where: str, dtype: np.dtype, loc: SourceLoc | None) -> Callable[[np.ndarray, np.ndarray], None]:
+    """A chunk check for `NpzArchive.read_as`: the converted values must be finite; NaN and inf
+    in the file, and finite values too large for `dtype` (they would become inf), are refused."""
+
+    def check(converted: np.ndarray, original: np.ndarray) -> None:
+        if np.all(np.isfinite(converted)):
+            return
+        if original.dtype.kind == "f" and not np.all(np.isfinite(original)):
+            raise StepcError(f"{where} holds non-finite values (NaN or inf)", loc)
+        largest = float(np.finfo(dtype).max) if dtype.kind == "f" else float("inf")
+        raise StepcError(
+            f"{where} holds values too large for {dtype.name} (over {largest:.4g}: they would become inf)", loc
+        )
+
+    return check
+
+
+def _headers_first(archive: NpzArchive, used: Iterable[str]) -> None:
+    """The headers of the members a caller uses, and of the unknown ones its message would
+    name: object arrays (pickles) are refused before anything else is said or read."""
+    used = [k for k in used if k in archive]
+    unknown = [k for k in sorted(archive.keys) if k not in set(used)]
+    archive.check_headers([*used, *unknown[:LISTED]])
 
 
 def load_params(path: str | Path, spec: Signature) -> Arrays:
-    """`--init FILE.npz`: one array per parameter, keyed by its IR name, of its shape."""
-    arrays = _read_npz(path, what="--init")
+    """`--init FILE.npz`: one array per parameter, keyed by its IR name, of its shape. Every
+    header is compared with the parameters before any data is read."""
     names = [p.name for p in spec.params]
-    if problems := key_problems(arrays, names, set(names)):
-        raise StepcError(
-            f"--init {path}: {problems} (the parameters are: {', '.join(names)})",
-            spec.params[0].loc if any(n not in arrays for n in names) else None,
-        )
-    out: Arrays = {}
-    for p in spec.params:
-        a = arrays[p.name]
-        if tuple(a.shape) != p.shape:
-            raise StepcError(f"--init {path}: %{p.name} is {p.type_text}, the file holds shape {a.shape}", p.loc)
-        out[p.name] = finite_numbers(
-            a, p.dtype, "fiu", p.loc,
-            f"--init {path}: %{p.name} must hold numbers, the file holds dtype {a.dtype}",
-            f"--init {path}: %{p.name} holds non-finite values (NaN or inf)",
-        )  # fmt: skip
-    return out
+    with NpzArchive(path, "--init") as archive:
+        _headers_first(archive, names)
+        if problems := key_problems(archive.keys, names, set(names)):
+            raise StepcError(
+                f"--init {path}: {problems} (the parameters are: {name_list(names)})",
+                spec.params[0].loc if any(n not in archive for n in names) else None,
+            )
+        for p in spec.params:
+            member = archive.member(p.name)
+            if member.shape != p.shape:
+                raise StepcError(f"--init {path}: %{p.name} is {p.type_text}, the file holds shape {member.shape}", p.loc)
+            if member.dtype.kind not in "fiu":
+                raise StepcError(f"--init {path}: %{p.name} must hold numbers, the file holds dtype {member.dtype}", p.loc)
+        return {
+            p.name: archive.read_as(p.name, p.dtype, check=_finite_check(f"--init {path}: %{p.name}", p.dtype, p.loc))
+            for p in spec.params
+        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,83 +320,179 @@ def _digits(spec: Signature) -> Dataset:
     return Dataset(DIGITS, train, test)
 
 
-def _user_data(path: str, spec: Signature) -> Dataset:
-    """An archive keyed by input names (`x`, `labels`), optionally with held-out `test.x`,
-    `test.labels`; without them, a fixed 20% is held out when a full batch remains to train."""
-    arrays = _read_npz(path, what="--data")
+HELD_OUT = "test/"  # held-out data for the input NAME: the key `test/NAME` ('/' is in no IR name)
+OLD_HELD_OUT = "test."  # `test.NAME`, accepted too while no batch input's name begins with `test.`
+
+
+def held_out_prefixes(names: Iterable[str]) -> tuple[str, ...]:
+    """The prefixes that mark held-out keys for batch inputs named `names`: `test/`, and
+    `test.` unless an input's own name begins with it (then `test.t` is that input, not the
+    held-out `t`: ambiguous, so only `test/` holds held-out data)."""
+    names = list(names)
+    if any(n.startswith(OLD_HELD_OUT) for n in names):
+        return (HELD_OUT,)
+    return (HELD_OUT, OLD_HELD_OUT)
+
+
+def _data_keys(path: str, archive: NpzArchive, spec: Signature) -> dict[str, str] | None:
+    """Which key holds the held-out data of each input (None: no held-out data); the keys of
+    the file checked first: missing inputs and unknown keys are errors."""
     names = [s.name for s in spec.inputs]
-    known = set(names) | {f"test.{n}" for n in names}
-    if problems := key_problems(arrays, names, known):
+    prefixes = held_out_prefixes(names)
+    held: dict[str, str] = {}
+    for name in names:
+        spelled = [p + name for p in prefixes if p + name in archive]
+        if len(spelled) > 1:
+            raise StepcError(
+                f"--data {path}: the held-out data of %{name} is given both as '{spelled[0]}' and as '{spelled[1]}'",
+                spec.loc,
+            )
+        if spelled:
+            held[name] = spelled[0]
+    known = set(names) | {p + n for p in prefixes for n in names}
+    _headers_first(archive, [*names, *held.values()])
+    hint = (" (held-out data goes under test/NAME: an input's name begins with 'test.', so test.NAME would be "
+            "ambiguous)") if OLD_HELD_OUT not in prefixes else ""  # fmt: skip
+    if problems := key_problems(archive.keys, names, known, hint):
         raise StepcError(
-            f"--data {path}: {problems} (the keys are the batch inputs' names: {', '.join(names)}, "
-            "and optionally test.NAME for held-out data)",
+            f"--data {path}: {problems} (the keys are the batch inputs' names: {name_list(names)}, "
+            f"and optionally {HELD_OUT}NAME for held-out data)",
             spec.loc,
         )
-    test_keys = [n for n in names if f"test.{n}" in arrays]
-    if test_keys and len(test_keys) != len(names):
-        absent = [f"test.{n}" for n in names if n not in test_keys]
-        raise StepcError(f"--data {path}: held-out data needs every input; missing {', '.join(absent)}", spec.loc)
-    train = _checked_columns(path, spec, {n: arrays[n] for n in names}, prefix="")
-    if len(next(iter(train.values()))) < spec.batch_size:
-        raise StepcError(
-            f"--data {path}: {len(next(iter(train.values())))} examples, fewer than the step's batch size "
-            f"{spec.batch_size}",
-            spec.inputs[0].loc,
-        )
-    if test_keys:
-        test = _checked_columns(path, spec, {n: arrays[f"test.{n}"] for n in names}, prefix="test.")
-        return Dataset(Path(path).name, train, test)
-    train_part, test_part = _split(train, spec.batch_size)
-    return Dataset(Path(path).name, train_part, test_part)
+    if held and len(held) != len(names):
+        prefix = OLD_HELD_OUT if all(k.startswith(OLD_HELD_OUT) for k in held.values()) else HELD_OUT
+        absent = [prefix + n for n in names if n not in held]
+        raise StepcError(f"--data {path}: held-out data needs every input; missing {name_list(absent)}", spec.loc)
+    return held or None
 
 
-def _checked_columns(path: str, spec: Signature, columns: Mapping[str, np.ndarray], prefix: str) -> Arrays:
-    """Shapes, dtypes, finiteness and label range of each input's column, cast to the IR's dtype."""
-    out: Arrays = {}
+def _declared_rows(path: str, archive: NpzArchive, spec: Signature, keys: Mapping[str, str]) -> int:
+    """The number of examples the members `keys` (input name -> key) declare, their shapes and
+    dtypes checked against the inputs from the headers alone."""
     count: tuple[str, int] | None = None
     for s in spec.inputs:
-        key = prefix + s.name
-        a = columns[s.name]
+        key = keys[s.name]
+        member = archive.member(key)
+        shape = member.shape
         expected = ("N", *s.example_shape)
-        if a.ndim != len(s.shape) or tuple(a.shape[1:]) != s.example_shape:
+        if len(shape) != len(s.shape) or shape[1:] != s.example_shape:
             raise StepcError(
-                f"--data {path}: '{key}' has shape {tuple(a.shape)}; %{s.name} is {s.type_text}, so the file "
+                f"--data {path}: '{key}' has shape {shape}; %{s.name} is {s.type_text}, so the file "
                 f"needs shape ({', '.join(str(d) for d in expected)}) with one example per row",
                 s.loc,
             )
-        if count is not None and a.shape[0] != count[1]:
+        if count is not None and shape[0] != count[1]:
+            raise StepcError(f"--data {path}: '{key}' has {shape[0]} examples but '{count[0]}' has {count[1]}", s.loc)
+        count = (key, shape[0])
+        if s.dtype == np.int32 and member.dtype.kind not in "iu":
             raise StepcError(
-                f"--data {path}: '{key}' has {a.shape[0]} examples but '{count[0]}' has {count[1]}", s.loc
+                f"--data {path}: '{key}' has dtype {member.dtype}; %{s.name} is {s.type_text}, so it needs integers",
+                s.loc,
             )
-        count = (key, a.shape[0])
-        if s.dtype == np.int32:
-            out[s.name] = _labels(path, key, s, a)
+        if s.dtype != np.int32 and member.dtype.kind not in "fiub":
+            raise StepcError(f"--data {path}: '{key}' has dtype {member.dtype}; %{s.name} needs numbers", s.loc)
+    return 0 if count is None else count[1]
+
+
+def _user_data(path: str, spec: Signature) -> Dataset:
+    """An archive keyed by input names (`x`, `labels`), optionally with held-out `test/x`,
+    `test/labels` (or `test.x`, `test.labels`: see `held_out_prefixes`); without them, a fixed
+    20% is held out when a full batch remains to train.
+
+    Keys, shapes and dtypes are checked from the headers, and what the data needs in memory
+    as the program takes it (`data_bytes`) against `STEPC_MAX_BYTES`, before any data is read;
+    then each column is read in chunks, converted to its input's dtype, checked (finite,
+    labels in range) and put in its place in the split as it comes."""
+    with NpzArchive(path, "--data") as archive:
+        held = _data_keys(path, archive, spec)
+        n = _declared_rows(path, archive, spec, {s.name: s.name for s in spec.inputs})
+        if n < spec.batch_size:
+            raise StepcError(
+                f"--data {path}: {n} examples, fewer than the step's batch size {spec.batch_size}", spec.inputs[0].loc
+            )
+        n_held = _declared_rows(path, archive, spec, held) if held else 0
+        if held and n_held == 0:
+            raise StepcError(
+                f"--data {path}: the held-out set ({name_list(held.values())}) holds no examples: give at least one, "
+                "or leave its keys out (a fifth of the examples is then held out when a full batch remains to train)",
+                spec.loc,
+            )
+        n_test = 0 if held else round(n * TEST_FRACTION)
+        split = n_test > 0 and n - n_test >= spec.batch_size
+        keys = [*(s.name for s in spec.inputs), *(held.values() if held else ())]
+        fortran = max((archive.member(k).nbytes for k in keys if archive.member(k).fortran_order), default=0)
+        need = data_bytes(spec, n + n_held, n if split else 0, n - n_test if split else n) + fortran
+        limit = memory_limit()
+        if need > limit:
+            raise StepcError(
+                f"--data {path}: the data needs about {human_bytes(need)} in memory ({n + n_held} examples as "
+                f"@{spec.name} takes them), over the memory limit of {human_bytes(limit)} (STEPC_MAX_BYTES); "
+                "nothing was read",
+                spec.loc,
+            )
+        places = _split_places(n, n_test) if split else None
+        columns = {s.name: _read_column(path, archive, s.name, s, places) for s in spec.inputs}
+        del places
+        if split:
+            train = {k: v[n_test:] for k, v in columns.items()}
+            test: Arrays | None = {k: v[:n_test] for k, v in columns.items()}
         else:
-            out[s.name] = finite_numbers(
-                a, s.dtype, "fiub", s.loc,
-                f"--data {path}: '{key}' has dtype {a.dtype}; %{s.name} needs numbers",
-                f"--data {path}: '{key}' holds non-finite values (NaN or inf)",
-            )  # fmt: skip
-    return out
+            train = columns
+            test = {s.name: _read_column(path, archive, held[s.name], s, None) for s in spec.inputs} if held else None
+    return Dataset(Path(path).name, train, test)
 
 
-def _labels(path: str, key: str, s: TensorSpec, a: np.ndarray) -> np.ndarray:
-    if a.dtype.kind not in "iu":
-        raise StepcError(
-            f"--data {path}: '{key}' has dtype {a.dtype}; %{s.name} is {s.type_text}, so it needs integers",
-            s.loc,
-        )
-    if a.size:
-        low, high = int(a.min()), int(a.max())
+def data_bytes(spec: Signature, rows: int, split_rows: int, train_rows: int) -> int:
+    """What `stepc run --data` holds in memory for `rows` examples: every column in its
+    input's dtype, the split's index arrays (8 bytes a row of `split_rows`) or the epochs'
+    permutation (4 bytes a training row), and the chunks of a read in flight."""
+    columns = sum(rows * math.prod(s.example_shape) * s.dtype.itemsize for s in spec.inputs)
+    return columns + max(8 * split_rows, 4 * train_rows) + 3 * CHUNK_BYTES
+
+
+def _read_column(path: str, archive: NpzArchive, key: str, s: TensorSpec, places: np.ndarray | None) -> np.ndarray:
+    """One input's column, converted to its dtype chunk by chunk; row r lands at `places[r]`."""
+    where = f"--data {path}: '{key}'"
+    if s.dtype != np.int32:
+        return archive.read_as(key, s.dtype, rows=places, check=_finite_check(where, s.dtype, s.loc))
+    seen: list[int] = []
+
+    def track(converted: np.ndarray, original: np.ndarray) -> None:
+        low, high = int(original.min()), int(original.max())
+        seen[:] = [min(seen[0], low), max(seen[1], high)] if seen else [low, high]
+
+    values = archive.read_as(key, np.dtype(np.int32), rows=places, check=track)
+    if seen:
+        low, high = seen
         if s.classes is not None and (low < 0 or high >= s.classes):
             raise StepcError(
-                f"--data {path}: '{key}' holds labels {low}..{high}; %{s.name} feeds a classifier of "
+                f"{where} holds labels {low}..{high}; %{s.name} feeds a classifier of "
                 f"{s.classes} classes, so labels must lie in 0..{s.classes - 1}",
                 s.loc,
             )
         if low < np.iinfo(np.int32).min or high > np.iinfo(np.int32).max:
-            raise StepcError(f"--data {path}: '{key}' holds values outside int32", s.loc)
-    return a.astype(np.int32)
+            raise StepcError(f"{where} holds values outside int32", s.loc)
+    return values
+
+
+def _split_places(n: int, n_test: int) -> np.ndarray:
+    """Where each row goes for the fixed split: the rows of `permutation(n)` (seed
+    `SPLIT_SEED`) in order, the first `n_test` of them held out; row r of the file lands at
+    `places[r]`. Index arrays in int32 where they fit (8 bytes a row at most, at once)."""
+    order = _permutation(np.random.default_rng(SPLIT_SEED), n)
+    places = np.empty(n, order.dtype)
+    step = max(1, CHUNK_BYTES // order.dtype.itemsize)
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        places[order[start:stop]] = np.arange(start, stop, dtype=order.dtype)
+    return places
+
+
+def _permutation(rng: np.random.Generator, n: int) -> np.ndarray:
+    """`rng.permutation(n)` (the same numbers, the same draws), in int32 when `n` fits."""
+    order = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
+    rng.shuffle(order)
+    return order
 
 
 def _split(columns: Arrays, batch_size: int) -> tuple[Arrays, Arrays | None]:
@@ -411,7 +525,7 @@ def batches(data: Arrays, batch_size: int, seed: int) -> Iterator[Arrays]:
         raise StepcError(f"{n} training examples, fewer than the step's batch size {batch_size}")
     rng = np.random.default_rng(np.random.SeedSequence([seed, 2]))
     while True:
-        order = rng.permutation(n)
+        order = _permutation(rng, n)
         for i in range(per_epoch):
             rows = order[i * batch_size : (i + 1) * batch_size]
             yield {k: v[rows] for k, v in data.items()}

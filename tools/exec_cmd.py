@@ -2,7 +2,9 @@
 
 Keys are the arguments' IR names (state by its `{step.state}` key) and the results'
 `{step.output}` keys. Every input is checked before anything runs: missing and extra keys,
-shapes, dtypes, and that labels lie in the range of classes their consumers expect. State
+shapes and dtypes from the `.npy` headers before any data is read, then that floats are finite
+(NaN and inf are refused, as `stepc run` refuses them) and that labels lie in the range of
+classes their consumers expect. State
 keys left out make a first step (each state's initial value, as `Program.init_state`).
 `--steps N` (the whole pipeline only) feeds each step's parameters and state into the next,
 on the same batch, and writes the last step's outputs.
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import io
-from collections.abc import Mapping
+import sys
 from typing import Any
 
 import jax
@@ -23,11 +25,11 @@ from stepc.backends.jax import JaxFunction, jax_function, x64_enabled
 from stepc.ir.diagnostics import StepcError
 from stepc.ir.parse import load
 from stepc.ir.program import (
-    ArgSpec,
     Role,
     arg_location,
     args,
     check_array,
+    check_labels,
     initial_state_value,
     label_classes,
     label_range,
@@ -36,7 +38,7 @@ from stepc.ir.program import (
 )
 from stepc.passes import LOWERING_PASSES
 from stepc.pipeline import PassEvent, Pipeline
-from stepc.tools.files import atomic_write, load_npz
+from stepc.tools.files import LISTED, NpzArchive, atomic_write_npz, check_finite, name_list, npz_writer
 
 FUSE_SGD = "fuse-sgd"
 
@@ -45,85 +47,97 @@ def run(args_: argparse.Namespace) -> int:
     if args_.steps < 1:
         raise StepcError(f"--steps must be at least 1, found {args_.steps}")
     source = load(args_.file)
-    inputs = read_npz(args_.inputs)
-    pipeline = Pipeline.default(until=args_.until, lower=True, check=not args_.no_check)
-    if args_.steps > 1 and FUSE_SGD not in pipeline.names:
-        raise StepcError(
-            f"--steps {args_.steps} feeds each step's parameters into the next: it needs the whole pipeline "
-            f"(through {FUSE_SGD}), not --until {args_.until}"
+    with read_npz(args_.inputs) as archive:
+        pipeline = Pipeline.default(
+            until=args_.until, lower=True, check=not args_.no_check, check_mode=args_.check_mode
         )
-    before_lowering: list[ModuleOp] = []
+        if args_.steps > 1 and FUSE_SGD not in pipeline.names:
+            raise StepcError(
+                f"--steps {args_.steps} feeds each step's parameters into the next: it needs the whole pipeline "
+                f"(through {FUSE_SGD}), not --until {args_.until}"
+            )
+        before_lowering: list[ModuleOp] = []
 
-    def keep_last_step_program(event: PassEvent) -> None:
-        if event.name not in LOWERING_PASSES:
-            before_lowering[:] = [event.module.clone()]
+        def keep_last_step_program(event: PassEvent) -> None:
+            if event.name not in LOWERING_PASSES:
+                before_lowering[:] = [event.module.clone()]
 
-    pipeline.listeners.append(keep_last_step_program)
-    pipeline.run(source)
-    jf = jax_function(source)
-    step_program = before_lowering[-1] if before_lowering else source
-    arrays = validate_inputs(jf, step_program, inputs)
+        pipeline.listeners.append(keep_last_step_program)
+        pipeline.run(source)
+        jf = jax_function(source)
+        step_program = before_lowering[-1] if before_lowering else source
+        arrays = validate_inputs(jf, step_program, archive)
     outputs = run_steps(jf, arrays, args_.steps)
-    buffer = io.BytesIO()
-    named: dict[str, Any] = dict(outputs)  # keys are IR names, not savez's keyword options
-    np.savez(buffer, **named)
-    atomic_write(args_.output, buffer.getvalue(), protect=(args_.file, args_.inputs))
+    # member by member: an output named like one of np.savez's own arguments (`file`) is kept
+    if args_.output == "-":  # as `-` for a program: stdout, the archive's bytes
+        archive_bytes = io.BytesIO()
+        npz_writer(outputs)(archive_bytes)
+        sys.stdout.buffer.write(archive_bytes.getvalue())
+        sys.stdout.buffer.flush()
+    else:
+        atomic_write_npz(args_.output, outputs, protect=(args_.file, args_.inputs))
     return 0
 
 
-def read_npz(path: str) -> dict[str, np.ndarray]:
-    """The arrays of an `.npz` file: never unpickled, headers checked against the memory limit
-    before any data is read (`tools.files.load_npz`)."""
-    return load_npz(path, option="--inputs")
+def read_npz(path: str) -> NpzArchive:
+    """The `.npz` of `--inputs`, opened for its headers (`tools.files.NpzArchive`): never
+    unpickled, no data read until `validate_inputs` has compared every header with the
+    program."""
+    return NpzArchive(path, "--inputs")
 
 
-def validate_inputs(jf: JaxFunction, step_program: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Every argument's array, checked; state left out is filled with its initial value."""
+def validate_inputs(jf: JaxFunction, step_program: Any, archive: NpzArchive) -> dict[str, np.ndarray]:
+    """Every argument's array, checked; state left out is filled with its initial value.
+
+    Keys, shapes and dtypes are compared with the program from the headers alone (a 4 MB
+    file declaring 4 GiB is refused without reading it); then each array is read as stored
+    (exactly the program's dtype, so no conversion copy) and checked: floats finite, labels
+    within their classes."""
     fn = step_function(step_program)
     located = {a.name: a for a in args(fn)}
     keys = [s.key for s in jf.specs]
-    extra = sorted(k for k in inputs if k not in keys)
+    known = set(keys)
+    extra = sorted(k for k in archive.keys if k not in known)
+    archive.check_headers([*(k for k in keys if k in archive), *extra[:LISTED]])
     if extra:
         raise StepcError(
-            f"--inputs: unexpected key{'s' if len(extra) > 1 else ''} {', '.join(repr(k) for k in extra)} "
-            f"(the program's arguments are: {', '.join(keys)})"
+            f"--inputs: unexpected key{'s' if len(extra) > 1 else ''} {name_list(extra, quote=True)} "
+            f"(the program's arguments are: {name_list(keys)})"
         )
     state = [s for s in jf.specs if s.role == Role.STATE]
-    given_state = [s.key for s in state if s.key in inputs]
+    given_state = [s.key for s in state if s.key in archive]
     if given_state and len(given_state) != len(state):
-        missing = [s.key for s in state if s.key not in inputs]
+        missing = [s.key for s in state if s.key not in archive]
         raise StepcError(
-            f"--inputs: state {', '.join(given_state)} given but {', '.join(missing)} missing "
+            f"--inputs: state {name_list(given_state)} given but {name_list(missing)} missing "
             "(give all the state to continue a run, or none for a first step)"
         )
-    out: dict[str, np.ndarray] = {}
+    wheres: dict[str, Any] = {}
     for spec in jf.specs:
         arg = located.get(spec.name)
         where = arg_location(fn, arg.value) if arg is not None else None
-        if spec.key not in inputs:
+        wheres[spec.key] = where
+        if spec.key not in archive:
             if spec.role == Role.STATE:
-                out[spec.key] = np.full(spec.shape, initial_state_value(spec.key), dtype=spec.dtype)
                 continue
             raise StepcError(
                 f"--inputs: missing {spec.role} '{spec.key}' ({shape_text(spec.shape)} {spec.dtype})", where
             )
-        value = inputs[spec.key]
+        check_array(spec, archive.member(spec.key), "--inputs", where=where)  # the declared shape and dtype
+    out: dict[str, np.ndarray] = {}
+    for spec in jf.specs:
+        where = wheres[spec.key]
+        if spec.key not in archive:
+            out[spec.key] = np.full(spec.shape, initial_state_value(spec.key), dtype=spec.dtype)
+            continue
+        value = archive.read(spec.key)
         check_array(spec, value, "--inputs", where=where)
+        check_finite(spec.key, value, "--inputs", where)
+        arg = located.get(spec.name)
         if arg is not None and spec.dtype == np.int32 and label_classes(arg):
-            check_labels(spec, value, label_range(arg), where)
+            check_labels(spec, value, label_range(arg), "--inputs", where)
         out[spec.key] = value
     return out
-
-
-def check_labels(spec: ArgSpec, value: np.ndarray, classes: int, where: Any) -> None:
-    bad = np.flatnonzero((value < 0) | (value >= classes))
-    if bad.size:
-        index = tuple(int(i) for i in np.unravel_index(int(bad[0]), value.shape)) if value.ndim else ()
-        raise StepcError(
-            f"--inputs: label '{spec.key}'{list(index)} is {int(value[index])}, outside the {classes} classes "
-            f"[0, {classes}) ({bad.size} such value{'s' if bad.size > 1 else ''})",
-            where,
-        )
 
 
 def run_steps(jf: JaxFunction, arrays: dict[str, np.ndarray], steps: int) -> dict[str, np.ndarray]:

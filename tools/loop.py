@@ -26,15 +26,14 @@ import numpy as np
 from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp
 
-from stepc.api import Program
-from stepc.api import compile as compile_program
+from stepc.api import Program, compile_text
 from stepc.backends.jax import jax_function
 from stepc.ir.diagnostics import StepcError
 from stepc.ir.program import Head, classifier_head, step_function
 from stepc.passes.cut_at_logits import CutAtLogits
 from stepc.passes.lower_to_stablehlo import lowered_clone
 from stepc.tools.data import Arrays, Signature
-from stepc.tools.files import atomic_write, atomic_write_npz, check_output_dir
+from stepc.tools.files import check_output_dir, npz_writer, write_together
 from stepc.tools.plot import loss_chart
 
 RUN_FILES = ("summary.json", "params.npz", "loss.png")  # what --out DIR receives
@@ -52,12 +51,7 @@ class DataParallel:
         from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
         self.devices = devices
-        n = len(devices)
-        if spec.batch_size % n:
-            raise StepcError(
-                f"--devices {n}: the batch size {spec.batch_size} does not split evenly over {n} devices",
-                spec.inputs[0].loc,
-            )
+        check_batch_split(len(devices), spec)
         self.mesh = Mesh(np.array(devices), ("batch",))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         self.batch = NamedSharding(self.mesh, PartitionSpec("batch"))
@@ -72,6 +66,20 @@ class DataParallel:
     def jit_step(self, step: Callable[..., Any]) -> Callable[..., Any]:
         r = self.replicated
         return self._jax.jit(step, in_shardings=(r, r, self.batch), out_shardings=(r, r, r))
+
+
+def check_batch_split(n: int, spec: Signature) -> None:
+    """`--devices N` must be at least 1 and divide the batch size; checked before JAX starts
+    its backends (asking XLA for 100,000 host devices takes minutes, only to find that a batch
+    of 64 does not split over them)."""
+    if n < 1:
+        raise StepcError(f"--devices must be at least 1, found {n}")
+    if spec.batch_size % n:
+        raise StepcError(
+            f"--devices {n}: the batch size {spec.batch_size} does not split evenly over {n} devices "
+            f"(give a divisor of {spec.batch_size})",
+            spec.inputs[0].loc,
+        )
 
 
 def pick_devices(n: int) -> list[Any]:
@@ -118,9 +126,10 @@ def logits_function(cut: ModuleOp) -> Callable[[Arrays, Arrays], Any]:
     return jax.jit(logits)
 
 
-def compile_step(path: str, check: bool = True) -> Program:
-    """The compiled training step of `stepc.compile` (the default pipeline)."""
-    return compile_program(path, check=check)
+def compile_step(text: str, filename: str, check: bool = True, check_mode: str = "auto") -> Program:
+    """The compiled training step of `stepc.compile_text` (the default pipeline), from the
+    program's text as read once by the caller; errors point into `filename`."""
+    return compile_text(text, filename=filename, check=check, check_mode=check_mode)
 
 
 def accuracy(logits_fn: Callable[[Arrays, Arrays], Any], params: Any, data: Arrays, head: Head,
@@ -241,15 +250,32 @@ def train(step: Callable[..., Any], params: Any, state: Any, batch_stream: Itera
 
 def write_run(out_dir: str | Path, summary: Mapping[str, Any], params: Mapping[str, Any], losses: list[float],
               protect: tuple[str | Path, ...] = ()) -> list[str]:
-    """`--out DIR`: summary.json, params.npz and loss.png, each written atomically; returns
-    the names written."""
+    """`--out DIR`: params.npz, loss.png and summary.json, written together
+    (`files.write_together`): every file's content is made and written to a temporary first,
+    then all are renamed into place, so that DIR ends holding this run's three files or,
+    on any failure (a full disk, Ctrl-C), the ones it held before; never a mix of two runs.
+    Other files in DIR are left alone. Returns the names written.
+
+    The summary is strict JSON: a non-finite number in it (there should be none) is written
+    as null."""
     out = check_output_dir(out_dir, RUN_FILES, protect=protect, option="--out")
-    written = []
-    atomic_write_npz(out / "params.npz", {k: np.asarray(v) for k, v in params.items()}, protect=protect)
-    written.append("params.npz")
+    text = json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n"
     chart = loss_chart(losses, f"{summary.get('program', '')} on {summary.get('data', '')}")
-    atomic_write(out / "loss.png", chart.png, protect=protect)
-    written.append("loss.png")
-    atomic_write(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n", protect=protect)
-    written.append("summary.json")
-    return written
+    files = [
+        ("params.npz", npz_writer({k: np.asarray(v) for k, v in params.items()})),
+        ("loss.png", chart.png),
+        ("summary.json", text.encode("utf-8")),
+    ]
+    write_together([(out / name, content) for name, content in files], protect=protect)
+    return [name for name, _ in files]
+
+
+def _json_safe(value: Any) -> Any:
+    """`value` with every non-finite float (NaN, inf) replaced by None, for strict JSON."""
+    if isinstance(value, Mapping):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    return value

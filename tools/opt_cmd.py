@@ -9,25 +9,25 @@ which pass must run first.
 from __future__ import annotations
 
 import argparse
-import sys
 
+from stepc.ir.limits import check_memory
 from stepc.ir.parse import parse_text, read_source, verify
-from stepc.ir.program import verify_any_stage
+from stepc.ir.program import step_function, verify_any_stage
 from stepc.pipeline import Pipeline
-from stepc.tools.compile_cmd import module_text
-from stepc.tools.files import atomic_write
+from stepc.tools.compile_cmd import module_text, output_path, write_output
 
 
 def run(args: argparse.Namespace) -> int:
+    output = output_path(args.output)
+    pipeline = Pipeline.parse(args.passes, check=args.check, check_mode=args.check_mode)  # a bad pipeline before reading anything
+    pipeline.passes()
     text, name = read_source(args.file)
     module = parse_text(text, name)
     verify(module)
     if not args.verify_only:
         verify_any_stage(module)
-    Pipeline.parse(args.passes, check=args.check).run(module)
-    out = module_text(module)
-    if args.output:
-        atomic_write(args.output, out, protect=(args.file,))
-    else:
-        sys.stdout.write(out)
+    elif args.check:  # the contracts allocate: the memory estimate still holds them back
+        check_memory(step_function(module))
+    pipeline.run(module)
+    write_output(output, module_text(module), protect=(args.file,))
     return 0

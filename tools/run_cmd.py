@@ -7,7 +7,8 @@ The pieces live in `stepc.tools.data` (data, initialization, batches), `stepc.to
 (the loop, evaluation, the output files) and `stepc.tools.plot` (the loss picture); this module
 wires them to the command line. `--devices N` on a CPU needs N host devices, which XLA creates only when `--xla_force_host_platform_device_count`
 is in `XLA_FLAGS` before JAX starts its backends (importing JAX does not start them): so `run`
-sets it first thing.
+sets it before anything starts them, once the program is read and the device count is known
+to split its batch.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import jax
 import numpy as np
 
 from stepc.ir.diagnostics import StepcError
-from stepc.ir.parse import load
+from stepc.ir.parse import load_text, read_source
 from stepc.tools import data as train_data
 from stepc.tools import loop as train_loop
 
@@ -68,20 +69,30 @@ def force_host_devices(n: int) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Everything a user can get wrong is found before the expensive part (starting JAX with N
+    devices, compiling, training): the options, `--out` (writable, no directory where a file
+    goes), the program (read once: a path, or `-` for stdin), the device count against the
+    batch, the data's headers against the program."""
     started = time.perf_counter()
-    force_host_devices(args.devices)
+    if args.seed < 0:
+        raise StepcError(f"--seed must be a non-negative integer, found {args.seed}")
     protect = tuple(p for p in (args.file, args.data, args.init) if p)
-    if args.out:
+    if args.out is not None:
         train_loop.check_output_dir(args.out, train_loop.RUN_FILES, protect=protect, option="--out")
-    module = load(args.file)
+    text, name = read_source(args.file)
+    module = load_text(text, name)
     spec = train_data.signature(module)
+    if args.devices > 1 and jax_started():
+        train_loop.pick_devices(args.devices)  # JAX is up: how many devices there are is known at no cost
+    train_loop.check_batch_split(args.devices, spec)
+    force_host_devices(args.devices)
     data = train_data.load_data(args.data, spec)
     steps = train_data.resolve_steps(args.steps, args.epochs, data.n_train, spec.batch_size)
     params = train_data.load_params(args.init, spec) if args.init else train_data.default_init(module, args.seed)
     devices = train_loop.pick_devices(args.devices)
 
     compile_start = time.perf_counter()
-    program = train_loop.compile_step(args.file, check=not args.no_check)
+    program = train_loop.compile_step(text, name, check=not args.no_check, check_mode=args.check_mode)
     cut = train_loop.logits_module(module)
     logits_fn = train_loop.logits_function(cut[0]) if cut is not None else None
     compile_seconds = time.perf_counter() - compile_start
@@ -111,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     final_params = {k: _host(v) for k, v in result.params.items()}
 
     summary: dict[str, Any] = {
-        "program": args.file,
+        "program": name,
         "function": spec.name,
         "data": data.name,
         "train_examples": data.n_train,
@@ -152,11 +163,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"{result.steps} steps in {result.seconds:.2f} s, final loss {final}")
     for line in lines:
         print(line)
-    if args.out:
+    if args.out is not None:
         written = train_loop.write_run(args.out, summary, final_params, result.losses, protect=protect)
         print(f"wrote {', '.join(written)} to {args.out}")
     if result.stopped:
-        raise StepcError(f"training stopped: {result.stopped}" + (f"; written to {args.out}" if args.out else ""))
+        written_to = f"; written to {args.out}" if args.out is not None else ""
+        raise StepcError(f"training stopped: {result.stopped}{written_to}")
     return 0
 
 

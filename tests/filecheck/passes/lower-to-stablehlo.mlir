@@ -22,7 +22,9 @@ func.func @clf(%w: tensor<5x3xf32> {step.param = #step.sgd<weight_decay = 0.0>},
 // CHECK-NEXT:    %xw = "stablehlo.dot_general"(%x, %w) <{dot_dimension_numbers = #stablehlo.dot<lhs_contracting_dimensions = [1], rhs_contracting_dimensions = [0]>}> : (tensor<4x5xf32>, tensor<5x3xf32>) -> tensor<4x3xf32>
 // CHECK-NEXT:    %[[B:.*]] = "stablehlo.broadcast_in_dim"(%b) <{broadcast_dimensions = array<i64: 1>}> : (tensor<3xf32>) -> tensor<4x3xf32>
 // CHECK-NEXT:    %z = "stablehlo.add"(%xw, %[[B]]) : (tensor<4x3xf32>, tensor<4x3xf32>) -> tensor<4x3xf32>
-// CHECK-NEXT:    %[[ZERO:.*]] = "stablehlo.constant"() <{value = dense<0.000000e+00> : tensor<4x3xf32>}> : () -> tensor<4x3xf32>
+// A splat constant is a scalar broadcast to its shape (as jnp.zeros), so its attribute holds one element.
+// CHECK-NEXT:    %[[ZERO0:.*]] = "stablehlo.constant"() <{value = dense<0.000000e+00> : tensor<f32>}> : () -> tensor<f32>
+// CHECK-NEXT:    %[[ZERO:.*]] = "stablehlo.broadcast_in_dim"(%[[ZERO0]]) <{broadcast_dimensions = array<i64>}> : (tensor<f32>) -> tensor<4x3xf32>
 // CHECK-NEXT:    %h = "stablehlo.maximum"(%z, %[[ZERO]]) {step.relu} : (tensor<4x3xf32>, tensor<4x3xf32>) -> tensor<4x3xf32>
 // Row max with -inf as the identity, printed as raw hex so both XLA and xDSL read it exactly.
 // CHECK-NEXT:    %[[NEGINF:.*]] = "stablehlo.constant"() <{value = dense<"0x000080FF"> : tensor<f32>}> : () -> tensor<f32>

@@ -25,10 +25,12 @@ func.func @grad_of_relu_ce(%z: tensor<4x3xf32> {step.param}, %ct: tensor<4x3xf32
 
 // CHECK-LABEL: module @grad_of_relu_ce {
 // CHECK:         %[[PRED:.*]] = "stablehlo.compare"(%z, %{{.*}}) <{comparison_direction = #stablehlo<comparison_direction GT>}> : (tensor<4x3xf32>, tensor<4x3xf32>) -> tensor<4x3xi1>
-// CHECK-NEXT:    %[[ZERO:.*]] = "stablehlo.constant"() <{value = dense<0.000000e+00> : tensor<4x3xf32>}> : () -> tensor<4x3xf32>
+// CHECK-NEXT:    %[[ZERO0:.*]] = "stablehlo.constant"() <{value = dense<0.000000e+00> : tensor<f32>}> : () -> tensor<f32>
+// CHECK-NEXT:    %[[ZERO:.*]] = "stablehlo.broadcast_in_dim"(%[[ZERO0]]) <{broadcast_dimensions = array<i64>}> : (tensor<f32>) -> tensor<4x3xf32>
 // CHECK-NEXT:    %masked = "stablehlo.select"(%[[PRED]], %ct, %[[ZERO]]) : (tensor<4x3xi1>, tensor<4x3xf32>, tensor<4x3xf32>) -> tensor<4x3xf32>
 // CHECK-NEXT:    %[[IDX:.*]] = "stablehlo.reshape"(%labels) : (tensor<4xi32>) -> tensor<4x1xi32>
-// CHECK-NEXT:    %[[MINUS:.*]] = "stablehlo.constant"() <{value = dense<-1.000000e+00> : tensor<4xf32>}> : () -> tensor<4xf32>
+// CHECK-NEXT:    %[[MINUS0:.*]] = "stablehlo.constant"() <{value = dense<-1.000000e+00> : tensor<f32>}> : () -> tensor<f32>
+// CHECK-NEXT:    %[[MINUS:.*]] = "stablehlo.broadcast_in_dim"(%[[MINUS0]]) <{broadcast_dimensions = array<i64>}> : (tensor<f32>) -> tensor<4xf32>
 // CHECK-NEXT:    %diff = "stablehlo.scatter"(%masked, %[[IDX]], %[[MINUS]]) <{scatter_dimension_numbers = #stablehlo.scatter<inserted_window_dims = [1], input_batching_dims = [0], scatter_indices_batching_dims = [0], scatter_dims_to_operand_dims = [1], index_vector_dim = 1>}> ({
 // CHECK:           "stablehlo.add"
 // CHECK:         }) : (tensor<4x3xf32>, tensor<4x1xi32>, tensor<4xf32>) -> tensor<4x3xf32>

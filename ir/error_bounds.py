@@ -1,0 +1,606 @@
+"""Running error analysis: each op's reference value in float64 and a bound on the error of
+any correct evaluation of the op in its own precision.
+
+`evaluate_with_bounds(fn, inputs)` walks a step function once. Every value carries
+
+- `value`: the op's meaning computed in float64 from the float64 values of its operands (the
+  reference; its own float64 rounding is inside the bound, see `unit_roundoff`), and
+- `error`: an elementwise bound on `|computed - value|` for ANY evaluation that computes each op
+  in the op's element type with any summation order (pairwise, blocked, FMA, tree: the
+  deterministic `gamma_n = n u / (1 - n u)` of a length-n sum, Higham, "Accuracy and Stability
+  of Numerical Algorithms", 2nd ed., Lemma 3.1 and section 3.1), any placement of the final
+  rounding, and any amount of extra precision in between (XLA's CPU compiler keeps f16/bf16
+  intermediates in f32 across fused ops: an error of 0 where the model allows a rounding).
+
+The bound of an op is its operands' errors carried through the op (a first-order Lipschitz term
+with the second-order term kept: `|b| ea + |a| eb + ea eb` for a product) plus the op's own
+rounding: half an ulp (`u |y|`) for the correctly rounded ops (+, -, *, /, sqrt, conversions),
+`TRANSCENDENTAL_ULPS` ulps for exp, log, tanh, logistic (XLA and NumPy use polynomial
+approximations that are not correctly rounded), `gamma_n |a|.|b|` for a matmul over n and
+`gamma_n sum|x|` for a sum. f16 and bf16 matmuls accumulate in f32 (`ACCUMULATOR`) and round
+once to the 16-bit type; other sums accumulate in their own type (XLA's CPU backend reduces f16
+in f16).
+
+Discontinuities are bounded as well: a comparison whose operands are closer than their errors
+could flip, so its 0/1 result gets error 1 there; an op whose operand's interval reaches a pole
+or leaves the domain (log of an interval holding 0, 1/x near 0) gets an infinite bound there
+(the element is not checked, and reports count such elements).
+
+The bounds are what the contracts compare against (`error / bound <= 1` holds): they are
+sound for every summation order, so they never raise a false alarm on a correct program, and
+tight enough (typically 10 to 1000 times the observed error) to catch a wrong derivative rule
+or a lowering that is off by a fraction of a percent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+from xdsl.dialects import func
+from xdsl.dialects.builtin import TensorType
+from xdsl.ir import Attribute, Operation, SSAValue
+
+from stepc.ir.dialect import (
+    AbsOp,
+    AddOp,
+    BroadcastOp,
+    CompareOp,
+    ConstantOp,
+    ConvertOp,
+    CrossEntropyOp,
+    DivOp,
+    ExpOp,
+    LogOp,
+    LogSoftmaxOp,
+    MatmulOp,
+    MaximumOp,
+    MaxOp,
+    MeanOp,
+    MinimumOp,
+    MseOp,
+    MulOp,
+    NegOp,
+    OneHotOp,
+    ReluOp,
+    ReshapeOp,
+    RsqrtOp,
+    SigmoidOp,
+    SoftmaxOp,
+    SqrtOp,
+    SquareOp,
+    SubOp,
+    SumOp,
+    TanhOp,
+    TransposeOp,
+)
+from stepc.ir.interpreter import BINARY, COMPARISONS, UNARY, log_softmax, softmax
+from stepc.ir.narrow import is_tensor
+from stepc.ir.program import args, output_names, returned_values
+from stepc.ir.values import numpy_dtype
+
+Array = np.ndarray
+
+# Ulps of error of a transcendental function's implementation (XLA's exp/log/tanh/logistic on
+# CPU and GPU, NumPy's libm): a few ulps at most; 4 is a margin over the documented 1 to 2.
+TRANSCENDENTAL_ULPS = 4.0
+# The smallest magnitude an approximation's relative error is measured against (below it, an
+# absolute error of that many ulps of the smallest normal number of the type).
+U64 = float(np.finfo(np.float64).eps) / 2
+
+
+def _finfo(dtype: np.dtype) -> Any:
+    return ml_dtypes.finfo(dtype)  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]  # ml_dtypes is untyped
+
+
+def unit_roundoff(dtype: np.dtype) -> float:
+    """Half the machine epsilon of a float type (f32 5.96e-8, bf16 3.9e-3), 0 for integers."""
+    if dtype.kind == "f" or dtype.name == "bfloat16":
+        return float(_finfo(dtype).eps) / 2
+    return 0.0
+
+
+def smallest_normal(dtype: np.dtype) -> float:
+    if dtype.kind == "f" or dtype.name == "bfloat16":
+        return float(_finfo(dtype).smallest_normal)
+    return 0.0
+
+
+# f16 and bf16 matmuls accumulate in f32 (XLA's dot on CPU and GPU, cuBLAS, the TPU's MXU);
+# every other sum accumulates in its own type (XLA's CPU backend reduces f16 in f16).
+ACCUMULATOR = {"float16": np.dtype(np.float32), "bfloat16": np.dtype(np.float32)}
+
+
+def gamma(n: int, u: float) -> float:
+    """Higham's gamma_n = n u / (1 - n u): the relative bound of an n-term sum in any order
+    (infinite where n u >= 1, where no such bound exists)."""
+    nu = n * u
+    return nu / (1.0 - nu) if nu < 1.0 else np.inf
+
+
+# The confidence of the probabilistic bound: under the model of independent, mean-zero rounding
+# errors (Higham and Mary, "A New Approach to Probabilistic Rounding Error Analysis", SISC 2019),
+# an element exceeds LAMBDA times its `sigma` with probability at most 2 exp(-LAMBDA^2 / 2):
+# 2.5e-14 for LAMBDA = 8, so one false alarm in about 4e13 elements checked.
+LAMBDA = 8.0
+
+
+@dataclass
+class Bounded:
+    """A value in float64 and two elementwise bounds on the error of the program's evaluation:
+
+    - `error`: the worst case, sound for every rounding (`gamma_n`, errors added up linearly);
+    - `sigma`: the probabilistic scale (`sqrt(n) u` sums, independent errors added in
+      quadrature); `LAMBDA * sigma` bounds the error with the confidence stated at `LAMBDA`.
+
+    `bound()`, the smaller of the two, is what the contracts compare against."""
+
+    value: Array
+    error: Array
+    sigma: Array
+
+    def bound(self) -> Array:
+        return np.minimum(self.error, LAMBDA * self.sigma)
+
+    def unchecked(self) -> int:
+        """Elements whose bound is infinite (a pole or a domain edge within the error)."""
+        return int(np.count_nonzero(~np.isfinite(self.bound())))
+
+
+def _rss(*parts: Array | float) -> Array:
+    """The root of the sum of squares: independent error scales combined."""
+    total: Array = np.zeros(())
+    for part in parts:
+        total = total + np.square(part)
+    return np.sqrt(total)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The rounding of one op: `u` of its result type, `ua` of its accumulator (each plus
+    float64's own, for the reference is computed in float64), `tiny` the type's smallest normal
+    number (the most a flush of a subnormal to 0 changes a value)."""
+
+    u: float
+    ua: float
+    tiny: float
+
+    @staticmethod
+    def of(dtype: np.dtype) -> Precision:
+        u = unit_roundoff(dtype)
+        if u == 0.0:
+            return Precision(0.0, 0.0, 0.0)
+        accumulator = ACCUMULATOR.get(dtype.name, dtype)
+        return Precision(u + U64, unit_roundoff(accumulator) + U64, smallest_normal(dtype))
+
+    def rounding(self, y: Array, ulps: float = 0.5) -> Array:
+        """`ulps` ulps of |y| (half an ulp is u |y|), plus the smallest normal number: XLA's CPU
+        code flushes subnormal results and operands to 0."""
+        return 2.0 * ulps * self.u * np.abs(y) + self.tiny
+
+
+def exact(x: Array) -> Bounded:
+    """A value known exactly (an input): its bounds are 0."""
+    value = np.asarray(x, dtype=np.float64)
+    return Bounded(value, np.zeros_like(value), np.zeros_like(value))
+
+
+def literal(c: float, dtype: np.dtype) -> Bounded:
+    """A rank-0 constant `c` stored in `dtype`: off by its rounding to that type, exactly."""
+    off = np.asarray(abs(float(np.asarray(c).astype(dtype)) - c))
+    return Bounded(np.asarray(c, dtype=np.float64), off, off.copy())
+
+
+def plus(a: Bounded, b: Bounded, p: Precision, sign: float = 1.0) -> Bounded:
+    """`a + b` (`a - b` with `sign` -1): the errors add, and one rounding."""
+    with np.errstate(all="ignore"):  # inf - inf in a bound is "no bound" (`_no_nan`), not a warning
+        y = a.value + sign * b.value
+        r = p.rounding(y)
+        return Bounded(y, _no_nan(a.error + b.error + r), _no_nan(_rss(a.sigma, b.sigma, r)))
+
+
+def times(a: Bounded, b: Bounded, p: Precision) -> Bounded:
+    """`a * b`: `|b| ea + |a| eb + ea eb`, and one rounding."""
+    with np.errstate(all="ignore"):  # 0 * inf in a bound is "no bound" (`_no_nan`), not a warning
+        y = a.value * b.value
+        r = p.rounding(y)
+        error = np.abs(b.value) * a.error + np.abs(a.value) * b.error + a.error * b.error + r
+        sigma = _rss(b.value * a.sigma, a.value * b.sigma, a.sigma * b.sigma, r)
+        return Bounded(y, _no_nan(error), _no_nan(sigma))
+
+
+def _apply(y: Array, x: Bounded, slope: Array, curvature: float, p: Precision, ulps: float) -> Bounded:
+    """A smooth elementwise function: `slope` is |f'(x)|, `curvature` a bound on |f''| / 2 (the
+    second-order term), `ulps` the function's own rounding."""
+    r = p.rounding(y, ulps)
+    return Bounded(y, slope * x.error + curvature * x.error**2 + r, _rss(slope * x.sigma + curvature * x.sigma**2, r))
+
+
+Rule = Callable[[Operation, list[Bounded], Precision], Bounded]
+RULES: dict[type[Operation], Rule] = {}
+
+
+def rule(*op_types: type[Operation]) -> Callable[[Rule], Rule]:
+    def register(fn: Rule) -> Rule:
+        for op_type in op_types:
+            RULES[op_type] = fn
+        return fn
+
+    return register
+
+
+# ---------------------------------------------------------------------------------------------
+# Elementwise
+
+
+@rule(AddOp, SubOp)
+def _add(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    return plus(a[0], a[1], p, -1.0 if isinstance(op, SubOp) else 1.0)
+
+
+@rule(MulOp)
+def _mul(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    return times(a[0], a[1], p)
+
+
+@rule(DivOp)
+def _div(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    x, z = a
+    y = x.value / z.value
+    r = p.rounding(y)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        margin = np.abs(z.value) - z.error
+        error = np.where(margin > 0, (x.error + np.abs(y) * z.error) / margin, np.inf)
+        sigma_margin = np.abs(z.value) - LAMBDA * z.sigma
+        sigma = np.where(sigma_margin > 0, _rss(x.sigma, y * z.sigma) / sigma_margin, np.inf)
+    return Bounded(y, error + r, _rss(sigma, r))
+
+
+@rule(MaximumOp, MinimumOp)
+def _extremum(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    y = BINARY[type(op)](a[0].value, a[1].value)  # type: ignore[index]
+    zero = np.zeros_like(y)
+    return Bounded(y, np.maximum(a[0].error, a[1].error) + zero, np.maximum(a[0].sigma, a[1].sigma) + zero)
+
+
+@rule(NegOp, AbsOp)
+def _lipschitz_one_exact(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    """Exact ops with Lipschitz constant 1: the error carries over unchanged."""
+    return Bounded(UNARY[type(op)](a[0].value), a[0].error.copy(), a[0].sigma.copy())  # type: ignore[index]
+
+
+@rule(ReluOp)
+def _relu(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    """Exact and 1-Lipschitz; below 0 by more than the error, both sides are exactly 0."""
+    x = a[0]
+    y = UNARY[ReluOp](x.value)
+    error = np.where(x.value >= 0, x.error, np.minimum(x.error, np.maximum(x.value + x.error, 0.0)))
+    sigma = np.where(x.value + LAMBDA * x.sigma <= 0, 0.0, x.sigma)
+    return Bounded(y, error, sigma)
+
+
+@rule(ExpOp)
+def _exp(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    x = a[0]
+    y = np.exp(x.value)
+    r = p.rounding(y, TRANSCENDENTAL_ULPS)
+    # exp(x + d) - exp(x) = y expm1(d): the scale at LAMBDA sigma, divided back by LAMBDA.
+    return Bounded(y, y * np.expm1(x.error) + r, _rss(y * np.expm1(LAMBDA * x.sigma) / LAMBDA, r))
+
+
+@rule(LogOp)
+def _log(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    x = a[0]
+    y = np.log(x.value)
+    # log is accurate relative to max(|y|, 1): near x = 1 its absolute error is about u.
+    r = p.rounding(np.maximum(np.abs(y), 1.0), TRANSCENDENTAL_ULPS)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        error = np.where(x.value > x.error, -np.log1p(-x.error / x.value), np.inf)
+        low = x.value - LAMBDA * x.sigma
+        sigma = np.where(low > 0, x.sigma / np.where(low > 0, low, 1.0), np.inf)
+    return Bounded(y, error + r, _rss(sigma, r))
+
+
+@rule(TanhOp)
+def _tanh(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    y = np.tanh(a[0].value)
+    result = _apply(y, a[0], 1.0 - y * y, 0.4, p, TRANSCENDENTAL_ULPS)  # |tanh''| <= 0.77
+    return Bounded(y, np.minimum(result.error, 2.0), result.sigma)
+
+
+@rule(SigmoidOp)
+def _sigmoid(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    y = UNARY[SigmoidOp](a[0].value)
+    result = _apply(y, a[0], y * (1.0 - y), 0.05, p, TRANSCENDENTAL_ULPS)  # |sigmoid''| <= 0.0963
+    return Bounded(y, np.minimum(result.error, 1.0), result.sigma)
+
+
+@rule(SqrtOp)
+def _sqrt(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    x = a[0]
+    y = np.sqrt(x.value)
+    r = p.rounding(y)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        low = x.value - x.error
+        error = np.where(low >= 0, x.error / (y + np.sqrt(np.maximum(low, 0.0))), np.inf)
+        error = np.where(x.error == 0, 0.0, error)
+        low_sigma = x.value - LAMBDA * x.sigma
+        sigma = np.where(low_sigma > 0, x.sigma / (2.0 * np.sqrt(np.where(low_sigma > 0, low_sigma, 1.0))), np.inf)
+        sigma = np.where(x.sigma == 0, 0.0, sigma)
+    return Bounded(y, error + r, _rss(sigma, r))
+
+
+@rule(RsqrtOp)
+def _rsqrt(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    x = a[0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        y = 1.0 / np.sqrt(x.value)
+        r = p.rounding(y, 2.0)  # 1/sqrt: two roundings
+        low = x.value - x.error
+        error = np.where(low > 0, 1.0 / np.sqrt(np.where(low > 0, low, 1.0)) - y, np.inf)
+        error = np.where(x.error == 0, 0.0, error)
+        low_sigma = x.value - LAMBDA * x.sigma
+        safe = np.where(low_sigma > 0, low_sigma, 1.0)
+        sigma = np.where(low_sigma > 0, 0.5 * x.sigma / (safe * np.sqrt(safe)), np.inf)
+        sigma = np.where(x.sigma == 0, 0.0, sigma)
+    return Bounded(y, error + r, _rss(sigma, r))
+
+
+@rule(SquareOp)
+def _square(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    x = a[0]
+    return _apply(x.value * x.value, x, 2.0 * np.abs(x.value), 1.0, p, 0.5)
+
+
+@rule(CompareOp)
+def _compare(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    assert isinstance(op, CompareOp)
+    x, z = a
+    y = COMPARISONS[op.direction.data](x.value, z.value).astype(np.float64)
+    # Operands closer than their errors: the engine may decide either way (error 1 of a 0/1 mask).
+    # A flip is not a small mean-zero rounding: the probabilistic bound carries it at full size
+    # (sigma 1, so LAMBDA sigma covers up to LAMBDA^2 flips that add up with one sign; with
+    # sigma 1/LAMBDA, a 24-layer bf16 MLP's flipped relu masks gave 1.77 times the bound).
+    gap = np.abs(x.value - z.value)
+    undecided = gap <= x.error + z.error
+    maybe = gap <= LAMBDA * _rss(x.sigma, z.sigma)
+    if op.direction.data in ("eq", "ne"):
+        undecided &= (x.error + z.error) > 0
+        maybe &= (x.sigma + z.sigma) > 0
+    return Bounded(y, undecided.astype(np.float64), maybe.astype(np.float64))
+
+
+# ---------------------------------------------------------------------------------------------
+# Shapes, constants, conversions
+
+
+def _each(x: Bounded, fn: Callable[[Array], Array]) -> Bounded:
+    return Bounded(fn(x.value), fn(x.error), fn(x.sigma))
+
+
+@rule(TransposeOp)
+def _transpose(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    assert isinstance(op, TransposeOp)
+    return _each(a[0], lambda v: np.transpose(v, op.permutation).copy())
+
+
+@rule(ReshapeOp)
+def _reshape(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    shape = _shape(op.results[0].type)
+    return _each(a[0], lambda v: np.reshape(v, shape).copy())
+
+
+@rule(BroadcastOp)
+def _broadcast(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    shape = _shape(op.results[0].type)
+    return _each(a[0], lambda v: np.broadcast_to(v, shape).copy())
+
+
+@rule(ConstantOp)
+def _constant(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    assert isinstance(op, ConstantOp)
+    shape = _shape(op.result.type)
+    data = np.asarray(op.values, dtype=np.float64)
+    exact_value = np.broadcast_to(data[0], shape) if data.size == 1 else data.reshape(shape)
+    stored = exact_value.astype(_dtype(op.result.type)).astype(np.float64)
+    off = np.abs(stored - exact_value)  # the rounding of the literal, exactly
+    return Bounded(exact_value.copy(), off, off.copy())
+
+
+@rule(ConvertOp)
+def _convert(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    target, source = _dtype(op.results[0].type), _dtype(op.operands[0].type)
+    x = a[0]
+    if target.kind in "iu":  # truncation toward zero: exact unless the interval crosses an integer
+        flips = np.abs(np.trunc(x.value + x.error) - np.trunc(x.value - x.error))
+        maybe = np.abs(np.trunc(x.value + LAMBDA * x.sigma) - np.trunc(x.value - LAMBDA * x.sigma))
+        return Bounded(np.trunc(x.value), flips, maybe)  # a flip at full size, as `_compare`
+    if source.kind in "iu" or unit_roundoff(target) > unit_roundoff(source):  # a rounding to the target
+        r = p.rounding(x.value)
+        return Bounded(x.value.copy(), x.error + r, _rss(x.sigma, r))
+    return _each(x, np.copy)  # to a wider float: exact
+
+
+@rule(OneHotOp)
+def _one_hot(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    classes = _shape(op.results[0].type)[-1]
+    return exact((np.asarray(a[0].value)[..., None] == np.arange(classes)).astype(np.float64))
+
+
+# ---------------------------------------------------------------------------------------------
+# Contractions and reductions
+
+
+@rule(MatmulOp)
+def _matmul(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    x, z = a
+    y = np.matmul(x.value, z.value)
+    ax, az = np.abs(x.value), np.abs(z.value)
+    magnitude = np.matmul(ax, az)
+    n = x.value.shape[-1] if x.value.ndim else 1
+    r = p.rounding(y)  # the final rounding of a 16-bit result (inside gamma_n otherwise)
+    error = gamma(n, p.ua) * magnitude + r
+    sigma = _rss(np.sqrt(n) * p.ua * magnitude, r)
+    if np.any(x.error) or np.any(z.error):  # |x| ez + ex |z| + ex ez = (|x| + ex)(|z| + ez) - |x||z|
+        error = error + np.maximum(np.matmul(ax + x.error, az + z.error) - magnitude, 0.0)
+        sx, sz = np.square(x.sigma), np.square(z.sigma)
+        carried = np.matmul(np.square(x.value), sz) + np.matmul(sx, np.square(z.value)) + np.matmul(sx, sz)
+        sigma = _rss(sigma, np.sqrt(carried))
+    return Bounded(y, error, sigma)
+
+
+def _reduced(op: Operation) -> tuple[int, ...]:
+    assert isinstance(op, SumOp | MeanOp | MaxOp)
+    return op.axes
+
+
+def _count(shape: tuple[int, ...], axes: tuple[int, ...]) -> int:
+    return int(np.prod([shape[d] for d in axes])) if axes else 1
+
+
+def _sum(x: Bounded, axes: tuple[int, ...], p: Precision) -> Bounded:
+    y = np.asarray(np.sum(x.value, axis=axes))
+    n = _count(x.value.shape, axes)
+    magnitude = np.sum(np.abs(x.value), axis=axes)
+    r = p.rounding(y)
+    error = np.sum(x.error, axis=axes) + gamma(n, p.u) * magnitude + r  # accumulated in its own type
+    sigma = _rss(np.sqrt(np.sum(np.square(x.sigma), axis=axes)), np.sqrt(n) * p.u * magnitude, r)
+    return Bounded(y, np.asarray(error), np.asarray(sigma))
+
+
+def _mean(x: Bounded, axes: tuple[int, ...], p: Precision) -> Bounded:
+    n = _count(x.value.shape, axes)
+    total = _sum(x, axes, p)
+    y = total.value / n
+    r = p.rounding(y, 1.0)  # the division (or 1/n and a product)
+    return Bounded(y, total.error / n + r, _rss(total.sigma / n, r))
+
+
+@rule(SumOp)
+def _sum_op(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    return _sum(a[0], _reduced(op), p)
+
+
+@rule(MeanOp)
+def _mean_op(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    return _mean(a[0], _reduced(op), p)
+
+
+@rule(MaxOp)
+def _max_op(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    axes = _reduced(op)
+    x = a[0]
+    y = np.asarray(np.max(x.value, axis=axes, initial=-np.inf))
+    return Bounded(y, np.asarray(np.max(x.error, axis=axes, initial=0.0)), np.asarray(np.max(x.sigma, axis=axes, initial=0.0)))
+
+
+def _log_softmax_on(x: Bounded, p: Precision, axis: int = 1) -> Bounded:
+    """`log_softmax` along `axis` with its bounds (also the cross-entropy's inner step).
+
+    Carried: log-sum-exp is 1-Lipschitz in the max norm (its gradient is the softmax), so the
+    worst case is `e_i + max_j e_j`, the probabilistic `s_i + sqrt(sum_j (p_j s_j)^2)`.
+    Rounding, however it is decomposed: `x - max` (u |x - max|), each `exp` (its ulps), their sum
+    (relative `gamma_n`, or `sqrt(n) u`), the `log` and the final subtraction."""
+    y = log_softmax(x.value, axis)
+    shifted = x.value - np.max(x.value, axis=axis, keepdims=True)
+    weights = softmax(x.value, axis)
+    n = x.value.shape[axis]
+    # Each step's result is in the op's type (u: a 16-bit lowering rounds every intermediate),
+    # and so is the sum's accumulator.
+    term = p.u * np.abs(shifted) + 2.0 * TRANSCENDENTAL_ULPS * p.u
+    lse = np.abs(y - shifted)  # |log sum exp(x - max)|
+    own = 2.0 * TRANSCENDENTAL_ULPS * p.u * lse + p.rounding(y, 1.0) + p.u * np.abs(shifted)
+
+    def log_of(relative: Array) -> Array:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(relative < 1.0, -np.log1p(-np.minimum(relative, 1.0)), np.inf)
+
+    weighted = np.sum(weights * term, axis=axis, keepdims=True) + p.u
+    error = x.error + np.max(x.error, axis=axis, keepdims=True) + log_of(weighted + gamma(n, p.u)) + own
+    lse_sigma = np.sqrt(np.sum(np.square(weights * x.sigma), axis=axis, keepdims=True))
+    sigma = _rss(x.sigma + lse_sigma, log_of(weighted + np.sqrt(n) * p.u), own)
+    return Bounded(y, error, sigma)
+
+
+@rule(LogSoftmaxOp)
+def _log_softmax(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    assert isinstance(op, LogSoftmaxOp)
+    return _log_softmax_on(a[0], p, op.axis_index)
+
+
+@rule(SoftmaxOp)
+def _softmax(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    """exp of `log_softmax` (the bound of log y carried through exp), and the final rounding."""
+    assert isinstance(op, SoftmaxOp)
+    logs = _log_softmax_on(a[0], p, op.axis_index)
+    y = softmax(a[0].value, op.axis_index)
+    r = p.rounding(y, 1.0)
+    return Bounded(y, y * np.expm1(logs.error) + r, _rss(y * np.expm1(LAMBDA * logs.sigma) / LAMBDA, r))
+
+
+@rule(CrossEntropyOp)
+def _cross_entropy(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    labels = np.asarray(a[1].value).astype(np.intp)[:, None]
+    ls = _log_softmax_on(a[0], p)
+
+    def pick(v: Array) -> Array:
+        return np.take_along_axis(v, labels, axis=1)[:, 0]
+
+    return _mean(Bounded(-pick(ls.value), pick(ls.error), pick(ls.sigma)), (0,), p)
+
+
+@rule(MseOp)
+def _mse(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    d = plus(a[0], a[1], p, -1.0)
+    squared = _apply(d.value * d.value, d, 2.0 * np.abs(d.value), 1.0, p, 0.5)
+    return _mean(squared, tuple(range(d.value.ndim)), p)
+
+
+# ---------------------------------------------------------------------------------------------
+# Walking a function
+
+
+def _shape(t: Attribute) -> tuple[int, ...]:
+    assert isinstance(t, TensorType)
+    return tuple(t.get_shape())
+
+
+def _dtype(t: Attribute) -> np.dtype:
+    assert is_tensor(t)
+    return numpy_dtype(t.get_element_type())
+
+
+def _no_nan(bound: Array) -> Array:
+    bound = np.asarray(bound, dtype=np.float64)
+    return np.where(np.isnan(bound), np.inf, bound)
+
+
+def evaluate_with_bounds(fn: func.FuncOp, inputs: Mapping[str, Array]) -> dict[str, Bounded]:
+    """Each output of `fn` (keyed as `output_names`) in float64 with its error bound, for inputs
+    keyed by argument name (exact in their types: the bound of an input is 0)."""
+    env: dict[SSAValue, Bounded] = {}
+    for arg in args(fn):
+        env[arg.value] = exact(np.asarray(inputs[arg.name]).astype(np.float64))
+    last_use: dict[SSAValue, Operation] = {}
+    for op in fn.body.block.ops:
+        for operand in op.operands:
+            last_use[operand] = op
+    with np.errstate(all="ignore"):
+        for op in fn.body.block.ops:
+            if isinstance(op, func.ReturnOp):
+                break
+            found = RULES.get(type(op))
+            if found is None:
+                raise NotImplementedError(f"no error-bound rule for {op.name}")
+            result = found(op, [env[v] for v in op.operands], Precision.of(_dtype(op.results[0].type)))
+            # NaN in a bound (inf - inf, 0 * inf) means "no bound": infinite, never a silent pass.
+            env[op.results[0]] = Bounded(
+                np.asarray(result.value, dtype=np.float64), _no_nan(result.error), _no_nan(result.sigma)
+            )
+            for operand in set(op.operands):  # free what no later op reads (the peak stays small)
+                if last_use.get(operand) is op:
+                    del env[operand]
+    return {name: env[v] for name, v in zip(output_names(fn), returned_values(fn))}
