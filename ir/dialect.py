@@ -617,6 +617,69 @@ class MinimumOp(BinaryOp):
     name = "step.minimum"
 
 
+@irdl_op_definition
+class SelectOp(StepOp):
+    """`%r = step.select %m, %a, %b : (tensor<4xf32>, tensor<4xf32>, tensor<f32>) -> tensor<4xf32>`
+
+    `torch.where(m != 0, a, b)` with a float mask `m` (a `step.compare` result, say), the three
+    operands NumPy-broadcast together; `a` and `b` of one float type, the mask of any float
+    type. The mask has no derivative; `a` takes the cotangent where `m != 0`, `b` elsewhere.
+    """
+
+    name = "step.select"
+
+    mask = operand_def(TensorType)
+    on_true = operand_def(TensorType)
+    on_false = operand_def(TensorType)
+    result = result_def(TensorType)
+
+    def __init__(self, mask: SSAValue, on_true: SSAValue, on_false: SSAValue):
+        shape = shapes.broadcast(shapes.broadcast(shape_of(mask), shape_of(on_true)), shape_of(on_false))
+        super().__init__(operands=[mask, on_true, on_false], result_types=[make_tensor(shape, element_of(on_true))])
+
+    @classmethod
+    def parse(cls, parser: Parser) -> SelectOp:
+        pos = parser.pos
+        names = [parser.parse_unresolved_operand()]
+        for _ in range(2):
+            parser.parse_punctuation(",")
+            names.append(parser.parse_unresolved_operand())
+        attrs = parser.parse_optional_attr_dict()
+        parser.parse_punctuation(":")
+        fn = parser.parse_function_type()
+        if len(fn.inputs.data) != 3 or len(fn.outputs.data) != 1:
+            parser.raise_error(
+                f"{cls.name} has the type (Tm, Ta, Tb) -> Tr, found {len(fn.inputs.data)} operand types "
+                f"and {len(fn.outputs.data)} result types",
+                pos,
+                parser.pos,
+            )
+        operands = [parser.resolve_operand(n, t) for n, t in zip(names, fn.inputs.data)]
+        op = cls.create(operands=operands, result_types=[fn.outputs.data[0]])
+        op.attributes.update(attrs)
+        return op
+
+    def print(self, printer: Printer) -> None:
+        printer.print_string(" ")
+        printer.print_list(self.operands, printer.print_operand)
+        printer.print_op_attributes(self.attributes)
+        printer.print_string(" : ")
+        printer.print_function_type([o.type for o in self.operands], [self.result.type])
+
+    def infer(self) -> TensorType[Attribute]:
+        m = float_tensor(self.mask, f"{self.name} mask")
+        a = float_tensor(self.on_true, f"{self.name} on-true operand")
+        b = float_tensor(self.on_false, f"{self.name} on-false operand")
+        if a.get_element_type() != b.get_element_type():
+            raise VerifyException(
+                f"{self.name} needs equal element types for its two values, found {a.get_element_type()} and "
+                f"{b.get_element_type()}"
+            )
+        shape = rule(shapes.broadcast, shape_of(m), shape_of(a))
+        shape = rule(shapes.broadcast, shape, shape_of(b))
+        return make_tensor(shape, a.get_element_type())
+
+
 COMPARE_DIRECTIONS = ("eq", "ne", "lt", "le", "gt", "ge")
 
 
@@ -1140,12 +1203,13 @@ def _nested_text(values: list[float], shape: tuple[int, ...]) -> str:
     return "[" + ", ".join(parts) + "]"
 
 
-# Ops users write (the spec's first set), in the order of `docs/language.md`.
+# Ops users write (the spec's first set, then the second as it is built), in the order of `docs/language.md`.
 SPEC_OPS: tuple[type[StepOp], ...] = (
     AddOp, SubOp, MulOp, DivOp, MaximumOp, MinimumOp,
     ExpOp, NegOp, LogOp, TanhOp, SigmoidOp, ReluOp, SqrtOp, RsqrtOp, SquareOp, AbsOp,
     MatmulOp, TransposeOp, ReshapeOp, BroadcastOp, SumOp, MeanOp, MaxOp, SoftmaxOp,
     LogSoftmaxOp, CrossEntropyOp, MseOp, ConstantOp, ConvertOp,
+    SelectOp,
 )  # fmt: skip
 # Ops the derivative introduces; users may write them too.
 EXTRA_OPS: tuple[type[StepOp], ...] = (CompareOp, OneHotOp)

@@ -68,6 +68,7 @@ from stepc.ir.dialect import (
     ReluOp,
     ReshapeOp,
     RsqrtOp,
+    SelectOp,
     SigmoidOp,
     SoftmaxOp,
     SqrtOp,
@@ -379,6 +380,27 @@ def _compare(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
 
 def _each(x: Bounded, fn: Callable[[Array], Array]) -> Bounded:
     return Bounded(fn(x.value), fn(x.error), fn(x.sigma))
+
+
+@rule(SelectOp)
+def _select(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    """Exact: the chosen value's bounds; where the mask may be 0 or not (|m| within its error),
+    either value may be chosen, so the bound also spans their difference (at full size in the
+    probabilistic bound too, as a flipped comparison)."""
+    m, x, z = a
+    shape = _shape(op.results[0].type)
+    chosen = m.value != 0
+    spread = np.abs(x.value - z.value)
+    # m may be 0 and may be not: within its error of 0, and either nonzero or with more error than
+    # the flush-to-zero allowance every rounding carries (an exact 0 stays 0 in every evaluation)
+    tiny = Precision.of(_dtype(op.operands[0].type)).tiny
+    undecided = (np.abs(m.value) <= m.error) & ((m.value != 0) | (m.error > tiny))
+    maybe = (np.abs(m.value) <= LAMBDA * m.sigma) & ((m.value != 0) | (m.sigma > tiny))
+    error = np.where(chosen, x.error, z.error) + np.where(undecided, spread + np.maximum(x.error, z.error), 0.0)
+    sigma = np.where(chosen, x.sigma, z.sigma) + np.where(maybe, spread + np.maximum(x.sigma, z.sigma), 0.0)
+    value: Array = np.where(chosen, x.value, z.value)
+    out = [np.broadcast_to(v, shape).astype(np.float64) for v in (value, error, sigma)]
+    return Bounded(out[0], out[1], out[2])
 
 
 @rule(TransposeOp)

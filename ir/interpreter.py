@@ -55,6 +55,7 @@ from stepc.ir.dialect import (
     ReluOp,
     ReshapeOp,
     RsqrtOp,
+    SelectOp,
     SigmoidOp,
     SoftmaxOp,
     SqrtOp,
@@ -209,6 +210,12 @@ class StepFunctions(InterpreterFunctions):
     def run_compare(self, interpreter: Interpreter, op: CompareOp, values: PythonValues) -> PythonValues:
         lhs, rhs = (widen(v) for v in values)
         return (rounded(COMPARISONS[op.direction.data](lhs, rhs), result_dtype(op)),)
+
+    @impl(SelectOp)
+    def run_select(self, interpreter: Interpreter, op: SelectOp, values: PythonValues) -> PythonValues:
+        mask, on_true, on_false = (np.asarray(v) for v in values)  # torch.where(m != 0, a, b): exact
+        chosen: Array = np.where(mask != 0, on_true, on_false)
+        return (np.ascontiguousarray(np.broadcast_to(chosen, _shape(op.result.type))),)
 
     @impl(TransposeOp)
     def run_transpose(self, interpreter: Interpreter, op: TransposeOp, values: PythonValues) -> PythonValues:

@@ -207,6 +207,15 @@ def lower_compare(b: StableHLOBuilder, op: step.CompareOp) -> SSAValue:
     return b.convert(mask, element_of(op.result))
 
 
+@lowering(step.SelectOp)
+def lower_select(b: StableHLOBuilder, op: step.SelectOp) -> SSAValue:
+    """`select(compare(m != 0), a, b)`, each operand broadcast to the result's shape."""
+    shape = shape_of(op.result)
+    mask = b.broadcast(op.mask, shape)
+    pred = b.compare(shlo.ComparisonDirection.NE, mask, b.constant(0.0, element_of(op.mask)))
+    return b.emit(shlo.SelectOp(pred, b.broadcast(op.on_true, shape), b.broadcast(op.on_false, shape)))
+
+
 @lowering(step.MatmulOp)
 def lower_matmul(b: StableHLOBuilder, op: step.MatmulOp) -> SSAValue:
     lhs_rank, rhs_rank = len(shape_of(op.lhs)), len(shape_of(op.rhs))

@@ -49,6 +49,7 @@ from stepc.ir.dialect import (
     ReluOp,
     ReshapeOp,
     RsqrtOp,
+    SelectOp,
     SigmoidOp,
     SoftmaxOp,
     SqrtOp,
@@ -163,6 +164,17 @@ def _tie_split(first_wins: str) -> Rule:
 
 vjp(MaximumOp)(_tie_split("gt"))
 vjp(MinimumOp)(_tie_split("lt"))
+
+
+@vjp(SelectOp)
+def vjp_select(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
+    """`torch.where`'s backward: the cotangent where the mask chose each value, 0 elsewhere;
+    none for the mask (a step function of it)."""
+    assert isinstance(op, SelectOp)
+    zero = emit.scalar(0.0, cotangent)
+    to_true = emit(SelectOp(op.mask, cotangent, zero))
+    to_false = emit(SelectOp(op.mask, zero, cotangent))
+    return None, emit.unbroadcast(to_true, op.on_true), emit.unbroadcast(to_false, op.on_false)
 
 
 @vjp(CompareOp)

@@ -127,6 +127,10 @@ def test_each_op_within_its_bound_in_the_interpreter_and_in_xla(dtype: str) -> N
     for name in ("sum", "mean", "max"):
         r = f"tensor<16x{dtype}>"
         programs.append((name, one_op(f"%r = step.{name} %a dims [1] : {t} -> {r}", f"%a: {t}", r), {"a": rng.standard_normal((16, 64))}))
+    mask = rng.standard_normal((16, 1)) * (rng.random((16, 1)) < 0.5)
+    programs.append(("select", one_op(f"%r = step.select %m, %a, %b : (tensor<16x1x{dtype}>, {t}, tensor<64x{dtype}>) -> {t}",
+                                      f"%m: tensor<16x1x{dtype}>, %a: {t}, %b: tensor<64x{dtype}>", t),
+                     {"m": mask, "a": rng.standard_normal((16, 64)), "b": rng.standard_normal(64)}))  # fmt: skip
     labels = rng.integers(0, 64, 16).astype(np.int32)
     programs.append(("cross_entropy", one_op(f"%r = step.cross_entropy %a, %l : ({t}, tensor<16xi32>) -> tensor<{dtype}>",
                                              f"%a: {t}, %l: tensor<16xi32>", f"tensor<{dtype}>"),

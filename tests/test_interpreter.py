@@ -110,6 +110,13 @@ CASES: list[Case] = [
     unary("abs", lambda a: torch.abs(tt(a)).numpy(), gen=with_zeros),
     binary("matmul", lambda a, b: np.einsum("mk,kn->mn", a, b), shapes=((3, 5), (5, 2)), result=(3, 2)),
     Case(
+        "select",
+        "step.select %m, %a, %b : ({m}, {a}, {b}) -> {r}",
+        {"m": ((3, 1), with_zeros), "a": ((3, 4), normal), "b": ((4,), normal)},
+        (3, 4),
+        lambda m, a, b: torch.where(tt(m) != 0, tt(a), tt(b)).numpy(),
+    ),
+    Case(
         "matmul_batched",
         "step.matmul %a, %b : ({a}, {b}) -> {r}",
         {"a": ((2, 3, 5), normal), "b": ((2, 5, 4), normal)},

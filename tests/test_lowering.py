@@ -81,6 +81,12 @@ ROWS: list[Row] = [
     *(unary(op, "positive") for op in ("log", "sqrt", "rsqrt")),
     unary("relu", "rounded"),  # exact zeros: relu(0) = 0
     Row(
+        "select",
+        f"%r = step.select %m, %a, %b : ({t((3, 1))}, {t((3, 4))}, {t((4,))}) -> {t((3, 4))}",
+        (("m", (3, 1), "rounded"), ("a", (3, 4), "normal"), ("b", (4,), "normal")),  # rounded: exact zeros in m
+        t((3, 4)),
+    ),
+    Row(
         "matmul",
         f"%r = step.matmul %a, %b : ({t((3, 4))}, {t((4, 5))}) -> {t((3, 5))}",
         (("a", (3, 4), "normal"), ("b", (4, 5), "normal")),

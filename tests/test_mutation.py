@@ -64,6 +64,8 @@ CASES: list[Case] = [
     Case(step.MinimumOp, binary("minimum"), ("sign", "swap", "drop:0", "drop:1")),
     Case(step.CompareOp, f"%m = step.compare gt %a, %b : ({T}, {T}) -> {T}\n  %r = step.mul %m, %a : ({T}, {T}) -> {T}",
          ("nonzero",)),
+    Case(step.SelectOp, f"%m = step.compare gt %a, %b : ({T}, {T}) -> {T}\n"
+                        f"  %r = step.select %m, %a, %b : ({T}, {T}, {T}) -> {T}", ("sign", "drop:1", "drop:2")),
     *(Case(cls, f"%r = {cls.name} %a : {T}", UNARY_SIGN)
       for cls in (step.ExpOp, step.NegOp, step.TanhOp, step.SigmoidOp, step.ReluOp, step.SquareOp, step.AbsOp)),
     *(Case(cls, f"{POSITIVE}\n  %r = {cls.name} %pos : {T}", UNARY_SIGN) for cls in (step.LogOp, step.SqrtOp, step.RsqrtOp)),

@@ -309,9 +309,24 @@ def constant_convert_rows() -> list[Row]:
     ]  # fmt: skip
 
 
+def select_rows() -> list[Row]:
+    """`torch.where(m != 0, a, b)` with broadcasting; the mask (drawn with exact zeros) has no
+    derivative: its gradient is 0 (`+ 0 * m` gives the oracles a zero gradient for it)."""
+    rows = []
+    for sm, sa, sb in [((3, 4), (3, 4), (3, 4)), ((3, 1), (3, 4), (4,)), ((3, 4), (), (1, 4))]:
+        out = tuple(np.broadcast_shapes(sm, sa, sb))
+        m, a, b = Arg("m", sm, values="kinks"), Arg("a", sa), Arg("b", sb)
+        line = f"%r = step.select %m, %a, %b : ({m.type}, {a.type}, {b.type}) -> {tensor_type(out)}"
+        rows.append(Row(
+            f"select-{'x'.join(map(str, sm))}-{'x'.join(map(str, sa)) or 's'}-{'x'.join(map(str, sb))}", [m, a, b], line,
+            out, lambda m, a, b: jnp.where(m != 0, a, b) + 0 * m, lambda m, a, b: torch.where(m != 0, a, b) + 0 * m,
+        ))  # fmt: skip
+    return rows
+
+
 ROWS = [
     *binary_rows(), *unary_rows(), *matmul_rows(), *transpose_rows(), *reshape_rows(), *broadcast_rows(),
-    *reduction_rows(), *softmax_rows(), *loss_rows(), *constant_convert_rows(),
+    *reduction_rows(), *softmax_rows(), *loss_rows(), *constant_convert_rows(), *select_rows(),
 ]  # fmt: skip
 
 

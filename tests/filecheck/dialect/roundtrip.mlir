@@ -42,7 +42,8 @@ func.func @every_op(%w: tensor<4x3xf32> {step.param},
   %mask = step.compare gt %h, %cd : (tensor<8x3xf32>, tensor<1x3xf32>) -> tensor<8x3xf32>
   %oh = step.one_hot %labels : tensor<8xi32> -> tensor<8x3xf32>
   %pick = step.mul %mask, %oh : (tensor<8x3xf32>, tensor<8x3xf32>) -> tensor<8x3xf32>
-  %capped = step.minimum %pick, %inf : (tensor<8x3xf32>, tensor<3xf32>) -> tensor<8x3xf32>
+  %sel = step.select %cd, %pick, %b : (tensor<1x3xf32>, tensor<8x3xf32>, tensor<3xf32>) -> tensor<8x3xf32>
+  %capped = step.minimum %sel, %inf : (tensor<8x3xf32>, tensor<3xf32>) -> tensor<8x3xf32>
   %picked = step.sum %capped : tensor<8x3xf32> -> tensor<f32>
   %bxw = step.matmul %bx, %w : (tensor<2x8x4xf32>, tensor<4x3xf32>) -> tensor<2x8x3xf32>
   %bxt = step.transpose %bxw perm [0, 2, 1] : tensor<2x8x3xf32> -> tensor<2x3x8xf32>
@@ -94,6 +95,8 @@ func.func @every_op(%w: tensor<4x3xf32> {step.param},
 // CHECK-NEXT:   %inf = step.constant dense<[0x7FF0000000000000, -0.0, 1.0e+30]> : tensor<3xf32>
 // CHECK-NEXT:   %mask = step.compare gt %h, %cd : (tensor<8x3xf32>, tensor<1x3xf32>) -> tensor<8x3xf32>
 // CHECK-NEXT:   %oh = step.one_hot %labels : tensor<8xi32> -> tensor<8x3xf32>
+// CHECK-NEXT:   %pick = step.mul %mask, %oh : (tensor<8x3xf32>, tensor<8x3xf32>) -> tensor<8x3xf32>
+// CHECK-NEXT:   %sel = step.select %cd, %pick, %b : (tensor<1x3xf32>, tensor<8x3xf32>, tensor<3xf32>) -> tensor<8x3xf32>
 // CHECK:        %bxw = step.matmul %bx, %w : (tensor<2x8x4xf32>, tensor<4x3xf32>) -> tensor<2x8x3xf32>
 // CHECK-NEXT:   %bxt = step.transpose %bxw perm [0, 2, 1] : tensor<2x8x3xf32> -> tensor<2x3x8xf32>
 // CHECK-NEXT:   %gram = step.matmul %bxt, %bxw : (tensor<2x3x8xf32>, tensor<2x8x3xf32>) -> tensor<2x3x3xf32>
