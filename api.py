@@ -178,6 +178,11 @@ def _compile_module(
     return Program(name, stages)
 
 
+def _check_role(role: object) -> None:
+    if not isinstance(role, str) or role not in (Form.FORWARD, Form.GRAD, Form.STEP):
+        raise StepcError(f"a program's role is 'forward', 'grad' or 'step', not {role!r}")
+
+
 @dataclass(eq=False)
 class Program:
     """A compiled step: its programs after each pass and their JAX functions."""
@@ -207,8 +212,7 @@ class Program:
         if role == Form.FORWARD:
             module = self.stages[0][1]
             return module if program_form(module) == Form.FORWARD else None
-        if role not in (Form.GRAD, Form.STEP):
-            raise StepcError(f"a program's role is 'forward', 'grad' or 'step', not {role!r}")
+        _check_role(role)
         for _, module in reversed(self.stages):
             if program_form(module) == role:
                 return module
@@ -216,8 +220,6 @@ class Program:
 
     def module(self, role: str) -> ModuleOp:
         """The `forward`, `grad` or `step` program; a StepcError when the pipeline stopped before it."""
-        if not isinstance(role, str):
-            raise StepcError(f"a program's role is 'forward', 'grad' or 'step', not {role!r}")
         module = self._module(role)
         if module is None:
             needed = {"forward": "a program as written (one loss)", "grad": f"the pass {SEED}",
@@ -230,8 +232,7 @@ class Program:
 
     def function(self, role: str) -> JaxFunction:
         """The JAX function of the `forward`, `grad` or `step` program (lowered when it is not yet)."""
-        if not isinstance(role, str):
-            raise StepcError(f"a program's role is 'forward', 'grad' or 'step', not {role!r}")
+        _check_role(role)  # before the cache, which needs a hashable key
         return self._function(role)
 
     @functools.cache  # noqa: B019 - one Program, a few roles: the cache lives as long as the Program

@@ -18,7 +18,7 @@ from xdsl.utils.arg_spec import ArgSpec, parse_pipeline
 from xdsl.utils.exceptions import ArgSpecParseError, PassFailedException, VerifyException
 
 from stepc.check import ContractReport, contract_for
-from stepc.check.reduced import MODES, ContractRunner
+from stepc.check.reduced import ContractRunner, check_mode_name
 from stepc.ir.diagnostics import StepcError
 from stepc.ir.parse import make_context, no_gc, verify
 from stepc.passes import DEFAULT_PIPELINE, LOWERING_PASSES, get_all_passes
@@ -53,8 +53,7 @@ class Pipeline:
     def __post_init__(self) -> None:
         check_trials(self.trials)
         check_seed(self.seed)
-        if self.check_mode not in MODES:
-            raise StepcError(f"unknown check mode {self.check_mode!r} (the modes are: {', '.join(MODES)})")
+        check_mode_name(self.check_mode)
 
     @staticmethod
     def parse(spec: str, **options) -> Pipeline:  # type: ignore[no-untyped-def]

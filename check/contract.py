@@ -29,7 +29,7 @@ from xdsl.dialects.builtin import ModuleOp
 
 from stepc.backends.jax import JaxFunction, x64_enabled
 from stepc.backends.jaxpr_numpy import evaluate
-from stepc.ir.error_bounds import Bounded, evaluate_with_bounds
+from stepc.ir.error_bounds import Bounded, evaluate_with_bounds, exact
 from stepc.ir.interpreter import run_function
 from stepc.ir.program import Arg, args, fan_in_scale, label_range, step_function
 from stepc.ir.values import numpy_dtype
@@ -162,6 +162,11 @@ class Comparison:
         """Compare outputs by key."""
         for key, value in expected.items():
             self.compare(key, value, actual.get(key), label)
+
+    def compare_exactly(self, expected: Mapping[str, np.ndarray], actual: Mapping[str, np.ndarray]) -> None:
+        """Compare outputs by key, each element required equal (a bound of 0: passes that do the
+        same roundings as the program before them)."""
+        self.compare_all({key: exact(value) for key, value in expected.items()}, actual)
 
     def absorb(self, other: Comparison) -> None:
         """Fold another comparison's findings into this one."""

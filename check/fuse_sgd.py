@@ -25,30 +25,12 @@ from stepc.ir.program import FIRST_STEP, LOSS, Arg, Role, args_of, grad_key, mom
 from stepc.passes.fuse_sgd import Hyper, hyperparameters
 
 
-def sgd_equation(
-    param: np.ndarray, grad: np.ndarray, buffer: np.ndarray | None, first_step: bool, hyper: Hyper
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """torch.optim.SGD's update of one parameter in float64: the new parameter and buffer
-    (`buffer` is ignored on a first step, where torch's buffer is None)."""
-    p = np.asarray(param, dtype=np.float64)
-    d_p = -np.asarray(grad, dtype=np.float64) if hyper.maximize else np.asarray(grad, dtype=np.float64)
-    if hyper.weight_decay != 0.0:
-        d_p = d_p + hyper.weight_decay * p
-    new_buffer = None
-    if hyper.momentum != 0.0:
-        if first_step or buffer is None:
-            new_buffer = d_p.copy()
-        else:
-            new_buffer = hyper.momentum * np.asarray(buffer, dtype=np.float64) + (1.0 - hyper.dampening) * d_p
-        d_p = d_p + hyper.momentum * new_buffer if hyper.nesterov else new_buffer
-    return p - hyper.lr * d_p, new_buffer
-
-
 def sgd_equation_bounded(
     param: np.ndarray, grad: Bounded, buffer: np.ndarray | None, first_step: bool, hyper: Hyper, dtype: np.dtype[Any]
 ) -> tuple[Bounded, Bounded | None]:
-    """`sgd_equation` with the bound of its evaluation in `dtype`: the gradient's error carried
-    through, each hyperparameter's rounding to `dtype`, one rounding per operation."""
+    """torch.optim.SGD's update of one parameter, in float64 with the bound of its evaluation in
+    `dtype` (`buffer` is ignored on a first step, where torch's buffer is None): the gradient's
+    error carried through, each hyperparameter's rounding to `dtype`, one rounding per operation."""
     p = Precision.of(dtype)
     weights = exact(param)
     d_p = Bounded(-grad.value, grad.error, grad.sigma) if hyper.maximize else grad
@@ -78,7 +60,7 @@ class Fused:
 
 
 class SGDEquationContract(Contract[Fused]):
-    """New parameters and buffers = `sgd_equation` of the pre-pass gradients, first and later step."""
+    """New parameters and buffers = `sgd_equation_bounded` of the pre-pass gradients, first and later step."""
 
     name = "SGD equation"
     draws_per_trial = 2

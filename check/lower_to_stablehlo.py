@@ -24,7 +24,6 @@ class Engines:
 
     before: ModuleOp
     lowered: JaxFunction
-    with_xla: bool
 
 
 class LoweringContract(Contract[Engines]):
@@ -41,12 +40,12 @@ class LoweringContract(Contract[Engines]):
         return LoweringContract(with_xla=False)
 
     def prepare(self, before: ModuleOp, after: ModuleOp, comparison: Comparison) -> Engines:
-        return Engines(before, jax_function(after), self.with_xla)
+        return Engines(before, jax_function(after))
 
     def trial(self, prepared: Engines, rng: np.random.Generator, comparison: Comparison) -> None:
         inputs = random_inputs(step_function(prepared.before), rng)
         program = prepared.lowered
-        if prepared.with_xla:
+        if self.with_xla:
             found = program({spec.key: inputs[spec.name] for spec in program.specs})
         else:
             found = run_with_numpy(program, inputs)

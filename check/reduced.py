@@ -60,6 +60,11 @@ SMALL = 16
 REDUCE_ABOVE = 2_000_000
 MODES = ("auto", "full", "reduced")
 
+
+def check_mode_name(mode: object) -> None:
+    if mode not in MODES:
+        raise StepcError(f"unknown check mode {mode!r} (the modes are: {', '.join(MODES)})")
+
 _TENSOR = re.compile(r"tensor<((?:\d+x)*)([A-Za-z]\w*)>")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
@@ -289,8 +294,7 @@ class ContractRunner:
     _sizes: dict[int, int] = field(default_factory=dict[int, int])
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise StepcError(f"unknown check mode '{self.mode}' (the modes are: {', '.join(MODES)})")
+        check_mode_name(self.mode)
 
     def check(
         self, contract: Contract[Any], pass_: ModulePass, before: ModuleOp, after: ModuleOp, *, trials: int, seed: int

@@ -36,12 +36,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import ml_dtypes
 import numpy as np
 from xdsl.dialects import func
-from xdsl.dialects.builtin import TensorType
 from xdsl.ir import Attribute, Operation, SSAValue
 
 from stepc.ir.dialect import (
@@ -77,6 +77,7 @@ from stepc.ir.dialect import (
     SumOp,
     TanhOp,
     TransposeOp,
+    shape_of,
 )
 from stepc.ir.interpreter import BINARY, COMPARISONS, UNARY, log_softmax, softmax
 from stepc.ir.narrow import is_tensor
@@ -146,10 +147,6 @@ class Bounded:
     def bound(self) -> Array:
         return np.minimum(self.error, LAMBDA * self.sigma)
 
-    def unchecked(self) -> int:
-        """Elements whose bound is infinite (a pole or a domain edge within the error)."""
-        return int(np.count_nonzero(~np.isfinite(self.bound())))
-
 
 def _rss(*parts: Array | float) -> Array:
     """The root of the sum of squares: independent error scales combined."""
@@ -170,7 +167,9 @@ class Precision:
     tiny: float
 
     @staticmethod
+    @cache
     def of(dtype: np.dtype) -> Precision:
+        """The precision of a float type (cached: the reference asks once per op)."""
         u = unit_roundoff(dtype)
         if u == 0.0:
             return Precision(0.0, 0.0, 0.0)
@@ -388,7 +387,7 @@ def _select(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
     either value may be chosen, so the bound also spans their difference (at full size in the
     probabilistic bound too, as a flipped comparison)."""
     m, x, z = a
-    shape = _shape(op.results[0].type)
+    shape = shape_of(op.results[0].type)
     chosen = m.value != 0
     spread = np.abs(x.value - z.value)
     # m may be 0 and may be not: within its error of 0, and either nonzero or with more error than
@@ -411,20 +410,20 @@ def _transpose(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
 
 @rule(ReshapeOp)
 def _reshape(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
-    shape = _shape(op.results[0].type)
+    shape = shape_of(op.results[0].type)
     return _each(a[0], lambda v: np.reshape(v, shape).copy())
 
 
 @rule(BroadcastOp)
 def _broadcast(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
-    shape = _shape(op.results[0].type)
+    shape = shape_of(op.results[0].type)
     return _each(a[0], lambda v: np.broadcast_to(v, shape).copy())
 
 
 @rule(ConstantOp)
 def _constant(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
     assert isinstance(op, ConstantOp)
-    shape = _shape(op.result.type)
+    shape = shape_of(op.result.type)
     data = np.asarray(op.values, dtype=np.float64)
     exact_value = np.broadcast_to(data[0], shape) if data.size == 1 else data.reshape(shape)
     stored = exact_value.astype(_dtype(op.result.type)).astype(np.float64)
@@ -448,7 +447,7 @@ def _convert(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
 
 @rule(OneHotOp)
 def _one_hot(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
-    classes = _shape(op.results[0].type)[-1]
+    classes = shape_of(op.results[0].type)[-1]
     return exact((np.asarray(a[0].value)[..., None] == np.arange(classes)).astype(np.float64))
 
 
@@ -583,11 +582,6 @@ def _mse(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
 
 # ---------------------------------------------------------------------------------------------
 # Walking a function
-
-
-def _shape(t: Attribute) -> tuple[int, ...]:
-    assert isinstance(t, TensorType)
-    return tuple(t.get_shape())
 
 
 def _dtype(t: Attribute) -> np.dtype:
