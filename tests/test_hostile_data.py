@@ -35,7 +35,6 @@ from stepc.tools.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 LINREG = ROOT / "examples" / "linreg.ir"
-MLP = ROOT / "examples" / "mlp_digits.ir"
 MiB = 1024**2
 ERROR_LINE = re.compile(r"^(stepc: error: |.+:\d+:\d+: error: )", re.MULTILINE)
 

@@ -83,7 +83,7 @@ ROWS: list[Row] = [
     Row(
         "select",
         f"%r = step.select %m, %a, %b : ({t((3, 1))}, {t((3, 4))}, {t((4,))}) -> {t((3, 4))}",
-        (("m", (3, 1), "rounded"), ("a", (3, 4), "normal"), ("b", (4,), "normal")),  # rounded: exact zeros in m
+        (("m", (3, 1), "mask"), ("a", (3, 4), "normal"), ("b", (4,), "normal")),
         t((3, 4)),
     ),
     Row(
@@ -200,6 +200,8 @@ def inputs(row: Row, dtype: type, seed: int) -> dict[str, np.ndarray]:
             out[name] = rng.integers(0, int(kind.removeprefix("labels")), size=shape).astype(np.int32)
             continue
         x = rng.standard_normal(shape)
+        if kind == "mask":  # zeros and nonzeros alike, whatever the seed
+            x = np.where(np.arange(x.size).reshape(shape) % 2 == 0, 0.0, x + np.sign(x))
         x = {"positive": np.abs(x) + 0.5, "rounded": np.round(x), "large": 30 * x}.get(kind, x)
         out[name] = x.astype(dtype)
     return out

@@ -57,8 +57,8 @@ def test_printed_stages_read_back_with_the_same_names(stage: str) -> None:
     module = parse_text(PROGRAM, "names.ir")
     Pipeline(check=False).until(stage).run(module)  # in place
     text = program_text(module)
-    again = program_text(parse_text(text, "dump.mlir")) if stage != "lower-to-stablehlo" else text
-    assert again == text
+    if stage != "lower-to-stablehlo":  # (the lowered text is XLA's to read: tests/test_lowering.py)
+        assert program_text(parse_text(text, "dump.mlir")) == text
     for name in ("%w_1", "%b_0", "%w", "%y_2"):
         assert f"{name}:" in text or f"{name} " in text
     defined = re.findall(r"^\s*(%[\w$.-]+) = ", text, re.MULTILINE)
