@@ -9,7 +9,7 @@ attributes with the keys that `stepc exec` and the Python API use: `loss`, `grad
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, cast
@@ -17,7 +17,7 @@ from typing import Any, cast
 import numpy as np
 from xdsl.dialects import func
 from xdsl.dialects.builtin import ArrayAttr, DictionaryAttr, ModuleOp, StringAttr, TensorType, UnitAttr
-from xdsl.ir import Attribute, Block, BlockArgument, SSAValue
+from xdsl.ir import Attribute, Block, BlockArgument, Operation, SSAValue
 
 from stepc.ir.diagnostics import SourceLoc, StepcError, location_of, part_location
 from stepc.ir.dialect import (
@@ -31,6 +31,7 @@ from stepc.ir.dialect import (
     MatmulOp,
     MulOp,
     OneHotOp,
+    ReshapeOp,
     SGDAttr,
     SoftmaxOp,
     is_float,
@@ -400,13 +401,23 @@ def label_classes(arg: Arg) -> list[int]:
     """The class counts of the ops that read an i32 input as class indices (cross-entropy
     labels, one-hot), one per such use; empty when none does."""
     classes: list[int] = []
-    for use in arg.value.uses:
-        op = use.operation
-        if isinstance(op, CrossEntropyOp) and use.index == 1:
+    for op, index in index_uses(arg.value):
+        if isinstance(op, CrossEntropyOp) and index == 1:
             classes.append(shape_of(op.logits)[-1])
         elif isinstance(op, OneHotOp):
             classes.append(shape_of(op.result)[-1])
     return classes
+
+
+def index_uses(value: SSAValue) -> Iterator[tuple[Operation, int]]:
+    """The uses of an i32 value, seen through `step.reshape`s (a language model's `BxT`
+    targets flattened to the `B*T` labels of its cross-entropy, as `targets.view(-1)`): each
+    user that is not a reshape, with the operand position it reads the value at."""
+    for use in value.uses:
+        if isinstance(use.operation, ReshapeOp):
+            yield from index_uses(use.operation.result)
+        else:
+            yield use.operation, use.index
 
 
 def label_range(arg: Arg) -> int:
@@ -428,13 +439,15 @@ def classifier_head(fn: func.FuncOp) -> Head | None:
     """The classifier a loss is made of, or None when it is not a classifier's.
 
     The logits are the operand of `step.cross_entropy %logits, %labels` whose labels are a
-    batch input, or the operand of a last-axis `step.log_softmax`/`step.softmax` whose result
+    batch input (directly, or reshaped: per-token labels `BxT` flattened with the logits to
+    `B*T` rows, as a language model's loss), or the operand of a last-axis `step.log_softmax`/`step.softmax` whose result
     is multiplied by a float batch input of its shape (one-hot targets, as in
     examples/softmax_regression.ir)."""
     input_names: dict[SSAValue, str] = {a.value: a.name for a in inputs(fn)}
-    for op in fn.walk():
-        if isinstance(op, CrossEntropyOp) and op.labels in input_names:
-            return Head(input_names[op.labels], False, shape_of(op.logits)[-1], op.logits)
+    for value, name in input_names.items():
+        for op, index in index_uses(value):
+            if isinstance(op, CrossEntropyOp) and index == 1:
+                return Head(name, False, shape_of(op.logits)[-1], op.logits)
     for op in fn.walk():
         if isinstance(op, LogSoftmaxOp | SoftmaxOp) and op.axis_index in (-1, len(shape_of(op.input)) - 1):
             for use in op.result.uses:

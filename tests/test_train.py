@@ -275,10 +275,40 @@ def test_accuracy_covers_every_example_with_padding(mlp):
         calls.append(1)
         return _mlp_logits(p, b)
 
-    acc, correct = train_loop.accuracy(logits, params, data, head, 64)
+    acc, correct, total = train_loop.accuracy(logits, params, data, head, 64)
     truth = np.argmax(_mlp_logits(params, data), axis=1) == data["labels"]
-    assert correct == int(truth.sum()) and acc == pytest.approx(truth.mean())
+    assert correct == int(truth.sum()) and acc == pytest.approx(truth.mean()) and total == 150
     assert len(calls) == 3
+
+
+LM = """func.func @lm(%w: tensor<8x5xf32> {step.param}, %x: tensor<4x3x8xf32>, %targets: tensor<4x3xi32>) -> tensor<f32>
+    attributes {step.sgd = #step.sgd<lr = 0.1>} {
+  %l = step.matmul %x, %w : (tensor<4x3x8xf32>, tensor<8x5xf32>) -> tensor<4x3x5xf32>
+  %flat = step.reshape %l : tensor<4x3x5xf32> -> tensor<12x5xf32>
+  %t = step.reshape %targets : tensor<4x3xi32> -> tensor<12xi32>
+  %loss = step.cross_entropy %flat, %t : (tensor<12x5xf32>, tensor<12xi32>) -> tensor<f32>
+  func.return %loss : tensor<f32>
+}
+"""
+
+
+def test_per_token_labels_are_found_through_reshapes_and_counted_per_token():
+    """A language model's `BxT` targets flattened to the cross-entropy's `B*T` labels: the head,
+    the label range (data checks, random inputs) and the accuracy see through the reshape, and
+    the accuracy counts every token of every example once (10 examples, batch 4: padded)."""
+    module = load_text(LM, "lm.ir")
+    cut, head = train_loop.logits_module(module)
+    assert head == train_loop.Head("targets", False, 5)
+    spec = train_data.signature(module)
+    assert {s.name: s.classes for s in spec.inputs} == {"x": None, "targets": 5}
+    rng = np.random.default_rng(3)
+    params = {"w": rng.standard_normal((8, 5)).astype(np.float32)}
+    data = {"x": rng.standard_normal((10, 3, 8)).astype(np.float32),
+            "targets": rng.integers(0, 5, (10, 3)).astype(np.int32)}
+    fn = train_loop.logits_function(cut)
+    acc, correct, total = train_loop.accuracy(lambda p, b: np.asarray(fn(p, b)), params, data, head, 4)
+    truth = np.argmax(np.einsum("btk,kv->btv", data["x"].astype(np.float64), params["w"]), axis=-1) == data["targets"]
+    assert total == 30 and correct == int(truth.sum()) and acc == pytest.approx(truth.mean())
 
 
 def test_train_stops_on_a_non_finite_loss_and_keeps_the_last_finite_params():
@@ -326,3 +356,49 @@ def test_xla_flags_for_forced_host_devices():
     assert xla_flags_for(f"{FORCE_DEVICES}=16 --xla_foo=1", 8) is None
     assert xla_flags_for(f"{FORCE_DEVICES}=2 --xla_foo=1", 8) == f"--xla_foo=1 {FORCE_DEVICES}=8"
     assert xla_flags_for("", 1) is None
+
+
+BIGRAM = """func.func @bigram(%w: tensor<6x6xf32> {step.param}, %tokens: tensor<8x12xi32>, %targets: tensor<8x12xi32>) -> tensor<f32>
+    attributes {step.sgd = #step.sgd<lr = 0.5>} {
+  %ids = step.reshape %tokens : tensor<8x12xi32> -> tensor<96xi32>
+  %x = step.one_hot %ids : tensor<96xi32> -> tensor<96x6xf32>
+  %logits = step.matmul %x, %w : (tensor<96x6xf32>, tensor<6x6xf32>) -> tensor<96x6xf32>
+  %t = step.reshape %targets : tensor<8x12xi32> -> tensor<96xi32>
+  %loss = step.cross_entropy %logits, %t : (tensor<96x6xf32>, tensor<96xi32>) -> tensor<f32>
+  func.return %loss : tensor<f32>
+}
+"""
+
+
+def test_copy_data_repeats_a_pattern_and_shifts_targets_by_one():
+    spec = train_data.signature(load_text(BIGRAM, "bigram.ir"))
+    data = train_data.load_data("copy", spec, seed=5)
+    n = train_data.COPY_EXAMPLES
+    assert data.n_train + data.n_test == n and data.n_test == round(n * train_data.TEST_FRACTION)
+    for part in (data.train, data.test):
+        assert part is not None
+        tokens, targets = part["tokens"], part["targets"]
+        assert tokens.shape[1:] == (12,) and tokens.dtype == np.int32 and targets.dtype == np.int32
+        assert tokens.min() >= 0 and max(tokens.max(), targets.max()) <= 5
+        np.testing.assert_array_equal(targets[:, :-1], tokens[:, 1:])  # next-token targets
+        period = train_data.COPY_PERIOD
+        np.testing.assert_array_equal(tokens[:, period:], tokens[:, :-period])  # the pattern repeats
+    assert len({tuple(r) for r in data.train["tokens"][:, :4]}) > 600  # patterns vary (6**4 = 1296 possible)
+    other = train_data.load_data("copy", spec, seed=6)
+    assert not np.array_equal(other.train["tokens"], data.train["tokens"])  # drawn from --seed
+    again = train_data.load_data("copy", spec, seed=5)
+    np.testing.assert_array_equal(again.train["tokens"], data.train["tokens"])
+
+
+def test_copy_data_refuses_a_program_it_does_not_fit():
+    spec = train_data.signature(load_text(LM, "lm.ir"))  # float features, not token ids
+    with pytest.raises(StepcError, match="copy data set .* does not fit"):
+        train_data.load_data("copy", spec)
+
+
+def test_step_keys_are_fresh_per_step_and_key_and_fixed_by_the_seed():
+    keys = {(k, s): tuple(train_data.step_key(7, k, s)) for k in range(2) for s in range(50)}
+    assert len(set(keys.values())) == 100
+    assert train_data.step_key(7, 1, 3).dtype == np.uint32 and train_data.step_key(7, 1, 3).shape == (2,)
+    np.testing.assert_array_equal(train_data.step_key(7, 1, 3), train_data.step_key(7, 1, 3))
+    assert tuple(train_data.step_key(8, 1, 3)) != keys[1, 3]

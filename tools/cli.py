@@ -182,11 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data",
         metavar="NAME|FILE.npz",
-        help="a bundled data set (digits) or an .npz keyed by input names; held-out arrays as test/NAME",
+        help="a bundled data set (digits: 8x8 images as 64 features or 1x8x8; copy: token sequences for a language "
+        "model, drawn from --seed) or an .npz keyed by input names (float features or images, i32 labels or ids); "
+        "held-out arrays as test/NAME",
     )
     p.add_argument("--steps", type=int, help="number of SGD steps")
     p.add_argument("--epochs", type=float, help="number of passes over the training set")
-    p.add_argument("--seed", type=seed_int, default=0, help="seed of initialization and shuffling (0 to 2**64 - 1)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of initialization, shuffling, the copy data and the dropout keys: a tensor<2xui32> input gets a "
+                   "fresh key each step, SeedSequence([seed, 3, k, step]) for the k-th key (0 to 2**64 - 1)")
     p.add_argument("--init", metavar="FILE.npz", help="initial parameters (default: PyTorch nn.Linear's init)")
     p.add_argument("--devices", type=int, default=1, help="data parallel across N devices")
     p.add_argument("--out", metavar="DIR", help="write summary.json, loss.png and params.npz here")

@@ -10,7 +10,7 @@ set and its batches, all plain NumPy.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -24,20 +24,23 @@ from stepc.ir.diagnostics import SourceLoc, StepcError, location_of
 from stepc.ir.dialect import (
     AddOp,
     BroadcastOp,
-    CrossEntropyOp,
     MatmulOp,
     is_i32,
     shape_of,
 )
 from stepc.ir.limits import human_bytes, memory_limit
-from stepc.ir.program import Role, arg_location, args, label_range, step_function
+from stepc.ir.program import Role, arg_location, args, classifier_head, label_classes, label_range, step_function
 from stepc.ir.values import numpy_dtype
 from stepc.tools.files import CHUNK_BYTES, LISTED, NpzArchive, load_npz, name_list
 
 DIGITS = "digits"
+COPY = "copy"
+COPY_PERIOD = 4
+COPY_EXAMPLES = 4096
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0  # the train/test split never moves with --seed: accuracy is always on the same images
 DEFAULT_EPOCHS = 20
+KEY_SHAPE = (2,)  # a threefry key's data: two uint32 words
 Arrays = dict[str, np.ndarray]
 
 
@@ -71,9 +74,11 @@ class Signature:
 
     name: str
     params: tuple[TensorSpec, ...]
-    inputs: tuple[TensorSpec, ...]
+    inputs: tuple[TensorSpec, ...]  # the data: one example per row
     batch_size: int
     loc: SourceLoc | None
+    keys: tuple[TensorSpec, ...] = ()  # random keys (`tensor<2xui32>`, for step.dropout): fresh each step
+    labels: str | None = None  # the input a classifier's loss reads its labels from (`classifier_head`)
 
 
 def signature(module: ModuleOp) -> Signature:
@@ -85,16 +90,25 @@ def signature(module: ModuleOp) -> Signature:
     fn = step_function(module)
     params: list[TensorSpec] = []
     inputs: list[TensorSpec] = []
+    keys: list[TensorSpec] = []
     for arg in args(fn):
         spec = TensorSpec(
             arg.name,
             tuple(arg.type.get_shape()),
             numpy_dtype(arg.type.get_element_type()),
             arg_location(fn, arg.value),
-            label_range(arg) if is_i32(arg.type.get_element_type()) and _has_class_reader(arg.value) else None,
+            label_range(arg) if is_i32(arg.type.get_element_type()) and label_classes(arg) else None,
         )
         if arg.role == Role.PARAM:
             params.append(spec)
+        elif arg.role == Role.INPUT and spec.dtype == np.uint32:
+            if spec.shape != KEY_SHAPE:
+                raise StepcError(
+                    f"batch input %{spec.name} is {spec.type_text}: stepc run feeds a ui32 input a fresh random key "
+                    "each step, which is tensor<2xui32> (threefry key data); other ui32 inputs it cannot feed",
+                    spec.loc,
+                )
+            keys.append(spec)
         elif arg.role == Role.INPUT:
             inputs.append(spec)
     where = location_of(fn)
@@ -115,13 +129,9 @@ def signature(module: ModuleOp) -> Signature:
                 f"%{spec.name} has {spec.shape[0]} ({spec.type_text})",
                 spec.loc,
             )
-    return Signature(fn.sym_name.data, tuple(params), tuple(inputs), batch, where)
-
-
-def _has_class_reader(value: BlockArgument) -> bool:
-    return any(isinstance(use.operation, CrossEntropyOp) for use in value.uses) or any(
-        use.operation.name == "step.one_hot" for use in value.uses
-    )
+    head = classifier_head(fn)
+    return Signature(fn.sym_name.data, tuple(params), tuple(inputs), batch, where, tuple(keys),
+                     head.labels if head is not None else None)  # fmt: skip
 
 
 def _element_text(dtype: np.dtype) -> str:
@@ -271,13 +281,59 @@ def digits_path() -> Path:
     return Path(str(resources.files("stepc") / "data" / "digits.npz"))
 
 
-def load_data(source: str | None, spec: Signature) -> Dataset:
-    """`--data NAME|FILE.npz`: the bundled `digits` set (the default) or the user's archive."""
+def load_data(source: str | None, spec: Signature, seed: int = 0) -> Dataset:
+    """`--data NAME|FILE.npz`: a bundled set (`digits`, the default, or the generated `copy`
+    sequences, drawn from `seed`) or the user's archive."""
     if source is None or source == DIGITS:
         return _digits(spec)
+    if source == COPY:
+        return _copy(spec, seed)
     if not source.endswith(".npz") and not Path(source).exists():
-        raise StepcError(f"--data {source}: no such data set (the bundled one is '{DIGITS}') and no such file")
+        raise StepcError(
+            f"--data {source}: no such data set (the bundled ones are '{DIGITS}' and '{COPY}') and no such file"
+        )
     return _user_data(source, spec)
+
+
+def _copy(spec: Signature, seed: int) -> Dataset:
+    """`--data copy`: next-token prediction on sequences that repeat a random pattern.
+
+    Each example is a pattern of `COPY_PERIOD` tokens drawn uniformly from the vocabulary,
+    repeated to `T + 1` tokens; the step's `BxT` token input gets the first `T` and its `BxT`
+    targets (the per-token labels of its cross-entropy, whose class count is the vocabulary
+    `V`) the last `T`. Only the first `COPY_PERIOD - 1` targets of a sequence are unpredictable,
+    so a model that learns to copy the token `COPY_PERIOD` back reaches a loss of
+    `(COPY_PERIOD - 1) / T * ln V`, against `ln V` for a uniform guess. `COPY_EXAMPLES`
+    sequences drawn from `SeedSequence([seed, 4])`, a fifth held out."""
+    targets = next((s for s in spec.inputs if s.name == spec.labels and s.dtype == np.int32
+                    and len(s.example_shape) == 1), None)  # fmt: skip
+    tokens = None
+    if targets is not None:
+        tokens = next((s for s in spec.inputs if s is not targets and s.dtype == np.int32
+                       and s.example_shape == targets.example_shape), None)  # fmt: skip
+    if targets is None or tokens is None or len(spec.inputs) != 2:
+        raise StepcError(
+            f"the copy data set (next-token prediction: token ids and per-token targets, both BxT) does not fit the "
+            f"batch inputs of @{spec.name} ({', '.join(f'%{s.name}: {s.type_text}' for s in spec.inputs)}); it needs "
+            "two i32 inputs of one shape BxT: the token ids, and the targets read as labels by the loss "
+            "(e.g. `step.cross_entropy` of the logits reshaped to (B*T)xV and the targets reshaped to B*T)",
+            spec.loc,
+        )
+    vocab = targets.classes
+    assert vocab is not None
+    if tokens.classes is not None and tokens.classes < vocab:
+        raise StepcError(
+            f"the copy data's tokens range over the targets' {vocab} classes, but %{tokens.name} reads ids below "
+            f"{tokens.classes} only",
+            tokens.loc,
+        )
+    length = targets.example_shape[0]
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 4]))
+    pattern = rng.integers(0, vocab, size=(COPY_EXAMPLES, COPY_PERIOD), dtype=np.int32)
+    sequences = np.tile(pattern, (1, length // COPY_PERIOD + 2))[:, : length + 1]
+    columns: Arrays = {tokens.name: sequences[:, :-1].copy(), targets.name: sequences[:, 1:].copy()}
+    train, test = _split(columns, spec.batch_size)
+    return Dataset(COPY, train, test)
 
 
 def _digits(spec: Signature) -> Dataset:
@@ -529,6 +585,21 @@ def batches(data: Arrays, batch_size: int, seed: int) -> Iterator[Arrays]:
         for i in range(per_epoch):
             rows = order[i * batch_size : (i + 1) * batch_size]
             yield {k: v[rows] for k, v in data.items()}
+
+
+def step_key(seed: int, key_index: int, step: int) -> np.ndarray:
+    """The random key `stepc run` feeds its `key_index`-th key input (in argument order) at
+    step `step` (counted from 0): two uint32 words of NumPy's `SeedSequence([seed, 3,
+    key_index, step])`. A pure function of the three, so a run resumed at any step, or a run
+    on more devices, feeds the same keys; different steps and different key inputs get
+    independent ones."""
+    return np.random.SeedSequence([seed, 3, key_index, step]).generate_state(2, np.uint32)
+
+
+def with_keys(stream: Iterator[Arrays], keys: Sequence[TensorSpec], seed: int, first_step: int = 0) -> Iterator[Arrays]:
+    """Each batch of `stream` with a fresh key (`step_key`) for every key input."""
+    for step, batch in enumerate(stream, start=first_step):
+        yield {**batch, **{s.name: step_key(seed, i, step) for i, s in enumerate(keys)}}
 
 
 def resolve_steps(steps: int | None, epochs: float | None, n_train: int, batch_size: int) -> int:

@@ -44,8 +44,8 @@ RUN_FILES = ("summary.json", "params.npz", "loss.png")  # what --out DIR receive
 
 class DataParallel:
     """`--devices N`: the batch sharded along its first dimension over a 1-D mesh of N
-    devices (`NamedSharding(mesh, P("batch"))`); parameters and state replicated. XLA's SPMD
-    partitioner inserts the all-reduce of the gradients; the step itself is unchanged."""
+    devices (`NamedSharding(mesh, P("batch"))`); parameters, state and random keys replicated.
+    XLA's SPMD partitioner inserts the all-reduce of the gradients; the step itself is unchanged."""
 
     def __init__(self, devices: list[Any], spec: Signature):
         from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -54,14 +54,15 @@ class DataParallel:
         check_batch_split(len(devices), spec)
         self.mesh = Mesh(np.array(devices), ("batch",))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
-        self.batch = NamedSharding(self.mesh, PartitionSpec("batch"))
+        rows = NamedSharding(self.mesh, PartitionSpec("batch"))
+        self.batch = {**{s.name: rows for s in spec.inputs}, **{s.name: self.replicated for s in spec.keys}}
         self._jax = jax
 
     def put_replicated(self, tree: Any) -> Any:
         return self._jax.device_put(tree, self.replicated)
 
     def put_batch(self, batch: Arrays) -> Any:
-        return self._jax.device_put(batch, self.batch)
+        return {k: self._jax.device_put(v, self.batch[k]) for k, v in batch.items()}
 
     def jit_step(self, step: Callable[..., Any]) -> Callable[..., Any]:
         r = self.replicated
@@ -133,22 +134,27 @@ def compile_step(text: str, filename: str, check: bool = True, check_mode: str =
 
 
 def accuracy(logits_fn: Callable[[Arrays, Arrays], Any], params: Any, data: Arrays, head: Head,
-             batch_size: int) -> tuple[float, int]:
-    """The fraction of examples whose argmax logit is the label, over every example of `data`:
+             batch_size: int) -> tuple[float, int, int]:
+    """The fraction of predictions whose argmax logit is the label, over every example of `data`:
     the last partial batch is padded by repeating its last row and the padding ignored.
-    Returns (accuracy, number correct)."""
+    Per-token labels (a `BxT` input flattened with the logits to `B*T` rows, as a language
+    model's loss) count one prediction per token: the logits' rows are read in the labels'
+    row-major order, as `logits.view(-1, V)` and `targets.view(-1)` pair them.
+    Returns (accuracy, number correct, number of predictions)."""
     n = len(next(iter(data.values())))
-    correct = 0
+    correct = total = 0
     for start in range(0, n, batch_size):
         rows = np.arange(start, min(start + batch_size, n))
         used = len(rows)
         rows = np.concatenate([rows, np.full(batch_size - used, rows[-1])])
         batch = {k: v[rows] for k, v in data.items()}
-        logits = np.asarray(logits_fn(params, batch), dtype=np.float64)[:used]
-        labels = batch[head.labels][:used]
-        truth = np.argmax(labels, axis=-1) if head.one_hot else labels
+        labels = batch[head.labels]
+        truth = (np.argmax(labels, axis=-1) if head.one_hot else labels)[:used]
+        logits = np.asarray(logits_fn(params, batch), dtype=np.float64)
+        logits = logits.reshape((batch_size, *truth.shape[1:], logits.shape[-1]))[:used]
         correct += int(np.sum(np.argmax(logits, axis=-1) == truth))
-    return (correct / n if n else float("nan")), correct
+        total += truth.size
+    return (correct / total if total else float("nan")), correct, total
 
 
 # ---------------------------------------------------------------------------------------------

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         train_loop.pick_devices(args.devices)  # JAX is up: how many devices there are is known at no cost
     train_loop.check_batch_split(args.devices, spec)
     force_host_devices(args.devices)
-    data = train_data.load_data(args.data, spec)
+    data = train_data.load_data(args.data, spec, args.seed)
     steps = train_data.resolve_steps(args.steps, args.epochs, data.n_train, spec.batch_size)
     params = train_data.load_params(args.init, spec) if args.init else train_data.default_init(module, args.seed)
     devices = train_loop.pick_devices(args.devices)
@@ -97,18 +97,19 @@ def run(args: argparse.Namespace) -> int:
     logits_fn = train_loop.logits_function(cut[0]) if cut is not None else None
     compile_seconds = time.perf_counter() - compile_start
 
+    batches = train_data.with_keys(train_data.batches(data.train, spec.batch_size, args.seed), spec.keys, args.seed)
     if len(devices) > 1:
         placement = train_loop.DataParallel(devices, spec)
         step = placement.jit_step(program.step)
         params_on_device = placement.put_replicated(params)
         state = placement.put_replicated(program.init_state(params_on_device))
-        stream = (placement.put_batch(b) for b in train_data.batches(data.train, spec.batch_size, args.seed))
+        stream = (placement.put_batch(b) for b in batches)
     else:
         step = jax.jit(program.step)
         params_on_device = jax.device_put(params, devices[0])
         # committed like the step's outputs, or the second step would compile again
         state = jax.device_put(program.init_state(params_on_device), devices[0])
-        stream = train_data.batches(data.train, spec.batch_size, args.seed)
+        stream = batches
 
     if not args.quiet:
         test = f", {data.n_test} held out" if data.test is not None else ""
@@ -147,13 +148,15 @@ def run(args: argparse.Namespace) -> int:
     if logits_fn is not None and cut is not None:
         head = cut[1]
         evaluate = _host_logits(logits_fn)
-        train_acc, _ = train_loop.accuracy(evaluate, final_params, data.train, head, spec.batch_size)
+        train_acc, _, _ = train_loop.accuracy(evaluate, final_params, data.train, head, spec.batch_size)
         summary["train_accuracy"] = round(train_acc, 6)
         if data.test is not None:
-            test_acc, correct = train_loop.accuracy(evaluate, final_params, data.test, head, spec.batch_size)
+            test_acc, correct, total = train_loop.accuracy(evaluate, final_params, data.test, head, spec.batch_size)
             summary["accuracy"] = round(test_acc, 6)
             summary["test_correct"] = correct
-            lines.append(f"test accuracy {test_acc:.4f} ({correct}/{data.n_test} held-out examples)")
+            summary["test_predictions"] = total
+            what = "held-out examples" if total == data.n_test else f"tokens of {data.n_test} held-out examples"
+            lines.append(f"test accuracy {test_acc:.4f} ({correct}/{total} {what})")
         else:
             lines.append(f"training accuracy {train_acc:.4f} (no held-out data)")
     summary["seconds"] = round(time.perf_counter() - started, 4)
