@@ -110,6 +110,109 @@ def _attention_torch(params: Any, batch: Any) -> Any:
     return torch.mean((y - batch["target"]) ** 2)
 
 
+def _cnn_jax(params: Any, batch: Any) -> Any:
+    """examples/cnn_digits.ir by hand: `lax.conv_general_dilated` (NCHW, OIHW), `jax.nn.relu`,
+    `lax.reduce_window` max pooling, a linear classifier."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    def conv(x: Any, k: Any) -> Any:
+        return lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NCHW", "OIHW", "NCHW"))
+
+    h = jax.nn.relu(conv(batch["x"], params["k1"]) + params["kb1"])
+    h = lax.reduce_window(h, -jnp.inf, lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+    h = jax.nn.relu(conv(h, params["k2"]) + params["kb2"])
+    logits = h.reshape(h.shape[0], -1) @ params["w"] + params["b"]
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.mean(jnp.take_along_axis(logp, batch["labels"][:, None], axis=1))
+
+
+def _cnn_torch(params: Any, batch: Any) -> Any:
+    import torch.nn.functional as F
+
+    h = F.relu(F.conv2d(batch["x"], params["k1"], padding=1) + params["kb1"])
+    h = F.max_pool2d(h, 2)
+    h = F.relu(F.conv2d(h, params["k2"], padding=1) + params["kb2"])
+    return F.cross_entropy(h.flatten(1) @ params["w"] + params["b"], batch["labels"].long())
+
+
+TRANSFORMER_HEADS = 4
+DROPOUT = 0.1
+
+
+def _transformer_jax(params: Any, batch: Any) -> Any:
+    """examples/transformer_lm.ir by hand: `jax.nn` layer norm arithmetic, causal attention,
+    `jax.random.bernoulli` dropout from the batch's key, `jax.nn.gelu(approximate=False)`."""
+    import jax
+    import jax.numpy as jnp
+
+    def layer_norm(x: Any, g: Any, b: Any) -> Any:
+        mean = jnp.mean(x, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+        return (x - mean) * jax.lax.rsqrt(var + 1e-5) * g + b
+
+    p, tokens = params, batch["tokens"]
+    n, t = tokens.shape
+    d = p["w_q"].shape[0]
+    heads = TRANSFORMER_HEADS
+    h0 = p["tok_emb"][tokens] + p["pos_emb"]
+    x = layer_norm(h0, p["ln1_g"], p["ln1_b"])
+    q, k, v = (jnp.transpose((x @ p[w]).reshape(n, t, heads, d // heads), (0, 2, 1, 3)) for w in ("w_q", "w_k", "w_v"))
+    scores = (q @ jnp.swapaxes(k, -1, -2)) * (d // heads) ** -0.5
+    scores = jnp.where(jnp.tril(jnp.ones((t, t), bool)), scores, -jnp.inf)
+    mixed = jnp.transpose(jax.nn.softmax(scores, axis=-1) @ v, (0, 2, 1, 3)).reshape(n, t, d)
+    proj = mixed @ p["w_o"]
+    keep = jax.random.bernoulli(jax.random.wrap_key_data(batch["key"], impl="threefry2x32"), 1.0 - DROPOUT, proj.shape)
+    h1 = h0 + jnp.where(keep, proj / (1.0 - DROPOUT), 0.0)
+    f = jax.nn.gelu(layer_norm(h1, p["ln2_g"], p["ln2_b"]) @ p["w_fc1"] + p["b_fc1"], approximate=False)
+    h2 = h1 + f @ p["w_fc2"] + p["b_fc2"]
+    logits = (layer_norm(h2, p["lnf_g"], p["lnf_b"]) @ p["w_head"]).reshape(n * t, -1)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.mean(jnp.take_along_axis(logp, batch["targets"].reshape(-1, 1), axis=1))
+
+
+def _transformer_torch(params: Any, batch: Any) -> Any:
+    """The same in PyTorch eager. The dropout mask is the batch's `keep` (the JAX key's mask,
+    drawn once when the batch is made), so that all contenders compute the same loss; torch's
+    own `F.dropout` would draw a different one."""
+    import torch
+    import torch.nn.functional as F
+
+    p, tokens = params, batch["tokens"].long()
+    n, t = tokens.shape
+    d = p["w_q"].shape[0]
+    heads = TRANSFORMER_HEADS
+    h0 = F.embedding(tokens, p["tok_emb"]) + p["pos_emb"]
+    x = F.layer_norm(h0, (d,), p["ln1_g"], p["ln1_b"])
+    q, k, v = ((x @ p[w]).view(n, t, heads, d // heads).transpose(1, 2) for w in ("w_q", "w_k", "w_v"))
+    scores = (q @ k.transpose(-1, -2)) * (d // heads) ** -0.5
+    scores = scores.masked_fill(~torch.tril(torch.ones(t, t, dtype=torch.bool)), float("-inf"))
+    mixed = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(n, t, d)
+    h1 = h0 + (mixed @ p["w_o"]) * batch["keep"] / (1.0 - DROPOUT)
+    h2 = h1 + F.gelu(F.layer_norm(h1, (d,), p["ln2_g"], p["ln2_b"]) @ p["w_fc1"] + p["b_fc1"]) @ p["w_fc2"] + p["b_fc2"]
+    logits = F.layer_norm(h2, (d,), p["lnf_g"], p["lnf_b"]) @ p["w_head"]
+    return F.cross_entropy(logits.view(n * t, -1), batch["targets"].long().view(-1))
+
+
+TORCH_ONLY = ("keep",)  # batch entries only the PyTorch contender reads
+
+
+def _token_batch(spec: Any, rng: np.random.Generator) -> Arrays:
+    """Token ids and per-token targets from the copy data's vocabulary, a dropout key, and
+    (for the PyTorch contender, `_transformer_torch`) the key's keep mask of the attention
+    output, `jax.random.bernoulli` as stepc's `step.dropout` draws it."""
+    import jax
+
+    out: Arrays = {s.name: rng.integers(0, s.classes or 2, size=s.shape).astype(np.int32) for s in spec.inputs}
+    for s in spec.keys:
+        out[s.name] = rng.integers(0, 2**32, size=s.shape, dtype=np.uint32)
+    width = next(p.shape[1] for p in spec.params if p.name == "tok_emb")
+    key = jax.random.wrap_key_data(out["key"], impl="threefry2x32")
+    out["keep"] = np.asarray(jax.random.bernoulli(key, 1.0 - DROPOUT, (*out["tokens"].shape, width)), np.float32)
+    return out
+
+
 def _classification_batch(spec: Any, rng: np.random.Generator) -> Arrays:
     out: Arrays = {}
     for s in spec.inputs:
@@ -131,6 +234,8 @@ MODELS: dict[str, LossFns] = {
     "mlp": (_mlp_jax, _mlp_torch, _classification_batch),
     "softmax": (_softmax_jax, _softmax_torch, _classification_batch),
     "attention": (_attention_jax, _attention_torch, _regression_batch),
+    "cnn": (_cnn_jax, _cnn_torch, _classification_batch),
+    "transformer": (_transformer_jax, _transformer_torch, _token_batch),
 }
 
 

@@ -49,6 +49,8 @@ MODELS: dict[str, tuple[str, str]] = {
     "mlp784": ("benchmarks/models/mlp784.ir", "mlp"),
     "softmax784": ("benchmarks/models/softmax784.ir", "softmax"),
     "attention": ("benchmarks/models/attention.ir", "attention"),
+    "cnn_digits": ("examples/cnn_digits.ir", "cnn"),
+    "transformer_lm": ("examples/transformer_lm.ir", "transformer"),
 }
 CONTENDERS = ("stepc", "jax", "optax", "torch")
 SCALING_SIZES = (100, 300, 1000, 3000, 10000)
@@ -114,7 +116,8 @@ def contenders_for(model: str, prog: Any) -> tuple[list[Contender], dict[str, li
     import jax
 
     m = model_setup(model)
-    jax_loss, torch_loss, groups, params, batch = m.jax_loss, m.torch_loss, m.groups, m.params, m.batch
+    jax_loss, torch_loss, groups, params, torch_batch = m.jax_loss, m.torch_loss, m.groups, m.params, m.batch
+    batch = {k: v for k, v in torch_batch.items() if k not in references.TORCH_ONLY}
     stepc_step = jax.jit(prog.step)
     hand_step = references.hand_jax_step(jax_loss, groups)
     optax_step, optax_state = references.optax_step(jax_loss, groups, params)
@@ -124,7 +127,7 @@ def contenders_for(model: str, prog: Any) -> tuple[list[Contender], dict[str, li
         "optax": lambda: jax_contender("optax", optax_step, params, optax_state, batch),
     }
     contenders = [make() for make in made.values()]
-    torch_step = references.TorchStep(torch_loss, groups, params, batch)
+    torch_step = references.TorchStep(torch_loss, groups, params, torch_batch)
     contenders.append(Contender("torch", torch_step.run))
     first_losses = {c.name: [c.run(1) for _ in range(3)] for c in contenders}
     return contenders, first_losses
@@ -262,7 +265,7 @@ def compile_stages(path: Path, check: bool = True) -> tuple[list[tuple[str, floa
 
     spec = train_data.signature(module)
     params = train_data.default_init(module, seed=0)
-    batch = {s.name: np.zeros(s.shape, s.dtype) for s in spec.inputs}
+    batch = {s.name: np.zeros(s.shape, s.dtype) for s in (*spec.inputs, *spec.keys)}
     failure = None
     try:
         Pipeline.default(check=check, listeners=[listen]).run(module)
