@@ -4,7 +4,9 @@
 them (the operand of the cross-entropy whose labels are a batch input, or of a last-axis
 softmax multiplied by one-hot targets). The return becomes that value, under the key `logits`,
 and the ops it no longer needs are erased; the arguments are kept, so the cut program takes the
-same parameters and batch. A program that is not a classifier's is a `PassFailedException`.
+same parameters and batch (random keys included, though unused). Dropout is evaluated as in
+`model.eval()`: each `step.dropout` becomes the identity. A program that is not a classifier's is
+a `PassFailedException`.
 
 It has no contract of its own: it computes no new value (its output is a value of the input
 program, unchanged), and the tests check the accuracy it gives against NumPy's argmax of the
@@ -20,6 +22,8 @@ from xdsl.passes import ModulePass
 from xdsl.utils.exceptions import PassFailedException
 
 from stepc.ir.program import LOGITS, classifier_head, set_output_names, step_function
+
+DROPOUT = "step.dropout"
 
 
 def cut_at_logits(fn: func.FuncOp) -> None:
@@ -38,6 +42,9 @@ def cut_at_logits(fn: func.FuncOp) -> None:
     block.insert_op_before(new_ret, ret)
     ret.detach()
     ret.erase()
+    for op in list(block.ops):  # evaluation mode: dropout is the identity (`model.eval()`)
+        if op.name == DROPOUT:
+            op.results[0].replace_all_uses_with(op.operands[0])
     for op in reversed(list(block.ops)):
         if op is not new_ret and all(not r.uses for r in op.results):
             op.detach()

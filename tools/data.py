@@ -144,8 +144,12 @@ def _element_text(dtype: np.dtype) -> str:
 
 
 def fan_in(fn: func.FuncOp, param: BlockArgument) -> int:
-    """The fan-in of PyTorch's `nn.Linear` init rule for one parameter, in stepc's layouts.
+    """The fan-in of PyTorch's `nn.Linear` / `nn.Conv2d` init rule for one parameter, in
+    stepc's layouts.
 
+    - a convolution kernel (`OxC/groupsxKHxKW`, the second operand of `step.conv2d`): the
+      product of its last three dimensions, as `nn.Conv2d`;
+    - a bias added to a convolution's result (`16x1x1` for 16 channels): that kernel's fan-in;
     - a weight (rank >= 2) in the `(in, out)` layout of `x @ w`: its second-to-last dimension
       (the one a matmul contracts), e.g. 64 for `tensor<64x128xf32>`;
     - a bias (rank 1): the fan-in of the weight whose matmul result it is added to
@@ -154,6 +158,14 @@ def fan_in(fn: func.FuncOp, param: BlockArgument) -> int:
     - a scalar: 1.
     """
     shape = shape_of(param)
+    if any(use.operation.name == CONV and use.index == 1 for use in param.uses):
+        return math.prod(shape[1:])
+    for user in _users_through_broadcast(param):
+        if isinstance(user, AddOp):
+            for operand in (user.lhs, user.rhs):
+                producer = operand.owner
+                if isinstance(producer, Operation) and producer.name == CONV:
+                    return math.prod(shape_of(producer.operands[1])[1:])
     if len(shape) >= 2:
         return shape[-2]
     if not shape:
@@ -167,6 +179,25 @@ def fan_in(fn: func.FuncOp, param: BlockArgument) -> int:
     return shape[-1]
 
 
+CONV = "step.conv2d"
+LAYER_NORM = "step.layer_norm"
+EMBEDDING = "step.embedding"
+
+
+def init_rule(fn: func.FuncOp, param: BlockArgument) -> tuple[str, float]:
+    """How `default_init` draws one parameter, as PyTorch's modules do: a layer norm's gain
+    (`step.layer_norm`'s second operand) `("constant", 1.0)` and its bias `("constant", 0.0)`
+    (`nn.LayerNorm`); an embedding table (`step.embedding`'s first operand) `("normal", 1.0)`
+    (`nn.Embedding`: N(0, 1)); every other parameter `("uniform", 1/sqrt(fan_in))`
+    (`nn.Linear`, `nn.Conv2d`: see `fan_in`)."""
+    for use in param.uses:
+        if use.operation.name == LAYER_NORM and use.index in (1, 2):
+            return "constant", 1.0 if use.index == 1 else 0.0
+        if use.operation.name == EMBEDDING and use.index == 0:
+            return "normal", 1.0
+    return "uniform", 1.0 / math.sqrt(fan_in(fn, param))
+
+
 def _users_through_broadcast(value: SSAValue) -> Iterator[Operation]:
     for use in value.uses:
         if isinstance(use.operation, BroadcastOp):
@@ -176,18 +207,24 @@ def _users_through_broadcast(value: SSAValue) -> Iterator[Operation]:
 
 
 def default_init(module: ModuleOp, seed: int) -> Arrays:
-    """PyTorch `nn.Linear`'s default: every parameter drawn from U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
-    with `fan_in` as `fan_in` documents; drawn in parameter order from one NumPy generator
-    seeded by `seed` (the same seed gives the same parameters)."""
+    """PyTorch's default initialization of each parameter (`init_rule`: `nn.Linear`'s
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases, `nn.LayerNorm`'s ones and zeros,
+    `nn.Embedding`'s N(0, 1)); drawn in parameter order from one NumPy generator seeded by
+    `seed` (the same seed gives the same parameters)."""
     fn = step_function(module)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
     out: Arrays = {}
     for arg in args(fn):
         if arg.role != "param":
             continue
-        bound = 1.0 / math.sqrt(fan_in(fn, arg.value))
+        kind, scale = init_rule(fn, arg.value)
         shape = tuple(arg.type.get_shape())
-        values = rng.uniform(-bound, bound, size=shape)
+        if kind == "constant":
+            values = np.full(shape, scale)
+        elif kind == "normal":
+            values = rng.normal(0.0, scale, size=shape)
+        else:
+            values = rng.uniform(-scale, scale, size=shape)
         out[arg.name] = values.astype(numpy_dtype(arg.type.get_element_type()))
     return out
 
