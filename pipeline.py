@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.passes import ModulePass
@@ -21,7 +21,7 @@ from stepc.check import ContractReport, contract_for
 from stepc.check.reduced import ContractRunner, check_mode_name
 from stepc.ir.diagnostics import StepcError
 from stepc.ir.parse import make_context, no_gc, verify
-from stepc.passes import DEFAULT_PIPELINE, LOWERING_PASSES, get_all_passes
+from stepc.passes import DEFAULT_PIPELINE, LOWERING_PASSES, get_all_passes, requested_cut, requested_passes
 
 
 @dataclass
@@ -49,6 +49,9 @@ class Pipeline:
     # Where contracts run: "auto" (reduced shapes for a big program), "full" or "reduced";
     # see `stepc.check.reduced` for what each guarantees.
     check_mode: str = "auto"
+    # The default pipeline (`default`): the passes a program asks for by its attributes are
+    # put in when it runs (`passes.requested_passes`); a pipeline of named passes runs those.
+    requested: bool = False
 
     def __post_init__(self) -> None:
         check_trials(self.trials)
@@ -64,7 +67,7 @@ class Pipeline:
     def default(until: str | None = None, lower: bool = True, **options) -> Pipeline:  # type: ignore[no-untyped-def]
         """The default pipeline cut after `until`; with `lower`, ending in the lowering passes
         (`LOWERING_PASSES`, appended when the cut removed them), else without them."""
-        pipeline = Pipeline(DEFAULT_PIPELINE, **options).until(until)
+        pipeline = Pipeline(DEFAULT_PIPELINE, **options, requested=True).until(until)
         names = [n for n in pipeline.names if n not in LOWERING_PASSES]
         if lower:
             names.extend(LOWERING_PASSES)
@@ -75,16 +78,25 @@ class Pipeline:
         """The pipeline cut after the first pass named `last` (the `--until` option)."""
         if last is None:
             return self
+        cut = requested_cut(self.names, last) if self.requested else None
+        if cut is not None:
+            return replace(self, names=cut)
         if last not in self.names:
             raise StepcError(f"--until {last}: no such pass in the pipeline ({', '.join(self.names)})")
         names = list(self.names)
-        return Pipeline(names[: names.index(last) + 1], self.check, self.trials, self.seed, self.listeners, self.check_mode)
+        return replace(self, names=names[: names.index(last) + 1])
 
-    def passes(self) -> list[ModulePass]:
-        """Every pass, built before any runs: an unknown name or a bad option is a StepcError."""
+    def names_for(self, module: ModuleOp) -> list[str]:
+        """The passes that run on `module`: the default pipeline with those the program asks
+        for (`passes.requested_passes`), or the named passes as they are."""
+        return requested_passes(self.names, module) if self.requested else list(self.names)
+
+    def passes(self, names: Sequence[str] | None = None) -> list[ModulePass]:
+        """Every pass (of `names`, by default the pipeline's), built before any runs: an unknown
+        name or a bad option is a StepcError."""
         available = get_all_passes()
         out: list[ModulePass] = []
-        for name in self.names:
+        for name in self.names if names is None else names:
             if not isinstance(name, str):
                 raise TypeError(f"a pass is named by a str, found {type(name).__name__} {name!r}")
             specs = _parse_specs(name)
@@ -106,7 +118,8 @@ class Pipeline:
         runner = ContractRunner(self.check_mode)
         events = [PassEvent(0, "input", module)]
         self._emit(events[0])
-        for index, (name, p) in enumerate(zip(self.names, self.passes()), start=1):
+        names = self.names_for(module)
+        for index, (name, p) in enumerate(zip(names, self.passes(names)), start=1):
             contract = contract_for(p.name) if self.check else None
             before = module.clone() if contract is not None else None
             start = time.perf_counter()

@@ -33,7 +33,7 @@ import jax
 from jax import lax
 
 # The names the table may call (`backends/jax.py` NAMESPACE).
-__all__ = ["abs0", "aligned", "dot_general", "relu0"]
+__all__ = ["abs0", "aligned", "dot_general", "relu0", "while_loop"]
 
 # ---------------------------------------------------------------------------------------------
 # PyTorch's derivatives at kinks
@@ -63,6 +63,17 @@ def _relu0_jvp(
 ) -> tuple[jax.Array, jax.Array]:
     (x, zero), (tangent, _) = primals, tangents
     return lax.max(x, zero), lax.select(lax.gt(x, zero), tangent, lax.full_like(tangent, 0))
+
+
+# ---------------------------------------------------------------------------------------------
+# Loops
+
+
+def while_loop(cond, body, init: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+    """`lax.while_loop` over a tuple of arrays, with `cond` and `body` functions of positional
+    arrays (as the module's own functions are): `cond` returns a 1-tuple holding a boolean
+    scalar, `body` a tuple like `init`."""
+    return lax.while_loop(lambda carry: cond(*carry)[0], lambda carry: tuple(body(*carry)), tuple(init))
 
 
 # ---------------------------------------------------------------------------------------------

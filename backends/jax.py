@@ -27,7 +27,8 @@ import numpy as np
 from jax import lax
 from xdsl.dialects import func
 from xdsl.dialects.builtin import DenseIntOrFPElementsAttr, Float64Type, IntegerType, ModuleOp, TensorType
-from xdsl.ir import Attribute, Operation, SSAValue
+from xdsl.ir import Attribute, Block, Operation, SSAValue
+from xdsl.traits import IsTerminator
 
 from stepc.backends import helpers
 from stepc.ir import stablehlo as shlo
@@ -108,12 +109,20 @@ class Starred:
 @dataclass(frozen=True)
 class Call:
     """`fn(*args, **kwargs)` with `fn` a dotted name (`lax.add`) and arguments that are
-    `Operand`s, nested `Call`s (or `Starred` ones), `Name`s or literals (ints, floats, tuples,
-    dtypes, arrays)."""
+    `Operand`s, nested `Call`s (or `Starred` ones), `Name`s, `Function`s or literals (ints,
+    floats, tuples, dtypes, arrays)."""
 
     fn: str
     args: tuple[Any, ...] = ()
     kwargs: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True, eq=False)
+class Function:
+    """A region as a Python function of positional arrays returning a tuple of arrays (a loop's
+    condition or body): its ops as straight-line code, reading only its own arguments."""
+
+    body: Body
 
 
 # The names a `Call` may start with: JAX, NumPy, and the functions the table calls beyond
@@ -152,6 +161,8 @@ def evaluate(node: Any, operands: Sequence[Any]) -> Any:
         return resolve(node.fn)(*args, **kwargs)
     if isinstance(node, tuple):
         return tuple(evaluate(v, operands) for v in node)
+    if isinstance(node, Function):
+        return body_function(node.body)
     return node
 
 
@@ -308,6 +319,17 @@ def _reduce(op: shlo.ReduceOp) -> Call:
     return Call(reducer.combine, (reduced, Operand(1)))
 
 
+def _dynamic_slice(op: shlo.DynamicSliceOp) -> Call:
+    indices = tuple(Operand(i) for i in range(1, len(op.operands)))
+    return Call("lax.dynamic_slice", (Operand(0), indices, op.sizes))
+
+
+def _while(op: shlo.WhileOp) -> Call:
+    """`while_loop(cond, body, operands)` (`backends/helpers.py`: `lax.while_loop` over the tuple)."""
+    operands = tuple(Operand(i) for i in range(len(op.operands)))
+    return Call("while_loop", (Function(straight_line_block(op.cond.block)), Function(straight_line_block(op.body.block)), operands))
+
+
 JAX_RULES: dict[type[Operation], Rule] = {
     shlo.AddOp: _elementwise("lax.add"),
     shlo.SubtractOp: _elementwise("lax.sub"),
@@ -335,17 +357,20 @@ JAX_RULES: dict[type[Operation], Rule] = {
     shlo.GatherOp: _gather,  # type: ignore[dict-item]
     shlo.ScatterOp: _scatter,  # type: ignore[dict-item]
     shlo.ReduceOp: _reduce,  # type: ignore[dict-item]
+    shlo.DynamicSliceOp: _dynamic_slice,  # type: ignore[dict-item]
+    shlo.WhileOp: _while,  # type: ignore[dict-item]
 }
 
 
 @dataclass(frozen=True)
 class Instruction:
-    """One op of the function body: its call, its operand slots and its result slot."""
+    """One op of the function body: its call, its operand slots and its result slots (a call of
+    an op of several results returns a tuple of them)."""
 
     op: Operation
     call: Call
     operands: tuple[int, ...]
-    result: int
+    results: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -359,19 +384,26 @@ class Body:
 
 def straight_line(fn: func.FuncOp) -> Body:
     """The function's ops as `Instruction`s, each op's call made once from the table."""
-    slots: dict[SSAValue, int] = {arg: i for i, arg in enumerate(fn.body.block.args)}
+    return straight_line_block(fn.body.block)
+
+
+def straight_line_block(block: Block) -> Body:
+    """A block's ops as `Instruction`s (its terminator's operands the outputs)."""
+    slots: dict[SSAValue, int] = {arg: i for i, arg in enumerate(block.args)}
     instructions: list[Instruction] = []
     outputs: tuple[int, ...] = ()
-    for op in fn.body.block.ops:
-        if isinstance(op, func.ReturnOp):
-            outputs = tuple(slots[v] for v in op.arguments)
+    for op in block.ops:
+        if op.has_trait(IsTerminator):
+            outputs = tuple(slots[v] for v in op.operands)
             continue
         rule = JAX_RULES.get(type(op))
         if rule is None:
             raise error_at(op, f"the JAX backend has no rule for {op.name} (lower the program first)")
-        slots[op.results[0]] = len(slots)
-        instructions.append(Instruction(op, rule(op), tuple(slots[v] for v in op.operands), slots[op.results[0]]))
-    return Body(len(fn.body.block.args), live_only(instructions, outputs), outputs)
+        for result in op.results:
+            slots[result] = len(slots)
+        results = tuple(slots[r] for r in op.results)
+        instructions.append(Instruction(op, rule(op), tuple(slots[v] for v in op.operands), results))
+    return Body(len(block.args), live_only(instructions, outputs), outputs)
 
 
 def live_only(instructions: Sequence[Instruction], outputs: Sequence[int]) -> tuple[Instruction, ...]:
@@ -379,7 +411,7 @@ def live_only(instructions: Sequence[Instruction], outputs: Sequence[int]) -> tu
     live = set(outputs)
     kept: list[Instruction] = []
     for ins in reversed(instructions):
-        if ins.result in live:
+        if live.intersection(ins.results):
             kept.append(ins)
             live.update(ins.operands[i] for i in read_operands(ins.call))
     return tuple(reversed(kept))
@@ -466,13 +498,29 @@ def compile_ops(fn: func.FuncOp) -> Callable[..., tuple[Any, ...]]:
     """The function body as a pure Python function of positional arrays."""
     body = straight_line(fn)
     where = location_of(fn)
+    run = body_function(body)
 
-    def run(*arrays: Any) -> tuple[Any, ...]:
+    def checked(*arrays: Any) -> tuple[Any, ...]:
         if len(arrays) != body.n_args:
             raise StepcError(f"the step function takes {body.n_args} arrays, found {len(arrays)}", where)
-        values: list[Any] = [*arrays, *([None] * (max((i.result for i in body.instructions), default=0) + 1))]
+        return run(*arrays)
+
+    return checked
+
+
+def body_function(body: Body) -> Callable[..., tuple[Any, ...]]:
+    """A straight-line body as a Python function of positional arrays returning a tuple."""
+    size = max((r for ins in body.instructions for r in ins.results), default=body.n_args - 1) + 1
+
+    def run(*arrays: Any) -> tuple[Any, ...]:
+        values: list[Any] = [*arrays, *([None] * max(0, size - len(arrays)))]
         for ins in body.instructions:
-            values[ins.result] = evaluate(ins.call, [values[i] for i in ins.operands])
+            out = evaluate(ins.call, [values[i] for i in ins.operands])
+            if len(ins.results) == 1:
+                values[ins.results[0]] = out
+            else:
+                for slot, value in zip(ins.results, out, strict=True):
+                    values[slot] = value
         return tuple(values[i] for i in body.outputs)
 
     return run

@@ -25,14 +25,14 @@ from __future__ import annotations
 import ast
 import inspect
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from xdsl.dialects.builtin import ModuleOp
 
 from stepc.backends import helpers
-from stepc.backends.jax import Call, Name, Operand, Starred, jax_function, straight_line
+from stepc.backends.jax import Body, Call, Function, Name, Operand, Starred, jax_function, straight_line
 from stepc.ir.program import STATE_INITIAL_VALUES, step_function
 
 DTYPE_NAMES = {
@@ -49,20 +49,24 @@ DTYPE_NAMES = {
 # Literals
 
 
-def literal(value: Any, operands: Sequence[str] | Mapping[int, str]) -> str:
-    """Python source for one argument of a `Call`."""
+def literal(value: Any, operands: Sequence[str] | Mapping[int, str], functions: Mapping[int, str] | None = None) -> str:
+    """Python source for one argument of a `Call` (a `Function` by the name of its `def`, from
+    `functions`, keyed by the Function's id)."""
     if isinstance(value, Operand):
         return operands[value.index]
     if isinstance(value, Name):
         return value.path
+    if isinstance(value, Function):
+        assert functions is not None, "a Function is rendered by its def's name"
+        return functions[id(value)]
     if isinstance(value, Starred):
-        return "*" + literal(value.value, operands)
+        return "*" + literal(value.value, operands, functions)
     if isinstance(value, Call):
-        parts = [literal(a, operands) for a in value.args]
-        parts += [f"{key}={literal(v, operands)}" for key, v in value.kwargs]
+        parts = [literal(a, operands, functions) for a in value.args]
+        parts += [f"{key}={literal(v, operands, functions)}" for key, v in value.kwargs]
         return f"{value.fn}({', '.join(parts)})"
     if isinstance(value, tuple):
-        items = [literal(v, operands) for v in value]
+        items = [literal(v, operands, functions) for v in value]
         return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
     if isinstance(value, np.ndarray):
         return array_literal(value)
@@ -111,14 +115,7 @@ def program_source(module: ModuleOp, name: str) -> list[str]:
     """`def _NAME(a0, a1, ...)` of straight-line lax calls, and its argument and output tables."""
     fn = step_function(module)
     jf = jax_function(module)
-    body = straight_line(fn)
-    slots = {i: f"a{i}" for i in range(body.n_args)}
-    slots.update({ins.result: f"v{n}" for n, ins in enumerate(body.instructions)})
-    lines = [f"def _{name}({', '.join(slots[i] for i in range(body.n_args))}):"]
-    for ins in body.instructions:
-        call = literal(ins.call, [slots.get(i, "None") for i in ins.operands])  # unread operands are dead
-        lines.append(f"    {slots[ins.result]} = {call}  # {one_line_comment(ins.op.name)}")
-    lines.append(f"    return {literal(tuple(Operand(i) for i in body.outputs), slots)}")
+    lines = function_source(straight_line(fn), f"_{name}", "", iter(range(1 << 62)))
     lines.append("")
     lines.append("")
     specs = [(s.key, str(s.role), s.shape, s.dtype.name) for s in jf.specs]  # a Role's text: "param"
@@ -130,6 +127,39 @@ def program_source(module: ModuleOp, name: str) -> list[str]:
     lines.append("")
     lines.append("")
     return lines
+
+
+def function_source(body: Body, name: str, indent: str, numbers: Iterator[int]) -> list[str]:
+    """`def NAME(a0, a1, ...):` of a body's lax calls, returning the tuple of its outputs; the
+    functions a call takes (a loop's condition and body) are `def`s inside it, before the call,
+    each named `f` and a number from `numbers`."""
+    slots = {i: f"a{i}" for i in range(body.n_args)}
+    for n, ins in enumerate(body.instructions):
+        slots.update({slot: f"v{n}" if len(ins.results) == 1 else f"v{n}_{i}" for i, slot in enumerate(ins.results)})
+    lines = [f"{indent}def {name}({', '.join(slots[i] for i in range(body.n_args))}):"]
+    for ins in body.instructions:
+        functions: dict[int, str] = {}
+        for function in functions_in(ins.call):
+            functions[id(function)] = f"f{next(numbers)}"
+            lines += function_source(function.body, functions[id(function)], indent + "    ", numbers)
+        call = literal(ins.call, [slots.get(i, "None") for i in ins.operands], functions)  # unread operands are dead
+        targets = ", ".join(slots[r] for r in ins.results)
+        lines.append(f"{indent}    {targets} = {call}  # {one_line_comment(ins.op.name)}")
+    lines.append(f"{indent}    return {literal(tuple(Operand(i) for i in body.outputs), slots)}")
+    return lines
+
+
+def functions_in(node: Any) -> list[Function]:
+    """The `Function`s among a call's arguments, in order."""
+    if isinstance(node, Function):
+        return [node]
+    if isinstance(node, Starred):
+        return functions_in(node.value)
+    if isinstance(node, Call):
+        return [f for a in (*node.args, *(v for _, v in node.kwargs)) for f in functions_in(a)]
+    if isinstance(node, tuple):
+        return [f for v in node for f in functions_in(v)]
+    return []
 
 
 # ---------------------------------------------------------------------------------------------

@@ -144,6 +144,27 @@ def _sigmoid(x: Array, **_: Any) -> Array:
     return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype)
 
 
+def _dynamic_slice(operand: Array, *starts: Array, slice_sizes: Sequence[int], **_: Any) -> Array:
+    """XLA's dynamic slice: each start index clamped so that the slice fits in the operand."""
+    index = tuple(
+        slice(begin, begin + size)
+        for begin, size in (
+            (min(max(int(start), 0), dim - size), size) for start, size, dim in zip(starts, slice_sizes, operand.shape)
+        )
+    )
+    return operand[index]
+
+
+def _while(*args: Array, cond_jaxpr: Any, body_jaxpr: Any, cond_nconsts: int, body_nconsts: int, **_: Any) -> list[Array]:
+    """`lax.while_loop`: the body on the carried values while the condition holds (each jaxpr
+    takes its constants first)."""
+    cond_consts, body_consts = args[:cond_nconsts], args[cond_nconsts : cond_nconsts + body_nconsts]
+    carry = list(args[cond_nconsts + body_nconsts :])
+    while bool(eval_jaxpr(cond_jaxpr.jaxpr, cond_jaxpr.consts, *cond_consts, *carry)[0]):
+        carry = eval_jaxpr(body_jaxpr.jaxpr, body_jaxpr.consts, *body_consts, *carry)
+    return carry
+
+
 def _call(jaxpr_param: str) -> Callable[..., list[Array]]:
     def call(*args: Array, **params: Any) -> list[Array]:
         closed = params[jaxpr_param]
@@ -204,6 +225,8 @@ PRIMITIVES: dict[str, Callable[..., Any]] = {
     "argmax": lambda x, *, axes, index_dtype, **_: np.argmax(x, axis=axes[0]).astype(index_dtype),
     "iota": _iota,
     "gather": _gather,
+    "dynamic_slice": _dynamic_slice,
+    "while": _while,
     "scatter-add": _scatter_add,
     "pjit": _call("jaxpr"),
     "jit": _call("jaxpr"),

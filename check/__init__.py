@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from stepc.check.accumulate_gradients import AccumulationContract
 from stepc.check.cleanup import ExactIdentityContract, IdentityContract
 from stepc.check.contract import Contract, ContractReport, format_table
 from stepc.check.differentiate import VJPContract
@@ -19,6 +20,7 @@ from stepc.check.simplify_stablehlo import SimplifyContract
 CONTRACTS: dict[str, Contract[Any]] = {
     "differentiate": VJPContract(),
     "seed-scalar-loss": SeedContract(),
+    "accumulate-gradients": AccumulationContract(),
     "fuse-sgd": SGDEquationContract(),
     "lower-to-stablehlo": LoweringContract(),
     "simplify-stablehlo": SimplifyContract(),

@@ -35,6 +35,7 @@ from xdsl.dialects.builtin import (
     f64,
     i64,
 )
+from xdsl.dialects.utils.format import parse_assignment, print_assignment
 from xdsl.ir import Attribute, Dialect, Operation, ParametrizedAttribute, Region, SSAValue
 from xdsl.irdl import (
     IRDLOperation,
@@ -43,12 +44,15 @@ from xdsl.irdl import (
     operand_def,
     param_def,
     prop_def,
+    region_def,
     result_def,
     traits_def,
+    var_operand_def,
+    var_result_def,
 )
 from xdsl.parser import AttrParser, Parser
 from xdsl.printer import Printer
-from xdsl.traits import Pure
+from xdsl.traits import IsTerminator, Pure
 from xdsl.utils.exceptions import VerifyException
 
 from stepc.ir import shapes
@@ -410,6 +414,7 @@ COTANGENT = "step.cotangent"
 STATE = "step.state"
 OUTPUT = "step.output"
 RELU_TAG = "step.relu"
+ACCUMULATE = "step.accumulate"
 
 STEP_ATTRIBUTES: Mapping[str, StepAttribute] = {
     SGD: StepAttribute(
@@ -428,9 +433,8 @@ STEP_ATTRIBUTES: Mapping[str, StepAttribute] = {
         Position.FUNCTION, "gradient clipping, torch.nn.utils.clip_grad_norm_",
         "attributes {step.clip_grad_norm = 1.0 : f64}", supported=False,
     ),
-    "step.accumulate": StepAttribute(
+    ACCUMULATE: StepAttribute(
         Position.FUNCTION, "gradient accumulation over micro-batches", "attributes {step.accumulate = 4 : i64}",
-        supported=False,
     ),
     PARAM: StepAttribute(
         Position.ARGUMENT, "a parameter, with its own optimizer fields when it has a value",
@@ -1203,6 +1207,179 @@ def _nested_text(values: list[float], shape: tuple[int, ...]) -> str:
     return "[" + ", ".join(parts) + "]"
 
 
+# ---------------------------------------------------------------------------------------------
+# Gradient accumulation: the sum over micro-batches (made by `accumulate-gradients`)
+
+
+def micro_batch_type(t: Attribute) -> TensorType[Attribute]:
+    """One micro-batch of a `step.accumulate` operand: its type without the leading axis."""
+    shape = shape_of(t)
+    if not shape:
+        raise VerifyException(f"{t} has no leading axis to hold micro-batches")
+    return make_tensor(shape[1:], element_of(t))
+
+
+@irdl_op_definition
+class YieldOp(IRDLOperation):
+    """`step.yield %loss, %g : tensor<f32>, tensor<8x3xf32>`: ends a `step.accumulate` body
+    with what one micro-batch adds to each sum."""
+
+    name = "step.yield"
+
+    values = var_operand_def(TensorType)
+    traits = traits_def(IsTerminator(), Pure())
+
+    def __init__(self, values: Sequence[SSAValue]):
+        super().__init__(operands=[list(values)])
+
+    @classmethod
+    def parse(cls, parser: Parser) -> YieldOp:
+        names = parser.parse_optional_undelimited_comma_separated_list(
+            parser.parse_optional_unresolved_operand, parser.parse_unresolved_operand
+        )
+        attrs = parser.parse_optional_attr_dict()
+        types: list[Attribute] = []
+        if names:
+            parser.parse_punctuation(":")
+            types = parser.parse_comma_separated_list(parser.Delimiter.NONE, parser.parse_type)
+        op = cls(parser.resolve_operands(names or [], types, parser.pos))
+        op.attributes.update(attrs)
+        return op
+
+    def print(self, printer: Printer) -> None:
+        if self.values:
+            printer.print_string(" ")
+            printer.print_list(self.values, printer.print_operand)
+        printer.print_op_attributes(self.attributes)
+        if self.values:
+            printer.print_string(" : ")
+            printer.print_list([v.type for v in self.values], printer.print_attribute)
+
+
+@irdl_op_definition
+class AccumulateOp(IRDLOperation):
+    """The sum over micro-batches:
+
+        %loss_sum, %g_sum = step.accumulate (%x.micro = %x, %y.micro = %y)
+            : (tensor<4x16x8xf32>, tensor<4x16xi32>) -> (tensor<f32>, tensor<8x3xf32>) {
+          ...
+          step.yield %loss, %g : tensor<f32>, tensor<8x3xf32>
+        }
+
+    Every operand holds K micro-batches along its leading axis (the same K >= 1 for all). The
+    body runs once per micro-batch k = 0, 1, ..., K - 1, its arguments bound to micro-batch k
+    of the operands (`x[k]`, `y[k]`: each argument's type is its operand's without the leading
+    axis); each result is the sum of what the body yields for it, added in that order into one
+    accumulator (of the result's type) per result. The body may read any value defined before
+    the op (the parameters). `accumulate-gradients` makes it (and divides the sums by K);
+    it is never differentiated.
+    """
+
+    name = "step.accumulate"
+
+    inputs = var_operand_def(TensorType)
+    sums = var_result_def(TensorType)
+    body = region_def("single_block")
+    traits = traits_def(Pure())
+
+    def __init__(self, inputs: Sequence[SSAValue], result_types: Sequence[Attribute], body: Region):
+        super().__init__(operands=[list(inputs)], result_types=[list(result_types)], regions=[body])
+
+    @property
+    def count(self) -> int:
+        """K, the number of micro-batches: the leading axis of the operands."""
+        return shape_of(self.inputs[0])[0]
+
+    @property
+    def terminator(self) -> YieldOp:
+        last = self.body.block.last_op
+        assert isinstance(last, YieldOp)
+        return last
+
+    @classmethod
+    def parse(cls, parser: Parser) -> AccumulateOp:
+        pairs = parser.parse_comma_separated_list(parser.Delimiter.PAREN, lambda: parse_assignment(parser))
+        attrs = parser.parse_optional_attr_dict()
+        parser.parse_punctuation(":")
+        start = parser.pos
+        fn = parser.parse_function_type()
+        if len(fn.inputs.data) != len(pairs):
+            parser.raise_error(
+                f"{cls.name} binds {len(pairs)} micro-batch argument(s) but its type lists {len(fn.inputs.data)} operand types",
+                start,
+                parser.pos,
+            )
+        for i, t in enumerate(fn.inputs.data):
+            if not isinstance(t, TensorType) or not t.get_shape():
+                parser.raise_error(
+                    f"{cls.name} operand {i} has type {t}: each operand holds its micro-batches along a leading axis",
+                    start,
+                    parser.pos,
+                )
+        operands = [parser.resolve_operand(value, t) for (_, value), t in zip(pairs, fn.inputs.data)]
+        arguments = [
+            arg.resolve(make_tensor(tuple(t.get_shape())[1:], t.get_element_type()))  # pyright: ignore[reportAttributeAccessIssue, reportUnknownArgumentType]  # checked a TensorType above
+            for (arg, _), t in zip(pairs, fn.inputs.data)
+        ]
+        body = parser.parse_region(arguments)
+        op = cls(operands, list(fn.outputs.data), body)
+        op.attributes.update(attrs)
+        return op
+
+    def print(self, printer: Printer) -> None:
+        printer.print_string(" (")
+        printer.print_list(zip(self.body.block.args, self.inputs), lambda pair: print_assignment(printer, *pair))
+        printer.print_string(")")
+        printer.print_op_attributes(self.attributes)
+        printer.print_string(" : ")
+        printer.print_function_type([o.type for o in self.inputs], [r.type for r in self.sums])
+        printer.print_string(" ")
+        printer.print_region(self.body, print_entry_block_args=False)
+
+    def verify_(self) -> None:
+        if not self.inputs:
+            raise VerifyException(f"{self.name} needs an operand holding the micro-batches along its leading axis")
+        count: int | None = None
+        for i, operand in enumerate(self.inputs):
+            shape = shape_of(operand)
+            if not shape:
+                raise VerifyException(
+                    f"{self.name} operand {i} is {operand.type}: each operand holds its micro-batches along a leading axis"
+                )
+            if count is None:
+                count = shape[0]
+            elif shape[0] != count:
+                raise VerifyException(
+                    f"{self.name} operands disagree on the number of micro-batches: operand 0 has {count} along "
+                    f"its leading axis, operand {i} has {shape[0]} ({operand.type})"
+                )
+        if count is not None and count < 1:
+            raise VerifyException(f"{self.name} over {count} micro-batches: the leading axis must be at least 1")
+        block = self.body.block
+        if len(block.args) != len(self.inputs):
+            raise VerifyException(
+                f"{self.name} has {len(self.inputs)} operands but its body takes {len(block.args)} micro-batch arguments"
+            )
+        for i, (arg, operand) in enumerate(zip(block.args, self.inputs)):
+            expected = micro_batch_type(operand.type)
+            if arg.type != expected:
+                raise VerifyException(
+                    f"{self.name} body argument {i} is one micro-batch of operand {i}: expected {expected}, found {arg.type}"
+                )
+        last = block.last_op
+        if not isinstance(last, YieldOp):
+            raise VerifyException(f"{self.name} body must end with step.yield of what one micro-batch adds to each sum")
+        yielded = [v.type for v in last.values]
+        results = [r.type for r in self.sums]
+        if yielded != results:
+            raise VerifyException(
+                f"{self.name} yields ({', '.join(map(str, yielded))}) but returns ({', '.join(map(str, results))}): "
+                "each result is the sum of one yielded value"
+            )
+        for r in self.sums:
+            float_tensor(r, f"a {self.name} result (a sum over micro-batches)")
+
+
 # Ops users write (the spec's first set, then the second as it is built), in the order of `docs/language.md`.
 SPEC_OPS: tuple[type[StepOp], ...] = (
     AddOp, SubOp, MulOp, DivOp, MaximumOp, MinimumOp,
@@ -1213,5 +1390,7 @@ SPEC_OPS: tuple[type[StepOp], ...] = (
 )  # fmt: skip
 # Ops the derivative introduces; users may write them too.
 EXTRA_OPS: tuple[type[StepOp], ...] = (CompareOp, OneHotOp)
+# Ops a pass after `differentiate` makes (never differentiated): the micro-batch loop.
+LOOP_OPS: tuple[type[IRDLOperation], ...] = (AccumulateOp, YieldOp)
 
-Step = Dialect("step", [*SPEC_OPS, *EXTRA_OPS], [SGDAttr])
+Step = Dialect("step", [*SPEC_OPS, *EXTRA_OPS, *LOOP_OPS], [SGDAttr])

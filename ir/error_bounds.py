@@ -42,10 +42,12 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 from xdsl.dialects import func
-from xdsl.ir import Attribute, Operation, SSAValue
+from xdsl.ir import Attribute, Block, Operation, SSAValue
+from xdsl.traits import IsTerminator
 
 from stepc.ir.dialect import (
     AbsOp,
+    AccumulateOp,
     AddOp,
     BroadcastOp,
     CompareOp,
@@ -81,7 +83,7 @@ from stepc.ir.dialect import (
 )
 from stepc.ir.interpreter import BINARY, COMPARISONS, UNARY, log_softmax, softmax
 from stepc.ir.narrow import is_tensor
-from stepc.ir.program import args, output_names, returned_values
+from stepc.ir.program import args, output_names
 from stepc.ir.values import numpy_dtype
 
 Array = np.ndarray
@@ -248,7 +250,12 @@ def _mul(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
 
 @rule(DivOp)
 def _div(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
-    x, z = a
+    return quotient(a[0], a[1], p)
+
+
+def quotient(x: Bounded, z: Bounded, p: Precision) -> Bounded:
+    """`x / z`: `(ex + |y| ez) / (|z| - ez)` (infinite where the divisor's interval reaches 0),
+    and one rounding."""
     y = x.value / z.value
     r = p.rounding(y)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -483,13 +490,49 @@ def _count(shape: tuple[int, ...], axes: tuple[int, ...]) -> int:
 
 
 def _sum(x: Bounded, axes: tuple[int, ...], p: Precision) -> Bounded:
-    y = np.asarray(np.sum(x.value, axis=axes))
-    n = _count(x.value.shape, axes)
-    magnitude = np.sum(np.abs(x.value), axis=axes)
-    r = p.rounding(y)
-    error = np.sum(x.error, axis=axes) + gamma(n, p.u) * magnitude + r  # accumulated in its own type
-    sigma = _rss(np.sqrt(np.sum(np.square(x.sigma), axis=axes)), np.sqrt(n) * p.u * magnitude, r)
-    return Bounded(y, np.asarray(error), np.asarray(sigma))
+    return summed(
+        SumTerms(
+            np.asarray(np.sum(x.value, axis=axes)),
+            np.asarray(np.sum(np.abs(x.value), axis=axes)),
+            np.asarray(np.sum(x.error, axis=axes)),
+            np.asarray(np.sum(np.square(x.sigma), axis=axes)),
+            _count(x.value.shape, axes),
+        ),
+        p,
+    )
+
+
+@dataclass
+class SumTerms:
+    """The n terms of a sum, as its bound reads them: the sum of their values, of their
+    magnitudes, of their errors and of their squared sigmas (each elementwise)."""
+
+    value: Array
+    magnitude: Array
+    error: Array
+    sigma_squared: Array
+    n: int
+
+    @staticmethod
+    def first(x: Bounded) -> SumTerms:
+        return SumTerms(x.value.copy(), np.abs(x.value), x.error.copy(), np.square(x.sigma), 1)
+
+    def add(self, x: Bounded) -> None:
+        """One more term (a running sum: the terms need not be held together)."""
+        self.value = self.value + x.value
+        self.magnitude = self.magnitude + np.abs(x.value)
+        self.error = self.error + x.error
+        self.sigma_squared = self.sigma_squared + np.square(x.sigma)
+        self.n += 1
+
+
+def summed(terms: SumTerms, p: Precision) -> Bounded:
+    """A sum of n terms accumulated in its own type, in any order: the terms' errors, and
+    `gamma_n` of their magnitudes (`sqrt(n) u` in the probabilistic bound)."""
+    r = p.rounding(terms.value)
+    error = terms.error + gamma(terms.n, p.u) * terms.magnitude + r
+    sigma = _rss(np.sqrt(terms.sigma_squared), np.sqrt(terms.n) * p.u * terms.magnitude, r)
+    return Bounded(terms.value, np.asarray(error), np.asarray(sigma))
 
 
 def _mean(x: Bounded, axes: tuple[int, ...], p: Precision) -> Bounded:
@@ -600,23 +643,72 @@ def evaluate_with_bounds(fn: func.FuncOp, inputs: Mapping[str, Array]) -> dict[s
     env: dict[SSAValue, Bounded] = {}
     for arg in args(fn):
         env[arg.value] = exact(np.asarray(inputs[arg.name]).astype(np.float64))
-    last_use: dict[SSAValue, Operation] = {}
-    for op in fn.body.block.ops:
-        for operand in op.operands:
-            last_use[operand] = op
     with np.errstate(all="ignore"):
-        for op in fn.body.block.ops:
-            if isinstance(op, func.ReturnOp):
-                break
+        outputs = evaluate_block(fn.body.block, env)
+    return dict(zip(output_names(fn), outputs))
+
+
+def evaluate_block(block: Block, env: dict[SSAValue, Bounded]) -> list[Bounded]:
+    """Run the ops of `block` on `env` (its arguments and every value it reads from outside
+    bound there), returning what its terminator returns (`func.return`, `step.yield`). The
+    block's own values are dropped from `env` once no later op reads them (the peak stays
+    small); values from outside are left as they are."""
+    free_after: dict[Operation, list[SSAValue]] = {}
+    last_use: dict[SSAValue, Operation] = {}
+    own: set[SSAValue] = set(block.args)
+    for op in block.ops:
+        own.update(op.results)
+        for inner in op.walk() if op.regions else (op,):  # a use inside a region is a use by the op that holds it
+            for operand in inner.operands:
+                last_use[operand] = op
+    for value, op in last_use.items():
+        if value in own:
+            free_after.setdefault(op, []).append(value)
+    for op in block.ops:
+        if op.has_trait(IsTerminator):
+            return [env[v] for v in op.operands]
+        operands = [env[v] for v in op.operands]
+        region_rule = REGION_RULES.get(type(op))
+        if region_rule is not None:
+            results = region_rule(op, operands, env)
+        else:
             found = RULES.get(type(op))
             if found is None:
                 raise NotImplementedError(f"no error-bound rule for {op.name}")
-            result = found(op, [env[v] for v in op.operands], Precision.of(_dtype(op.results[0].type)))
+            results = [found(op, operands, Precision.of(_dtype(op.results[0].type)))]
+        for value, result in zip(op.results, results, strict=True):
             # NaN in a bound (inf - inf, 0 * inf) means "no bound": infinite, never a silent pass.
-            env[op.results[0]] = Bounded(
-                np.asarray(result.value, dtype=np.float64), _no_nan(result.error), _no_nan(result.sigma)
-            )
-            for operand in set(op.operands):  # free what no later op reads (the peak stays small)
-                if last_use.get(operand) is op:
-                    del env[operand]
-    return {name: env[v] for name, v in zip(output_names(fn), returned_values(fn))}
+            env[value] = Bounded(np.asarray(result.value, dtype=np.float64), _no_nan(result.error), _no_nan(result.sigma))
+        for value in free_after.get(op, ()):  # free what no later op reads
+            env.pop(value, None)
+    raise ValueError("a block without a terminator")
+
+
+# Rules of the ops that hold a region: the op, its operands' bounds and the values visible to
+# its region (to run it) -> one `Bounded` per result.
+RegionRule = Callable[[Operation, list[Bounded], dict[SSAValue, Bounded]], list[Bounded]]
+REGION_RULES: dict[type[Operation], RegionRule] = {}
+
+
+def _accumulate(op: Operation, a: list[Bounded], env: dict[SSAValue, Bounded]) -> list[Bounded]:
+    """`step.accumulate`: the body's values and bounds on each micro-batch (`operand[k]`, with
+    the operand's bounds of that slice), then each result a sum of K terms in its own type:
+    the terms' bounds added up and `gamma_K` of their magnitudes (`summed`)."""
+    assert isinstance(op, AccumulateOp)
+    block = op.body.block
+    sums: list[SumTerms] = []
+    for k in range(op.count):
+        for arg, x in zip(block.args, a):
+            env[arg] = Bounded(x.value[k], x.error[k], x.sigma[k])
+        yielded = evaluate_block(block, env)
+        if k == 0:
+            sums = [SumTerms.first(y) for y in yielded]
+        else:
+            for terms, y in zip(sums, yielded):
+                terms.add(y)
+    for arg in block.args:
+        env.pop(arg, None)
+    return [summed(terms, Precision.of(_dtype(r.type))) for terms, r in zip(sums, op.results)]
+
+
+REGION_RULES[AccumulateOp] = _accumulate

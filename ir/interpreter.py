@@ -26,13 +26,23 @@ from typing import Any
 import numpy as np
 from xdsl.dialects import func
 from xdsl.dialects.builtin import ModuleOp, TensorType
-from xdsl.interpreter import Interpreter, InterpreterFunctions, PythonValues, impl, register_impls
+from xdsl.interpreter import (
+    Interpreter,
+    InterpreterFunctions,
+    PythonValues,
+    ReturnedValues,
+    TerminatorValue,
+    impl,
+    impl_terminator,
+    register_impls,
+)
 from xdsl.interpreters.func import FuncFunctions
 from xdsl.ir import Attribute, Operation
 
 from stepc.ir.diagnostics import StepcError, error_at, location_of
 from stepc.ir.dialect import (
     AbsOp,
+    AccumulateOp,
     AddOp,
     BroadcastOp,
     CompareOp,
@@ -65,6 +75,7 @@ from stepc.ir.dialect import (
     SumOp,
     TanhOp,
     TransposeOp,
+    YieldOp,
 )
 from stepc.ir.narrow import is_tensor
 from stepc.ir.program import arg_location, args, output_names, step_function
@@ -270,6 +281,26 @@ class StepFunctions(InterpreterFunctions):
         classes = _shape(op.result.type)[-1]
         labels = np.asarray(values[0])
         return ((labels[..., None] == np.arange(classes)).astype(result_dtype(op)),)
+
+    @impl(AccumulateOp)
+    def run_accumulate(self, interpreter: Interpreter, op: AccumulateOp, values: PythonValues) -> PythonValues:
+        """The body once per micro-batch k = 0..K-1 on `operand[k]`, each result the sum of the
+        yielded values in that order, one rounding to the result's type per addition."""
+        sums: list[Array] = []
+        for k in range(op.count):
+            micro = tuple(np.ascontiguousarray(np.asarray(v)[k]) for v in values)
+            yielded = interpreter.run_ssacfg_region(op.body, micro, "step.accumulate")
+            if k == 0:
+                sums = [np.array(y, copy=True) for y in yielded]
+            else:
+                sums = [rounded(widen(s) + widen(y), s.dtype) for s, y in zip(sums, yielded)]
+        return tuple(sums)
+
+    @impl_terminator(YieldOp)
+    def run_yield(
+        self, interpreter: Interpreter, op: YieldOp, values: PythonValues
+    ) -> tuple[TerminatorValue, PythonValues]:
+        return ReturnedValues(values), ()
 
 
 def _shape(t: Attribute) -> tuple[int, ...]:

@@ -16,16 +16,27 @@ from typing import Any, cast
 
 import numpy as np
 from xdsl.dialects import func
-from xdsl.dialects.builtin import ArrayAttr, DictionaryAttr, ModuleOp, StringAttr, TensorType, UnitAttr
+from xdsl.dialects.builtin import (
+    ArrayAttr,
+    DictionaryAttr,
+    IntegerAttr,
+    IntegerType,
+    ModuleOp,
+    StringAttr,
+    TensorType,
+    UnitAttr,
+)
 from xdsl.ir import Attribute, Block, BlockArgument, Operation, SSAValue
 
 from stepc.ir.diagnostics import SourceLoc, StepcError, location_of, part_location
 from stepc.ir.dialect import (
+    ACCUMULATE,
     COTANGENT,
     OUTPUT,
     PARAM,
     SGD,
     STATE,
+    AccumulateOp,
     CrossEntropyOp,
     LogSoftmaxOp,
     MatmulOp,
@@ -38,8 +49,8 @@ from stepc.ir.dialect import (
     is_i32,
     shape_of,
 )
-from stepc.ir.limits import check_memory
-from stepc.ir.narrow import is_tensor
+from stepc.ir.limits import check_memory, human_bytes, memory_limit, tensor_bytes
+from stepc.ir.narrow import is_integer_type, is_tensor
 from stepc.ir.stablehlo import is_lowered
 from stepc.ir.values import numpy_dtype
 
@@ -261,6 +272,7 @@ def verify_step_function(fn: func.FuncOp) -> None:
     check_sgd(fn)
     check_names(all_args, fn)
     check_memory(fn)
+    check_accumulation(fn)
 
 
 def verify_any_stage(module: ModuleOp) -> None:
@@ -344,6 +356,52 @@ def check_sgd(fn: func.FuncOp) -> None:
             raise StepcError(f"parameter %{arg.name}: {e}", arg_location(fn, arg.value)) from None
 
 
+def accumulate_count(fn: func.FuncOp) -> int | None:
+    """K of the function attribute `step.accumulate = K : i64` (gradient accumulation over K
+    micro-batches), None without it; anything but an integer of at least 1 is a located error."""
+    attr = fn.attributes.get(ACCUMULATE)
+    if attr is None:
+        return None
+    where = part_location(fn, ACCUMULATE)
+    element: Attribute | None = cast(Attribute, attr.type) if isinstance(attr, IntegerAttr) else None  # pyright: ignore[reportUnknownMemberType]  # IntegerAttr's type parameter is unknown to pyright
+    if element is None or not is_integer_type(element) or element.width.data == 1:  # (i1 is a boolean)
+        raise StepcError(
+            f"step.accumulate takes the number of micro-batches as an integer (step.accumulate = 4 : i64), found {attr}",
+            where,
+        )
+    count = int(cast(IntegerAttr[IntegerType], attr).value.data)
+    if count < 1:
+        raise StepcError(f"step.accumulate = {count}: the number of micro-batches must be at least 1", where)
+    return count
+
+
+def check_accumulation(fn: func.FuncOp) -> int | None:
+    """`step.accumulate = K` of a program of one micro-batch (as written, or after any pass
+    before `accumulate-gradients`): K (None without the attribute); located errors when it is
+    not an integer of at least 1, when there is no batch input to split, or when the K-stacked
+    batch inputs would not fit in the memory limit."""
+    count = accumulate_count(fn)
+    if count is None:
+        return None
+    where = part_location(fn, ACCUMULATE)
+    batch = inputs(fn)
+    if not batch:
+        raise StepcError(
+            f"step.accumulate = {count} splits the batch inputs into micro-batches, but @{fn.sym_name.data} has none "
+            "(every argument is a parameter)",
+            where,
+        )
+    stacked = sum(tensor_bytes(a.type, where, f"batch input %{a.name}") for a in batch) * count
+    limit = memory_limit()
+    if stacked > limit:
+        raise StepcError(
+            f"step.accumulate = {count}: the batch inputs of {count} micro-batches need about {human_bytes(stacked)}, "
+            f"over the memory limit of {human_bytes(limit)}",
+            where,
+        )
+    return count
+
+
 def initial_state(fn: func.FuncOp) -> dict[str, np.ndarray]:
     """The first step's state of a fused step function, by state key (zero buffers,
     `first_step` = 1), each in its argument's dtype."""
@@ -411,11 +469,14 @@ def label_classes(arg: Arg) -> list[int]:
 
 def index_uses(value: SSAValue) -> Iterator[tuple[Operation, int]]:
     """The uses of an i32 value, seen through `step.reshape`s (a language model's `BxT`
-    targets flattened to the `B*T` labels of its cross-entropy, as `targets.view(-1)`): each
-    user that is not a reshape, with the operand position it reads the value at."""
+    targets flattened to the `B*T` labels of its cross-entropy, as `targets.view(-1)`) and
+    through `step.accumulate` (the micro-batches of K-stacked labels): each user that is
+    neither, with the operand position it reads the value at."""
     for use in value.uses:
         if isinstance(use.operation, ReshapeOp):
             yield from index_uses(use.operation.result)
+        elif isinstance(use.operation, AccumulateOp):  # micro-batch k of a stacked input
+            yield from index_uses(use.operation.body.block.args[use.index])
         else:
             yield use.operation, use.index
 

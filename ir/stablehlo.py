@@ -53,10 +53,11 @@ from xdsl.irdl import (
     result_def,
     traits_def,
     var_operand_def,
+    var_result_def,
 )
 from xdsl.parser import AttrParser
 from xdsl.printer import Printer
-from xdsl.traits import IsTerminator, Pure
+from xdsl.traits import IsolatedFromAbove, IsTerminator, Pure
 from xdsl.utils.exceptions import VerifyException
 from xdsl.utils.str_enum import StrEnum
 
@@ -701,11 +702,100 @@ class ScatterOp(StableHLOOp):
         return _single_combiner(self.update_computation.block)
 
 
+@irdl_op_definition
+class DynamicSliceOp(StableHLOOp):
+    """`%r = "stablehlo.dynamic_slice"(%a, %i, %j) <{slice_sizes = array<i64: 1, 3>}>
+    : (tensor<4x3xf32>, tensor<i32>, tensor<i32>) -> tensor<1x3xf32>`: the slice of the given
+    sizes starting at one rank-0 integer index per dim (each clamped so that it fits, as XLA does)."""
+
+    name = "stablehlo.dynamic_slice"
+
+    operand = operand_def(TensorType)
+    start_indices = var_operand_def(TensorType)
+    result = result_def(TensorType)
+    slice_sizes = prop_def(DenseArrayBase)
+
+    def __init__(self, operand: SSAValue, start_indices: Sequence[SSAValue], sizes: Sequence[int]):
+        result_type = TensorType(_type(operand).get_element_type(), list(sizes))
+        super().__init__(
+            operands=[operand, *start_indices],  # (one variadic group: the operands flat)
+            result_types=[result_type],
+            properties={"slice_sizes": i64_array(sizes)},
+        )
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return i64_values(self.slice_sizes)
+
+    def verify_(self) -> None:
+        shape = tuple(_type(self.operand).get_shape())
+        if len(self.start_indices) != len(shape) or len(self.sizes) != len(shape):
+            raise VerifyException(
+                f"{self.name} of a rank-{len(shape)} operand takes {len(shape)} start indices and slice sizes, "
+                f"found {len(self.start_indices)} and {len(self.sizes)}"
+            )
+        for index in self.start_indices:
+            t = _type(index)
+            if t.get_shape() or not isinstance(t.get_element_type(), IntegerType):
+                raise VerifyException(f"{self.name} start indices are rank-0 integer tensors, found {t}")
+        if any(not 0 <= size <= dim for size, dim in zip(self.sizes, shape)):
+            raise VerifyException(f"{self.name} slice sizes {list(self.sizes)} do not fit in {self.operand.type}")
+        if tuple(_type(self.result).get_shape()) != self.sizes:
+            raise VerifyException(f"{self.name} result {self.result.type} is not of the slice sizes {list(self.sizes)}")
+
+
+@irdl_op_definition
+class WhileOp(IRDLOperation):
+    """A loop over carried values: `cond` (their block arguments -> `tensor<i1>`) says whether to
+    run `body` (their block arguments -> their next values) once more; the results are the
+    values when `cond` says no.
+
+        %r:3 = "stablehlo.while"(%i, %acc, %x) ({
+        ^bb0(%i1: tensor<i32>, %acc1: tensor<3xf32>, %x1: tensor<4x3xf32>):
+          ... "stablehlo.return"(%more) : (tensor<i1>) -> ()
+        }, {
+        ^bb0(%i2: tensor<i32>, %acc2: tensor<3xf32>, %x2: tensor<4x3xf32>):
+          ... "stablehlo.return"(%next_i, %next_acc, %x2) : (tensor<i32>, tensor<3xf32>, tensor<4x3xf32>) -> ()
+        }) : (tensor<i32>, tensor<3xf32>, tensor<4x3xf32>) -> (tensor<i32>, tensor<3xf32>, tensor<4x3xf32>)
+
+    Its regions read only their own arguments (everything the body needs is carried, as
+    JAX's loops carry it)."""
+
+    name = "stablehlo.while"
+
+    inputs = var_operand_def(TensorType)
+    outputs = var_result_def(TensorType)
+    cond = region_def("single_block")
+    body = region_def("single_block")
+    traits = traits_def(Pure(), IsolatedFromAbove())
+
+    def __init__(self, inputs: Sequence[SSAValue], cond: Region, body: Region):
+        build_fixed(self, list(inputs), [v.type for v in inputs], None, [cond, body])
+
+    def verify_(self) -> None:
+        types = [v.type for v in self.inputs]
+        if [r.type for r in self.outputs] != types:
+            raise VerifyException(f"{self.name}: its results must have the types of its operands")
+        for what, region in (("cond", self.cond), ("body", self.body)):
+            block = region.block
+            if [a.type for a in block.args] != types:
+                raise VerifyException(f"{self.name}: the {what} region takes one argument per operand, of its type")
+            last = block.last_op
+            if not isinstance(last, ReturnOp):
+                raise VerifyException(f"{self.name}: the {what} region must end with stablehlo.return")
+        returned = [v.type for v in self.cond.block.last_op.operands]  # pyright: ignore[reportOptionalMemberAccess]  # checked above
+        if returned != [TensorType(i1, [])]:
+            raise VerifyException(f"{self.name}: the cond region returns one tensor<i1>, found {returned}")
+        returned = [v.type for v in self.body.block.last_op.operands]  # pyright: ignore[reportOptionalMemberAccess]  # checked above
+        if returned != types:
+            raise VerifyException(f"{self.name}: the body region returns the next value of each operand, of its type")
+
+
 OPS: tuple[type[IRDLOperation], ...] = (
     AddOp, SubtractOp, MultiplyOp, DivideOp, MaxOp, MinOp,
     NegateOp, ExpOp, LogOp, TanhOp, LogisticOp, SqrtOp, RsqrtOp, AbsOp,
     ConstantOp, ConvertOp, CompareOp, SelectOp, BroadcastInDimOp, ReshapeOp, TransposeOp,
-    DotGeneralOp, IotaOp, GatherOp, ScatterOp, ReduceOp, ReturnOp,
+    DotGeneralOp, IotaOp, GatherOp, ScatterOp, ReduceOp, ReturnOp, DynamicSliceOp, WhileOp,
 )  # fmt: skip
 
 StableHLO = Dialect("stablehlo", list(OPS), [ComparisonDirectionAttr, DotAttr, GatherAttr, ScatterAttr])

@@ -2,15 +2,21 @@
 
 The default pipeline is the spec's four passes with cleanups between them:
 differentiate, cse, dce, seed-scalar-loss, canonicalize, fuse-sgd, cse, dce, lower-to-stablehlo,
-simplify-stablehlo (peephole rewrites of the lowered program). `cut-at-logits` (the forward
-program returning a classifier's logits, for accuracy) runs outside the default pipeline.
+simplify-stablehlo (peephole rewrites of the lowered program). A program that asks for
+gradient accumulation (`step.accumulate = K`) also runs `accumulate-gradients` right before
+`fuse-sgd` (`requested_passes`). `cut-at-logits` (the forward program returning a
+classifier's logits, for accuracy) runs outside the default pipeline.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+from xdsl.dialects.builtin import ModuleOp
 from xdsl.passes import ModulePass
+
+from stepc.ir.dialect import ACCUMULATE
+from stepc.ir.program import step_function
 
 
 def get_all_passes() -> dict[str, Callable[[], type[ModulePass]]]:
@@ -46,6 +52,11 @@ def get_all_passes() -> dict[str, Callable[[], type[ModulePass]]]:
 
         return CutAtLogits
 
+    def get_accumulate_gradients() -> type[ModulePass]:
+        from stepc.passes.accumulate_gradients import AccumulateGradients
+
+        return AccumulateGradients
+
     def get_canonicalize() -> type[ModulePass]:
         from stepc.passes.cleanup import Canonicalize
 
@@ -64,6 +75,7 @@ def get_all_passes() -> dict[str, Callable[[], type[ModulePass]]]:
     return {
         "differentiate": get_differentiate,
         "seed-scalar-loss": get_seed_scalar_loss,
+        "accumulate-gradients": get_accumulate_gradients,
         "fuse-sgd": get_fuse_sgd,
         "lower-to-stablehlo": get_lower_to_stablehlo,
         "simplify-stablehlo": get_simplify_stablehlo,
@@ -88,3 +100,30 @@ DEFAULT_PIPELINE: tuple[str, ...] = (
 )
 # The passes that take a step program to StableHLO: the tail of every lowered pipeline.
 LOWERING_PASSES: tuple[str, ...] = ("lower-to-stablehlo", "simplify-stablehlo")
+
+# Passes of the default pipeline that run only on a program asking for them by a function
+# attribute: the pass, the attribute, and the pass of `DEFAULT_PIPELINE` it runs right before.
+ACCUMULATE_GRADIENTS = "accumulate-gradients"
+REQUESTED_PASSES: tuple[tuple[str, str, str], ...] = ((ACCUMULATE_GRADIENTS, ACCUMULATE, "fuse-sgd"),)
+
+
+def requested_passes(names: Sequence[str], module: ModuleOp) -> list[str]:
+    """The default pipeline's `names` (cut anywhere) with each pass of `REQUESTED_PASSES` that
+    the program asks for put in at its place: `accumulate-gradients` right before `fuse-sgd`
+    for a function with `step.accumulate` (none where the cut left `fuse-sgd` out, none twice)."""
+    out = list(names)
+    attributes = step_function(module).attributes
+    for name, attribute, before in REQUESTED_PASSES:
+        if attribute in attributes and name not in out and before in out:
+            out.insert(out.index(before), name)
+    return out
+
+
+def requested_cut(names: Sequence[str], last: str) -> list[str] | None:
+    """The default pipeline `names` cut after `last` when `last` is one of `REQUESTED_PASSES`
+    (the passes before its place, then it: explicit, it runs whatever the program asks), else None."""
+    for name, _, before in REQUESTED_PASSES:
+        if last == name and name not in names and before in names:
+            out = list(names)
+            return [*out[: out.index(before)], name]
+    return None

@@ -34,8 +34,10 @@ import numpy as np
 from xdsl.context import Context
 from xdsl.dialects import func
 from xdsl.dialects.builtin import ArrayAttr, DenseIntOrFPElementsAttr, ModuleOp, StringAttr, TensorType, UnitAttr, i32
-from xdsl.ir import Attribute, Operation, SSAValue
+from xdsl.ir import Attribute, Block, Operation, Region, SSAValue
 from xdsl.passes import ModulePass
+from xdsl.rewriter import InsertPoint
+from xdsl.traits import IsTerminator
 
 from stepc.ir import dialect as step
 from stepc.ir import stablehlo as shlo
@@ -136,14 +138,17 @@ REDUCE_INIT: dict[type[shlo.ElementwiseBinary], float] = {shlo.AddOp: 0.0, shlo.
 
 
 OpT = TypeVar("OpT", bound=Operation)
-Rule = Callable[[StableHLOBuilder, Operation], SSAValue]
+# A rule returns the value of the op's result (a sequence, one per result, for an op of several).
+Lowered = SSAValue | Sequence[SSAValue]
+Rule = Callable[[StableHLOBuilder, Operation], Lowered]
 LOWERINGS: dict[type[Operation], Rule] = {}
+LoweredT = TypeVar("LoweredT", bound=Lowered)
 
 
-def lowering(*op_types: type[OpT]) -> Callable[[Callable[[StableHLOBuilder, OpT], SSAValue]], Callable[[StableHLOBuilder, OpT], SSAValue]]:
+def lowering(*op_types: type[OpT]) -> Callable[[Callable[[StableHLOBuilder, OpT], LoweredT]], Callable[[StableHLOBuilder, OpT], LoweredT]]:
     """Register a rule for these step op classes (the rule is typed by its own op class)."""
 
-    def register(rule: Callable[[StableHLOBuilder, OpT], SSAValue]) -> Callable[[StableHLOBuilder, OpT], SSAValue]:
+    def register(rule: Callable[[StableHLOBuilder, OpT], LoweredT]) -> Callable[[StableHLOBuilder, OpT], LoweredT]:
         for op_type in op_types:
             # The table is keyed by op class, and the pass calls a rule only for its own key.
             LOWERINGS[op_type] = cast(Rule, rule)
@@ -346,6 +351,78 @@ def lower_one_hot(b: StableHLOBuilder, op: step.OneHotOp) -> SSAValue:
     return b.convert(hit, element_of(op.result))
 
 
+@lowering(step.AccumulateOp)
+def lower_accumulate(b: StableHLOBuilder, op: step.AccumulateOp) -> list[SSAValue]:
+    """A `stablehlo.while` over the micro-batches k = 0, 1, ..., K - 1 (an i32 counter), as
+    `lax.fori_loop` lowers: it carries the counter, one accumulator per result (zeros at first),
+    the stacked operands, and every value the body reads from outside the op (the loop's regions
+    read only their own arguments). The body cuts micro-batch k out of each operand (a
+    `dynamic_slice` of size 1 along the leading axis, reshaped), runs the step body lowered by
+    the same rules, and adds what it yields to the accumulators; the results are the
+    accumulators after the last trip. The operands and outside values come back unchanged, so
+    XLA keeps one buffer of each, and one accumulator per result whatever K is."""
+    outside = values_from_outside(op)
+    zero = b.constant(0, i32)
+    accumulators = [b.constant(0.0, element_of(r), shape_of(r)) for r in op.sums]
+    carried = [zero, *accumulators, *op.inputs, *outside]
+    types = [v.type for v in carried]
+    n_sums, n_inputs = len(accumulators), len(op.inputs)
+
+    cond = Block(arg_types=types)
+    c = StableHLOBuilder(InsertPoint.at_end(cond), location=op.location)
+    more = c.emit(shlo.CompareOp(shlo.ComparisonDirection.LT, cond.args[0], c.constant(op.count, i32)))
+    cond.add_op(shlo.ReturnOp([more]))
+
+    body = Block(arg_types=types)
+    counter = body.args[0]
+    sums = body.args[1 : 1 + n_sums]
+    stacked = body.args[1 + n_sums : 1 + n_sums + n_inputs]
+    inside = body.args[1 + n_sums + n_inputs :]
+    counter.name_hint = "micro_batch"
+    e = StableHLOBuilder(InsertPoint.at_end(body), location=op.location)
+    index_zero = e.constant(0, i32)
+    step_body = op.body.block
+    for value, stack, arg in zip(op.inputs, stacked, step_body.args):
+        shape = shape_of(value)
+        piece = e.emit(shlo.DynamicSliceOp(stack, [counter, *[index_zero] * (len(shape) - 1)], [1, *shape[1:]]))
+        micro = e.emit(shlo.ReshapeOp(piece, arg.type))
+        micro.name_hint = arg.name_hint
+        arg.replace_all_uses_with(micro)
+    for value, arg in zip(outside, inside):
+        value.replace_uses_with_if(arg, lambda use: op.is_ancestor(use.operation))
+        arg.name_hint = value.name_hint
+    for inner in list(step_body.ops):
+        inner.detach()
+        body.add_op(inner)
+    lower_block(body)
+    yielded = body.last_op
+    assert isinstance(yielded, step.YieldOp)
+    e = StableHLOBuilder(InsertPoint.before(yielded), location=op.location)
+    added = [e.emit(shlo.AddOp(total, value)) for total, value in zip(sums, yielded.values)]
+    following = e.emit(shlo.AddOp(counter, e.constant(1, i32)))
+    body.erase_op(yielded)
+    body.add_op(shlo.ReturnOp([following, *added, *stacked, *inside]))
+
+    loop = shlo.WhileOp(carried, Region(cond), Region(body))
+    b.emit(loop)
+    return list(loop.outputs[1 : 1 + n_sums])
+
+
+def values_from_outside(op: Operation) -> list[SSAValue]:
+    """The values that the ops inside `op` read and that are defined outside it, in order of
+    first use."""
+    seen: dict[SSAValue, None] = {}
+    for inner in op.walk():
+        if inner is op:
+            continue
+        for operand in inner.operands:
+            owner = operand.owner
+            defining = owner if isinstance(owner, Operation) else owner.parent_op()
+            if defining is not None and defining is not op and not op.is_ancestor(defining):
+                seen.setdefault(operand, None)
+    return list(seen)
+
+
 # ---------------------------------------------------------------------------------------------
 # The pass
 
@@ -357,19 +434,26 @@ class LowerToStableHLO(ModulePass):
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         fn = step_function(op)
-        for inner in list(fn.body.block.ops):
-            if isinstance(inner, func.ReturnOp) or inner.dialect_name() == "stablehlo":
-                continue
-            rule = LOWERINGS.get(type(inner))
-            if rule is None:
-                raise error_at(inner, f"lower-to-stablehlo: no lowering rule for {inner.name}")
-            result = rule(StableHLOBuilder.before(inner), inner)
-            inner.results[0].replace_all_uses_with(result)
-            if result.name_hint is None and inner.results[0].name_hint is not None:
-                result.name_hint = inner.results[0].name_hint
-            inner.detach()
-            inner.erase()
+        lower_block(fn.body.block)
         name_module(op, fn)
+
+
+def lower_block(block: Block) -> None:
+    """Each step op of `block` replaced by its rule's StableHLO (terminators and StableHLO ops
+    left as they are); a rule returns the value of the op's one result, or one per result."""
+    for inner in list(block.ops):
+        if inner.has_trait(IsTerminator) or inner.dialect_name() == "stablehlo":
+            continue
+        rule = LOWERINGS.get(type(inner))
+        if rule is None:
+            raise error_at(inner, f"lower-to-stablehlo: no lowering rule for {inner.name}")
+        lowered = rule(StableHLOBuilder.before(inner), inner)
+        for old, result in zip(inner.results, [lowered] if isinstance(lowered, SSAValue) else lowered, strict=True):
+            old.replace_all_uses_with(result)
+            if result.name_hint is None and old.name_hint is not None:
+                result.name_hint = old.name_hint
+        inner.detach()
+        inner.erase()
 
 
 def lowered_clone(module: ModuleOp) -> ModuleOp:

@@ -184,7 +184,7 @@ def test_helpers_are_real_code_the_emitted_module_carries_verbatim(tmp_path: Pat
     source = inspect.getsource(helpers)
     imports = [node for node in ast.parse(source).body if isinstance(node, (ast.Import, ast.ImportFrom))]
     assert [ast.unparse(node) for node in imports] == ["import jax", "from jax import lax"]
-    assert helper_names() == {"abs0", "relu0", "dot_general", "aligned"}
+    assert helper_names() == {"abs0", "relu0", "dot_general", "aligned", "while_loop"}
     for name in helper_names():
         assert NAMESPACE[name] is getattr(helpers, name)
     out = tmp_path / "m.py"

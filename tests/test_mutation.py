@@ -8,7 +8,11 @@ Mutations, applied by monkeypatching `stepc.passes.vjp.VJP_RULES` (or the driver
 - `drop:i`: the cotangent of operand i is dropped (a forgotten contribution);
 - `nonzero`: a zero rule (`compare`) passes the cotangent on instead;
 - the driver's accumulation at fan-out, dropped (the first or the latest contribution kept);
-- `seed-scalar-loss` seeding 2 instead of 1 (caught by its own contract).
+- `seed-scalar-loss` seeding 2 instead of 1 (caught by its own contract);
+- gradient accumulation (`accumulate-gradients`, the loop op and its lowering): the sums left
+  undivided, the loss left summed, one micro-batch dropped (caught by the pass's contract), a
+  loop of K - 1 trips, an accumulator overwritten, every trip reading micro-batch 0 (caught by
+  the lowering's).
 
 `one_hot` (an integer operand) and `constant` (no operand) have nothing to break. The score,
 caught / total, is printed (run with `-s`) and must be total / total.
@@ -30,6 +34,7 @@ from stepc.ir import dialect as step
 from stepc.ir.diagnostics import StepcError
 from stepc.ir.parse import load_text
 from stepc.passes import vjp
+from stepc.passes.accumulate_gradients import mean_over_micro_batches
 from stepc.passes.differentiate import CotangentMap, Differentiate
 from stepc.passes.seed_scalar_loss import SeedScalarLoss
 from stepc.pipeline import Pipeline
@@ -234,3 +239,105 @@ def test_default_contract_catches_a_mutant_through_xla(monkeypatch: pytest.Monke
 
 def test_seed_contract_is_registered_for_the_pass() -> None:
     assert isinstance(contract_for(SeedScalarLoss.name), SeedContract)
+
+
+# ---------------------------------------------------------------------------------------------
+# accumulate-gradients: mutants of the pass, of the loop op and of its lowering, each caught by
+# the contract of the layer it breaks (the pass's own contract compares with the pre-pass
+# program run on each micro-batch, independently of the loop; the lowering's with the loop
+# run by the reference interpreter).
+
+ACCUMULATED = """func.func @mlp(%w1: tensor<3x5xf64> {step.param}, %b1: tensor<5xf64> {step.param},
+               %w2: tensor<5x3xf64> {step.param}, %x: tensor<4x3xf64>, %labels: tensor<4xi32>) -> tensor<f64>
+    attributes {step.sgd = #step.sgd<lr = 0.1, momentum = 0.9>, step.accumulate = 3 : i64} {
+  %a1 = step.matmul %x, %w1 : (tensor<4x3xf64>, tensor<3x5xf64>) -> tensor<4x5xf64>
+  %z1 = step.add %a1, %b1 : (tensor<4x5xf64>, tensor<5xf64>) -> tensor<4x5xf64>
+  %h = step.tanh %z1 : tensor<4x5xf64>
+  %logits = step.matmul %h, %w2 : (tensor<4x5xf64>, tensor<5x3xf64>) -> tensor<4x3xf64>
+  %loss = step.cross_entropy %logits, %labels : (tensor<4x3xf64>, tensor<4xi32>) -> tensor<f64>
+  func.return %loss : tensor<f64>
+}
+"""
+
+
+def caught_in_pipeline(text: str, name: str, mode: str) -> str | None:
+    """The contract's error when the default pipeline (with every contract) rejects the program,
+    else None; every contract ran where it was asked to."""
+    module = load_text(widened(text) if mode == "reduced" else text, f"{name}.ir")
+    try:
+        events = Pipeline.default(check=True, trials=2, check_mode=mode).run(module)
+    except StepcError as e:
+        return e.message
+    for event in events[1:]:
+        assert event.report is not None and event.report.mode.split(" ")[0].rstrip(",") == mode, (name, event.report)
+    return None
+
+
+def _mean_of_sums_only(builder, sums, count):  # type: ignore[no-untyped-def]
+    return list(sums)
+
+
+def _loss_left_summed(builder, sums, count):  # type: ignore[no-untyped-def]
+    return [sums[0], *mean_over_micro_batches(builder, list(sums[1:]), count)]
+
+
+def _mutated_lowering(kind: str):  # type: ignore[no-untyped-def]
+    """The lowering rule of `step.accumulate`, its `stablehlo.while` broken after it is built."""
+    from stepc.ir import stablehlo as shlo
+    from stepc.passes import lower_to_stablehlo as lowering
+
+    original = lowering.LOWERINGS[step.AccumulateOp]
+
+    def rule(b, op):  # type: ignore[no-untyped-def]
+        results = original(b, op)
+        loop = results[0].owner
+        assert isinstance(loop, shlo.WhileOp)
+        cond, body = loop.cond.block, loop.body.block
+        ret = body.last_op
+        assert isinstance(ret, shlo.ReturnOp)
+        if kind == "K - 1 trips":
+            bound = next(o for o in cond.ops if isinstance(o, shlo.ConstantOp))
+            bound.properties["value"] = lowering.dense_constant((op.count - 1,), bound.output.type.get_element_type(), ())
+        elif kind == "accumulator overwritten":
+            adds = [v.owner for v in list(ret.operands)[1 : 1 + len(op.sums)]]
+            ret.operands = [ret.operands[0], *(a.operands[1] for a in adds), *list(ret.operands)[1 + len(op.sums) :]]
+        elif kind == "micro-batch 0 every trip":  # each slice starts at the zero index (every operand has rank >= 2)
+            for inner in body.ops:
+                if isinstance(inner, shlo.DynamicSliceOp):
+                    inner.operands = [inner.operands[0], *[inner.operands[2]] * (len(inner.operands) - 1)]
+        return results
+
+    return rule
+
+
+def test_accumulation_mutants_unmutated_passes(fast_contract: None) -> None:
+    for mode in MODES:
+        assert caught_in_pipeline(ACCUMULATED, "accumulated", mode) is None
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_accumulation_mutation_score(fast_contract: None, monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    """Every mutant of gradient accumulation caught, by the contract of the pass it breaks."""
+    from stepc.passes import accumulate_gradients
+    from stepc.passes import lower_to_stablehlo as lowering
+
+    results: list[tuple[str, str, str | None]] = []
+    for name, mean in (("sum instead of mean", _mean_of_sums_only), ("loss not averaged", _loss_left_summed)):
+        with monkeypatch.context() as m:
+            m.setattr(accumulate_gradients, "mean_over_micro_batches", mean)
+            results.append((name, "accumulate-gradients", caught_in_pipeline(ACCUMULATED, "accumulated", mode)))
+    with monkeypatch.context() as m:  # the interpreter, the bounds and the lowering all loop K - 1 times
+        real = step.AccumulateOp.count
+        m.setattr(step.AccumulateOp, "count", property(lambda op: real.fget(op) - 1))  # type: ignore[union-attr]
+        results.append(("one micro-batch dropped", "accumulate-gradients", caught_in_pipeline(ACCUMULATED, "accumulated", mode)))
+    for kind in ("K - 1 trips", "accumulator overwritten", "micro-batch 0 every trip"):
+        with monkeypatch.context() as m:
+            m.setitem(lowering.LOWERINGS, step.AccumulateOp, _mutated_lowering(kind))
+            results.append((f"lowering: {kind}", "lower-to-stablehlo", caught_in_pipeline(ACCUMULATED, "accumulated", mode)))
+    missed = [name for name, _, message in results if message is None]
+    print(f"\naccumulation mutation score ({mode} shapes): {len(results) - len(missed)}/{len(results)} caught")
+    for name, _, message in results:
+        print(f"  {'caught' if message else 'MISSED'}: {name}: {message}")
+    assert not missed, f"mutants the contracts did not catch: {missed}"
+    for name, expected_pass, message in results:
+        assert message is not None and f"contract of pass {expected_pass}" in message, (name, message)

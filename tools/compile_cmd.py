@@ -17,6 +17,7 @@ from stepc.ir.printing import program_text
 from stepc.ir.program import Form, program_form
 from stepc.ir.stablehlo import is_lowered
 from stepc.ir.stablehlo import module_text as stablehlo_text
+from stepc.passes import ACCUMULATE_GRADIENTS
 from stepc.passes.lower_to_stablehlo import lowered_clone
 from stepc.pipeline import LOWERING, PassEvent, Pipeline
 from stepc.tools.files import atomic_write
@@ -121,17 +122,18 @@ def jax_module(module: ModuleOp, source: str) -> str:
 
 
 def earlier_programs(source: str, form: Form) -> dict[str, ModuleOp]:
-    """The input program and (for a step) the program after seed-scalar-loss, from the source
-    file (no contracts); none when the source cannot be read again (stdin)."""
+    """The input program and (for a step) the program just before fuse-sgd (the gradient the
+    step consumes), from the source file (no contracts); none when the source cannot be read
+    again (stdin)."""
     if source == "-" or not Path(source).is_file():
         return {}
     try:
         forward = load(source)
         out = {Form.FORWARD.value: forward.clone()}
         if form == Form.STEP:
-            pipeline = Pipeline.default(lower=False, check=False)
-            if "fuse-sgd" in pipeline.names:
-                pipeline.names = list(pipeline.names)[: list(pipeline.names).index("fuse-sgd")]
+            # through `accumulate-gradients` (a no-op on a program without `step.accumulate`):
+            # the step's gradient, of all its micro-batches
+            pipeline = Pipeline.default(until=ACCUMULATE_GRADIENTS, lower=False, check=False)
             pipeline.run(forward)
             out[Form.GRAD.value] = forward
         return out

@@ -5,6 +5,7 @@ set and its batches, all plain NumPy.
     data = load_data("digits", spec)             # train/test dicts keyed by input names
     params = default_init(module, seed=0)        # PyTorch nn.Linear's rule (see `fan_in`)
     stream = batches(data.train, spec.batch_size, seed=0)
+    stream = stacked(stream, spec.accumulate)    # with `step.accumulate = K`: K micro-batches a step
 """
 
 from __future__ import annotations
@@ -29,7 +30,16 @@ from stepc.ir.dialect import (
     shape_of,
 )
 from stepc.ir.limits import human_bytes, memory_limit
-from stepc.ir.program import Role, arg_location, args, classifier_head, label_classes, label_range, step_function
+from stepc.ir.program import (
+    Role,
+    arg_location,
+    args,
+    check_accumulation,
+    classifier_head,
+    label_classes,
+    label_range,
+    step_function,
+)
 from stepc.ir.values import numpy_dtype
 from stepc.tools.files import CHUNK_BYTES, LISTED, NpzArchive, load_npz, name_list
 
@@ -79,13 +89,22 @@ class Signature:
     loc: SourceLoc | None
     keys: tuple[TensorSpec, ...] = ()  # random keys (`tensor<2xui32>`, for step.dropout): fresh each step
     labels: str | None = None  # the input a classifier's loss reads its labels from (`classifier_head`)
+    # `step.accumulate = K`: each step takes K micro-batches of `batch_size` rows, stacked along a
+    # leading axis of K (`stacked`); None without the attribute (one batch per step, unstacked)
+    accumulate: int | None = None
+
+    @property
+    def examples_per_step(self) -> int:
+        """The examples one step reads: the batch size, times K with accumulation."""
+        return self.batch_size * (self.accumulate or 1)
 
 
 def signature(module: ModuleOp) -> Signature:
     """Read a forward step program's parameters, batch inputs and batch size.
 
     The batch size is the leading dimension of the batch inputs, which must all agree: each
-    batch input holds one example per row.
+    batch input holds one example per row. With `step.accumulate = K` the program is written
+    for one micro-batch of that size, and each step takes K of them (`Signature.accumulate`).
     """
     fn = step_function(module)
     params: list[TensorSpec] = []
@@ -131,7 +150,7 @@ def signature(module: ModuleOp) -> Signature:
             )
     head = classifier_head(fn)
     return Signature(fn.sym_name.data, tuple(params), tuple(inputs), batch, where, tuple(keys),
-                     head.labels if head is not None else None)  # fmt: skip
+                     head.labels if head is not None else None, check_accumulation(fn))  # fmt: skip
 
 
 def _element_text(dtype: np.dtype) -> str:
@@ -637,6 +656,16 @@ def with_keys(stream: Iterator[Arrays], keys: Sequence[TensorSpec], seed: int, f
     """Each batch of `stream` with a fresh key (`step_key`) for every key input."""
     for step, batch in enumerate(stream, start=first_step):
         yield {**batch, **{s.name: step_key(seed, i, step) for i, s in enumerate(keys)}}
+
+
+def stacked(stream: Iterator[Arrays], count: int) -> Iterator[Arrays]:
+    """The batches of an accumulated step (`step.accumulate = K`): each K consecutive batches of
+    `stream` (keys included) stacked along a new leading axis, micro-batch k at index k. So an
+    accumulated run reads the very micro-batches, keys and order of a run without
+    accumulation, K to a step."""
+    while True:
+        group = [next(stream) for _ in range(count)]
+        yield {key: np.stack([batch[key] for batch in group]) for key in group[0]}
 
 
 def resolve_steps(steps: int | None, epochs: float | None, n_train: int, batch_size: int) -> int:

@@ -44,7 +44,8 @@ RUN_FILES = ("summary.json", "params.npz", "loss.png")  # what --out DIR receive
 
 class DataParallel:
     """`--devices N`: the batch sharded along its first dimension over a 1-D mesh of N
-    devices (`NamedSharding(mesh, P("batch"))`); parameters, state and random keys replicated.
+    devices (`NamedSharding(mesh, P("batch"))`; with `step.accumulate`, along the rows of each
+    micro-batch, `P(None, "batch")`); parameters, state and random keys replicated.
     XLA's SPMD partitioner inserts the all-reduce of the gradients; the step itself is unchanged."""
 
     def __init__(self, devices: list[Any], spec: Signature):
@@ -54,7 +55,8 @@ class DataParallel:
         check_batch_split(len(devices), spec)
         self.mesh = Mesh(np.array(devices), ("batch",))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
-        rows = NamedSharding(self.mesh, PartitionSpec("batch"))
+        # K stacked micro-batches (`step.accumulate`): each micro-batch's rows are sharded
+        rows = NamedSharding(self.mesh, PartitionSpec("batch") if spec.accumulate is None else PartitionSpec(None, "batch"))
         self.batch = {**{s.name: rows for s in spec.inputs}, **{s.name: self.replicated for s in spec.keys}}
         self._jax = jax
 

@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     train_loop.check_batch_split(args.devices, spec)
     force_host_devices(args.devices)
     data = train_data.load_data(args.data, spec, args.seed)
-    steps = train_data.resolve_steps(args.steps, args.epochs, data.n_train, spec.batch_size)
+    steps = train_data.resolve_steps(args.steps, args.epochs, data.n_train, spec.examples_per_step)
     params = train_data.load_params(args.init, spec) if args.init else train_data.default_init(module, args.seed)
     devices = train_loop.pick_devices(args.devices)
 
@@ -98,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
     compile_seconds = time.perf_counter() - compile_start
 
     batches = train_data.with_keys(train_data.batches(data.train, spec.batch_size, args.seed), spec.keys, args.seed)
+    if spec.accumulate is not None:
+        batches = train_data.stacked(batches, spec.accumulate)
     if len(devices) > 1:
         placement = train_loop.DataParallel(devices, spec)
         step = placement.jit_step(program.step)
@@ -113,9 +115,10 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.quiet:
         test = f", {data.n_test} held out" if data.test is not None else ""
+        micro = f" ({spec.accumulate} micro-batches of {spec.batch_size})" if spec.accumulate is not None else ""
         print(
-            f"training @{spec.name} on {data.name} ({data.n_train} examples{test}), batch {spec.batch_size}, "
-            f"{steps} steps on {len(devices)} device{'s' if len(devices) > 1 else ''}",
+            f"training @{spec.name} on {data.name} ({data.n_train} examples{test}), batch {spec.examples_per_step}"
+            f"{micro}, {steps} steps on {len(devices)} device{'s' if len(devices) > 1 else ''}",
             file=sys.stderr,
         )
     progress = train_loop.Progress(steps, enabled=not args.quiet)
@@ -129,9 +132,11 @@ def run(args: argparse.Namespace) -> int:
         "train_examples": data.n_train,
         "test_examples": data.n_test,
         "batch_size": spec.batch_size,
+        "accumulate": spec.accumulate or 1,
+        "examples_per_step": spec.examples_per_step,
         "steps": result.steps,
         "steps_requested": steps,
-        "epochs": round(result.steps * spec.batch_size / data.n_train, 4),
+        "epochs": round(result.steps * spec.examples_per_step / data.n_train, 4),
         "final_loss": result.losses[-1] if result.losses else None,
         "first_loss": result.losses[0] if result.losses else None,
         "stopped": result.stopped,
