@@ -392,7 +392,7 @@ def test_copy_data_repeats_a_pattern_and_shifts_targets_by_one():
 
 def test_copy_data_refuses_a_program_it_does_not_fit():
     spec = train_data.signature(load_text(LM, "lm.ir"))  # float features, not token ids
-    with pytest.raises(StepcError, match="copy data set .* does not fit"):
+    with pytest.raises(StepcError, match=r"copy data set .* does not fit"):
         train_data.load_data("copy", spec)
 
 
