@@ -115,6 +115,49 @@ def test_fan_in_of_a_lone_bias_is_its_length():
     assert train_data.fan_in(fn, args(fn)[0].value) == 7
 
 
+def test_default_init_of_the_cnn_is_pytorch_conv2d_and_linear():
+    """`nn.Conv2d(C, O, K)`'s kernel and bias both draw U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with
+    the fan-in torch's own helper computes from the kernel (C/groups*KH*KW); the linear head as
+    `nn.Linear`."""
+    torch = pytest.importorskip("torch")
+    module = load("examples/cnn_digits.ir")
+    fn = step_function(module)
+
+    def conv_fan(c: int, o: int) -> int:
+        return torch.nn.init._calculate_fan_in_and_fan_out(torch.nn.Conv2d(c, o, 3).weight)[0]
+
+    def linear_fan(i: int, o: int) -> int:
+        return torch.nn.init._calculate_fan_in_and_fan_out(torch.nn.Linear(i, o).weight)[0]
+
+    expected = {"k1": conv_fan(1, 16), "kb1": conv_fan(1, 16), "k2": conv_fan(16, 32), "kb2": conv_fan(16, 32),
+                "w": linear_fan(512, 10), "b": linear_fan(512, 10)}  # fmt: skip
+    params = train_data.default_init(module, seed=3)
+    for arg in args(fn):
+        if arg.role != "param":
+            continue
+        assert train_data.init_rule(fn, arg.value) == ("uniform", 1 / math.sqrt(expected[arg.name])), arg.name
+        assert np.all(np.abs(params[arg.name]) <= 1 / math.sqrt(expected[arg.name]))
+
+
+def test_default_init_of_the_transformer_is_pytorch_layer_norm_and_embedding():
+    """`nn.LayerNorm`: weight ones, bias zeros; `nn.Embedding`: N(0, 1) (the token table, which
+    `step.embedding` reads); the position table, added rather than looked up, and the linear
+    layers as `nn.Linear`."""
+    module = load("examples/transformer_lm.ir")
+    fn = step_function(module)
+    params = train_data.default_init(module, seed=0)
+    for name in ("ln1_g", "ln2_g", "lnf_g"):
+        np.testing.assert_array_equal(params[name], np.ones(64, np.float32))
+    for name in ("ln1_b", "ln2_b", "lnf_b"):
+        np.testing.assert_array_equal(params[name], np.zeros(64, np.float32))
+    table = params["tok_emb"].astype(np.float64)
+    assert abs(table.mean()) < 0.1 and abs(table.std() - 1.0) < 0.1 and np.abs(table).max() > 2.0
+    rules = {arg.name: train_data.init_rule(fn, arg.value) for arg in args(fn) if arg.role == "param"}
+    assert rules["tok_emb"] == ("normal", 1.0)
+    assert rules["w_fc1"] == ("uniform", 1 / 8.0) and rules["b_fc1"] == ("uniform", 1 / 8.0)  # fan-in 64
+    assert rules["w_fc2"] == ("uniform", 1 / 16.0) and rules["b_fc2"] == ("uniform", 1 / 16.0)  # fan-in 256
+
+
 def _write_npz(path, **arrays):
     np.savez(path, **arrays)
     return str(path)
