@@ -59,6 +59,7 @@ from stepc.ir.program import (
     label_classes,
     label_range,
     program_form,
+    reads_ids,
     step_function,
 )
 from stepc.passes.lower_to_stablehlo import lowered_clone
@@ -294,6 +295,13 @@ class Program:
         fn = step_function(self.stages[0][1])
         return {a.name: label_range(a) for a in args(fn) if a.role == Role.INPUT and label_classes(a)}
 
+    @functools.cached_property
+    def id_inputs(self) -> frozenset[str]:
+        """The batch inputs among `label_ranges` that hold embedding ids (`reads_ids`): the table's
+        rows are their range, and messages call them ids."""
+        fn = step_function(self.stages[0][1])
+        return frozenset(a.name for a in args(fn) if a.role == Role.INPUT and reads_ids(a))
+
     def _run(self, role: str, groups: Mapping[str, Mapping[str, Any]]) -> tuple[Any, ...]:
         """Check each dict against its arguments, then run the role's function positionally.
 
@@ -313,7 +321,7 @@ class Program:
                 if isinstance(value, Tracer):
                     traced_labels.append((value, classes))
                 else:
-                    check_labels(spec, value, classes, what)
+                    check_labels(spec, value, classes, what, ids=spec.name in self.id_inputs)
         missing = [s for s in jf.specs if s.key not in arrays]
         if missing:
             raise StepcError(

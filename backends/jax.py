@@ -359,6 +359,7 @@ JAX_RULES: dict[type[Operation], Rule] = {
     shlo.ReduceOp: _reduce,  # type: ignore[dict-item]
     shlo.DynamicSliceOp: _dynamic_slice,  # type: ignore[dict-item]
     shlo.WhileOp: _while,  # type: ignore[dict-item]
+    shlo.ErfOp: _elementwise("lax.erf"),
 }
 
 

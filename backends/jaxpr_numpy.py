@@ -12,6 +12,7 @@ other is a `NotImplementedError` naming it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -165,6 +166,14 @@ def _while(*args: Array, cond_jaxpr: Any, body_jaxpr: Any, cond_nconsts: int, bo
     return carry
 
 
+_ERF = np.frompyfunc(math.erf, 1, 1)
+
+
+def _erf(x: Array, **_: Any) -> Array:
+    """The error function (libm's, in float64), rounded to x's type."""
+    return np.asarray(_ERF(np.asarray(x, dtype=np.float64)), dtype=np.float64).astype(x.dtype)
+
+
 def _call(jaxpr_param: str) -> Callable[..., list[Array]]:
     def call(*args: Array, **params: Any) -> list[Array]:
         closed = params[jaxpr_param]
@@ -234,6 +243,7 @@ PRIMITIVES: dict[str, Callable[..., Any]] = {
     "custom_jvp_call": _call("call_jaxpr"),
     "custom_vjp_call": _call("call_jaxpr"),
     "custom_vjp_call_jaxpr": _call("fun_jaxpr"),
+    "erf": _erf,
 }
 
 

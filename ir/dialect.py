@@ -27,6 +27,7 @@ from xdsl.dialects.builtin import (
     Float32Type,
     Float64Type,
     FloatAttr,
+    FunctionType,
     IntegerAttr,
     IntegerType,
     NoneAttr,
@@ -50,7 +51,7 @@ from xdsl.irdl import (
     var_operand_def,
     var_result_def,
 )
-from xdsl.parser import AttrParser, Parser
+from xdsl.parser import AttrParser, Parser, UnresolvedOperand
 from xdsl.printer import Printer
 from xdsl.traits import IsTerminator, Pure
 from xdsl.utils.exceptions import VerifyException
@@ -1380,6 +1381,274 @@ class AccumulateOp(IRDLOperation):
             float_tensor(r, f"a {self.name} result (a sum over micro-batches)")
 
 
+# ---------------------------------------------------------------------------------------------
+# Layer norm, GELU, embedding (the second set), and the ops their derivatives introduce
+
+
+LAYER_NORM_EPS = 1e-5  # F.layer_norm's default
+GELU_APPROXIMATIONS = ("none", "tanh")  # F.gelu's `approximate`
+
+
+def _parse_operands(parser: Parser, count: int) -> list[UnresolvedOperand]:
+    names = [parser.parse_unresolved_operand()]
+    for _ in range(count - 1):
+        parser.parse_punctuation(",")
+        names.append(parser.parse_unresolved_operand())
+    return names
+
+
+def _parse_function_type(cls: type[IRDLOperation], parser: Parser, form: str, count: int) -> FunctionType:
+    """`: (T1, ..., Tcount) -> Tr`, or a located error naming the op's form."""
+    parser.parse_punctuation(":")
+    pos = parser.pos
+    fn = parser.parse_function_type()
+    if len(fn.inputs.data) != count or len(fn.outputs.data) != 1:
+        parser.raise_error(
+            f"{cls.name} has the type {form}, found {len(fn.inputs.data)} operand types and "
+            f"{len(fn.outputs.data)} result types",
+            pos,
+            parser.pos,
+        )
+    return fn
+
+
+@irdl_op_definition
+class LayerNormOp(StepOp):
+    """`%y = step.layer_norm %x, %g, %b eps 1.0e-5 : (tensor<8x64xf32>, tensor<64xf32>, tensor<64xf32>) -> tensor<8x64xf32>`
+
+    `F.layer_norm(x, g.shape, g, b, eps)`: each slice of `x` over the trailing dims given by
+    `g`'s shape is normalized by its mean and biased variance (`(x - mean) / sqrt(var + eps)`),
+    then scaled by `g` and shifted by `b`. `eps` may be left out (1e-5); the text keeps what was
+    written.
+    """
+
+    name = "step.layer_norm"
+
+    input = operand_def(TensorType)
+    weight = operand_def(TensorType)
+    bias = operand_def(TensorType)
+    result = result_def(TensorType)
+    eps = prop_def(FloatAttr | NoneAttr, default_value=NoneAttr())
+
+    def __init__(self, input: SSAValue, weight: SSAValue, bias: SSAValue, eps: float | None = None):
+        super().__init__(
+            operands=[input, weight, bias],
+            result_types=[input.type],
+            properties={"eps": NoneAttr() if eps is None else FloatAttr(float(eps), f64)},
+        )
+
+    @property
+    def epsilon(self) -> float:
+        return LAYER_NORM_EPS if isinstance(self.eps, NoneAttr) else float(self.eps.value.data)
+
+    @property
+    def axes(self) -> tuple[int, ...]:
+        """The normalized dims of the input: its trailing `rank(g)` dims."""
+        rank, normalized = len(shape_of(self.input)), len(shape_of(self.weight))
+        return tuple(range(rank - normalized, rank))
+
+    @classmethod
+    def parse(cls, parser: Parser) -> LayerNormOp:
+        names = _parse_operands(parser, 3)
+        eps: Attribute = NoneAttr()
+        if parser.parse_optional_keyword("eps") is not None:
+            start = parser.pos
+            value = parser.parse_number(context_msg=" (the layer norm's eps, a float such as 1.0e-5)")
+            if not isinstance(value, float):
+                parser.raise_error(f"{cls.name} eps takes a float such as 1.0e-5, found {value}", start, parser.pos)
+            if not value > 0.0:
+                parser.raise_error(f"{cls.name} eps must be > 0, found {format_float(value)}", start, parser.pos)
+            eps = FloatAttr(value, f64)
+        attrs = parser.parse_optional_attr_dict()
+        fn = _parse_function_type(cls, parser, "(Tx, Tg, Tg) -> Tx", 3)
+        operands = [parser.resolve_operand(n, t) for n, t in zip(names, fn.inputs.data)]
+        op = cls.create(operands=operands, result_types=[fn.outputs.data[0]], properties={"eps": eps})
+        op.attributes.update(attrs)
+        return op
+
+    def print(self, printer: Printer) -> None:
+        printer.print_string(" ")
+        printer.print_list(self.operands, printer.print_operand)
+        if isinstance(self.eps, FloatAttr):
+            printer.print_string(f" eps {format_float(self.epsilon)}")
+        printer.print_op_attributes(self.attributes)
+        printer.print_string(" : ")
+        printer.print_function_type([o.type for o in self.operands], [self.result.type])
+
+    def infer(self) -> TensorType[Attribute]:
+        x = float_tensor(self.input, f"{self.name} input")
+        g = float_tensor(self.weight, f"{self.name} weight")
+        b = float_tensor(self.bias, f"{self.name} bias")
+        if not (x.get_element_type() == g.get_element_type() == b.get_element_type()):
+            raise VerifyException(
+                f"{self.name} needs one element type for its input, weight and bias, found {x.get_element_type()}, "
+                f"{g.get_element_type()} and {b.get_element_type()}"
+            )
+        if shape_of(g) != shape_of(b):
+            raise VerifyException(
+                f"{self.name} weight and bias have one shape (the normalized shape), found {shapes.fmt(shape_of(g))} "
+                f"and {shapes.fmt(shape_of(b))}"
+            )
+        rule(shapes.layer_norm, shape_of(x), shape_of(g))
+        if not self.epsilon > 0.0:
+            raise VerifyException(f"{self.name} eps must be > 0, found {format_float(self.epsilon)}")
+        return x
+
+
+class GeluFamilyOp(StepOp):
+    """Elementwise, with F.gelu's `approximate` ("none": the erf form; "tanh"), written only
+    when it is tanh: `%r = step.gelu %a approximate tanh : tensor<4xf32>`."""
+
+    input = operand_def(TensorType)
+    result = result_def(TensorType)
+    approximate = prop_def(StringAttr, default_value=StringAttr("none"))
+
+    def __init__(self, input: SSAValue, approximate: str = "none"):
+        super().__init__(operands=[input], result_types=[input.type], properties={"approximate": StringAttr(approximate)})
+
+    @property
+    def tanh(self) -> bool:
+        """Whether this is the tanh approximation (else the exact erf form)."""
+        return self.approximate.data == "tanh"
+
+    @classmethod
+    def parse(cls, parser: Parser) -> Self:
+        operand = parser.parse_unresolved_operand()
+        approximate = "none"
+        if parser.parse_optional_keyword("approximate") is not None:
+            start = parser.pos
+            approximate = parser.parse_identifier(" (F.gelu's approximation: " + " or ".join(GELU_APPROXIMATIONS) + ")")
+            if approximate not in GELU_APPROXIMATIONS:
+                parser.raise_error(
+                    f"unknown approximation '{approximate}' of {cls.name}; expected "
+                    + " or ".join(GELU_APPROXIMATIONS) + " (F.gelu's)",
+                    start,
+                    parser.pos,
+                )
+        attrs = parser.parse_optional_attr_dict()
+        parser.parse_punctuation(":")
+        t = parser.parse_type()
+        op = cls.create(
+            operands=[parser.resolve_operand(operand, t)],
+            result_types=[t],
+            properties={"approximate": StringAttr(approximate)},
+        )
+        op.attributes.update(attrs)
+        return op  # pyright: ignore[reportReturnType]  # create builds an instance of `cls`
+
+    def print(self, printer: Printer) -> None:
+        printer.print_string(" ")
+        printer.print_operand(self.input)
+        if self.tanh:
+            printer.print_string(" approximate tanh")
+        printer.print_op_attributes(self.attributes)
+        printer.print_string(" : ")
+        printer.print_attribute(self.input.type)
+
+    def infer(self) -> TensorType[Attribute]:
+        if self.approximate.data not in GELU_APPROXIMATIONS:
+            raise VerifyException(
+                f"unknown approximation '{self.approximate.data}' of {self.name}; expected "
+                + " or ".join(GELU_APPROXIMATIONS)
+            )
+        return float_tensor(self.input, f"{self.name} operand")
+
+
+@irdl_op_definition
+class GeluOp(GeluFamilyOp):
+    """`%r = step.gelu %a : tensor<4xf32>` (`x Phi(x)`, the erf form) or `%r = step.gelu %a approximate tanh
+    : tensor<4xf32>` (`x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2`): `F.gelu`."""
+
+    name = "step.gelu"
+
+
+@irdl_op_definition
+class GeluGradOp(GeluFamilyOp):
+    """`%d = step.gelu_grad %a : tensor<4xf32>`: the derivative of `step.gelu` (the same
+    `approximate`) at each element, as PyTorch's `gelu_backward` computes it
+    (`Phi(x) + x phi(x)` for the erf form)."""
+
+    name = "step.gelu_grad"
+
+
+@irdl_op_definition
+class EmbeddingOp(StepOp):
+    """`%y = step.embedding %table, %ids : (tensor<16x64xf32>, tensor<32x8xi32>) -> tensor<32x8x64xf32>`
+
+    `F.embedding(ids, table)`: row `ids[...]` of the `VxD` table for every id (ids of any
+    shape, each in `[0, V)`). The ids have no derivative; the table's gradient adds up the
+    cotangents of repeated ids (`step.embedding_grad`).
+    """
+
+    name = "step.embedding"
+
+    table = operand_def(TensorType)
+    ids = operand_def(TensorType)
+    result = result_def(TensorType)
+
+    def __init__(self, table: SSAValue, ids: SSAValue):
+        shape = shapes.embedding(shape_of(table), shape_of(ids))
+        super().__init__(operands=[table, ids], result_types=[make_tensor(shape, element_of(table))])
+
+    @classmethod
+    def parse(cls, parser: Parser) -> Self:
+        return parse_two_operand_form(cls, parser)  # pyright: ignore[reportReturnType]  # build_fixed builds an instance of `cls`; xDSL types the generic constructor as IRDLOperation
+
+    def print(self, printer: Printer) -> None:
+        print_two_operand_form(self, printer)
+
+    def infer(self) -> TensorType[Attribute]:
+        table = float_tensor(self.table, f"{self.name} table")
+        ids = tensor_type(self.ids)
+        if not is_i32(ids.get_element_type()):
+            raise VerifyException(f"{self.name} takes i32 ids, found {ids}")
+        return make_tensor(rule(shapes.embedding, shape_of(table), shape_of(ids)), table.get_element_type())
+
+
+@irdl_op_definition
+class EmbeddingGradOp(StepOp):
+    """`%g = step.embedding_grad %cotangent, %ids : (tensor<32x8x64xf32>, tensor<32x8xi32>) -> tensor<16x64xf32>`
+
+    The transpose of `step.embedding`: a `VxD` table of zeros (V from the result type) to which
+    each id's row of the cotangent is added (repeated ids add up; an id outside `[0, V)` is an
+    error in the interpreter, and adds nothing in the compiled step).
+    """
+
+    name = "step.embedding_grad"
+
+    cotangent = operand_def(TensorType)
+    ids = operand_def(TensorType)
+    result = result_def(TensorType)
+
+    def __init__(self, cotangent: SSAValue, ids: SSAValue, rows: int):
+        shape = (rows, shape_of(cotangent)[-1])
+        super().__init__(operands=[cotangent, ids], result_types=[make_tensor(shape, element_of(cotangent))])
+
+    @classmethod
+    def parse(cls, parser: Parser) -> Self:
+        return parse_two_operand_form(cls, parser)  # pyright: ignore[reportReturnType]  # build_fixed builds an instance of `cls`; xDSL types the generic constructor as IRDLOperation
+
+    def print(self, printer: Printer) -> None:
+        print_two_operand_form(self, printer)
+
+    def infer(self) -> TensorType[Attribute]:
+        cotangent = float_tensor(self.cotangent, f"{self.name} cotangent")
+        ids = tensor_type(self.ids)
+        if not is_i32(ids.get_element_type()):
+            raise VerifyException(f"{self.name} takes i32 ids, found {ids}")
+        target = float_tensor(self.result, f"{self.name} result")
+        if len(shape_of(target)) != 2:
+            raise VerifyException(f"{self.name} gives a VxD table (rank 2), found {target}")
+        rows = shape_of(target)[0]
+        expected = rule(shapes.embedding, (rows, shape_of(cotangent)[-1] if shape_of(cotangent) else 0), shape_of(ids))
+        if shape_of(cotangent) != expected:
+            raise VerifyException(
+                f"{self.name} takes the cotangent of an embedding of ids {shapes.fmt(shape_of(ids))}: expected "
+                f"{shapes.fmt(expected)}xD, found {shapes.fmt(shape_of(cotangent))}"
+            )
+        return make_tensor((rows, expected[-1]), cotangent.get_element_type())
+
+
 # Ops users write (the spec's first set, then the second as it is built), in the order of `docs/language.md`.
 SPEC_OPS: tuple[type[StepOp], ...] = (
     AddOp, SubOp, MulOp, DivOp, MaximumOp, MinimumOp,
@@ -1387,9 +1656,10 @@ SPEC_OPS: tuple[type[StepOp], ...] = (
     MatmulOp, TransposeOp, ReshapeOp, BroadcastOp, SumOp, MeanOp, MaxOp, SoftmaxOp,
     LogSoftmaxOp, CrossEntropyOp, MseOp, ConstantOp, ConvertOp,
     SelectOp,
+    LayerNormOp, GeluOp, EmbeddingOp,
 )  # fmt: skip
 # Ops the derivative introduces; users may write them too.
-EXTRA_OPS: tuple[type[StepOp], ...] = (CompareOp, OneHotOp)
+EXTRA_OPS: tuple[type[StepOp], ...] = (CompareOp, OneHotOp, GeluGradOp, EmbeddingGradOp)
 # Ops a pass after `differentiate` makes (never differentiated): the micro-batch loop.
 LOOP_OPS: tuple[type[IRDLOperation], ...] = (AccumulateOp, YieldOp)
 

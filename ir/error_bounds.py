@@ -55,7 +55,12 @@ from stepc.ir.dialect import (
     ConvertOp,
     CrossEntropyOp,
     DivOp,
+    EmbeddingGradOp,
+    EmbeddingOp,
     ExpOp,
+    GeluGradOp,
+    GeluOp,
+    LayerNormOp,
     LogOp,
     LogSoftmaxOp,
     MatmulOp,
@@ -81,7 +86,18 @@ from stepc.ir.dialect import (
     TransposeOp,
     shape_of,
 )
-from stepc.ir.interpreter import BINARY, COMPARISONS, UNARY, log_softmax, softmax
+from stepc.ir.interpreter import (
+    BINARY,
+    COMPARISONS,
+    GELU_ALPHA,
+    GELU_BETA,
+    GELU_KAPPA,
+    UNARY,
+    gelu,
+    gelu_grad,
+    log_softmax,
+    softmax,
+)
 from stepc.ir.narrow import is_tensor
 from stepc.ir.program import args, output_names
 from stepc.ir.values import numpy_dtype
@@ -621,6 +637,118 @@ def _mse(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
     d = plus(a[0], a[1], p, -1.0)
     squared = _apply(d.value * d.value, d, 2.0 * np.abs(d.value), 1.0, p, 0.5)
     return _mean(squared, tuple(range(d.value.ndim)), p)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer norm, GELU, embedding
+
+
+def _kept(x: Bounded, axes: tuple[int, ...]) -> Bounded:
+    """A value reduced over `axes`, with those dims kept as size 1 (to broadcast back)."""
+    return _each(x, lambda v: np.expand_dims(v, axes))
+
+
+@rule(LayerNormOp)
+def _layer_norm(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    """The bounds of its steps, as the interpreter and the lowering take them: the mean, `x - mean`,
+    the mean of its squares, `+ eps` (eps rounded to the type), rsqrt, the product, `* g`, `+ b`."""
+    assert isinstance(op, LayerNormOp)
+    x, g, b = a
+    axes = op.axes
+    centered = plus(x, _kept(_mean(x, axes, p), axes), p, -1.0)
+    variance = _mean(times(centered, centered, p), axes, p)
+    rstd = _rsqrt(op, [plus(variance, literal(op.epsilon, _dtype(op.results[0].type)), p)], p)
+    return plus(times(times(centered, _kept(rstd, axes), p), g, p), b, p)
+
+
+# |gelu''| / 2 and |gelu'''| / 2 are at most 0.399 and 0.389 (both forms, at x = 0 and near it).
+GELU_CURVATURE = 0.4
+GELU_GRAD_CURVATURE = 0.4
+
+
+def _smooth(y: Array, x: Bounded, slope: Array, curvature: float, r: Array) -> Bounded:
+    """`_apply` with the function's own rounding `r` given (absolute, not relative to |y|)."""
+    return Bounded(y, slope * x.error + curvature * x.error**2 + r, _rss(slope * x.sigma + curvature * x.sigma**2, r))
+
+
+@rule(GeluOp)
+def _gelu(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    """`(x/2) (1 + f)` with `f` erf or tanh (|f| <= 1): f's ulps, the roundings of its argument
+    (erf' and (1 - tanh^2) k are below 1/2) and of `1 + f`, each an absolute error near 1 that
+    the product scales by |x|/2 (where `1 + f` cancels, it is large relative to |y|)."""
+    assert isinstance(op, GeluOp)
+    x = a[0]
+    y = gelu(x.value, op.tanh)
+    r = 2.0 * (TRANSCENDENTAL_ULPS + 4.0) * p.u * np.abs(x.value) + p.rounding(y)
+    return _smooth(y, x, np.abs(gelu_grad(x.value, op.tanh)), GELU_CURVATURE, r)
+
+
+def _gelu_second(x: Array, tanh: bool) -> Array:
+    """|gelu''(x)|, the slope of `gelu_grad`."""
+    x_sq = x * x
+    if not tanh:
+        return np.abs(GELU_ALPHA * np.exp(-0.5 * x_sq) * (2.0 - x_sq))
+    t = np.tanh(GELU_BETA * (x + GELU_KAPPA * x_sq * x))
+    slope = GELU_BETA * (1.0 + 3.0 * GELU_KAPPA * x_sq)
+    return np.abs((1.0 - t * t) * (slope + 3.0 * GELU_BETA * GELU_KAPPA * x_sq - x * t * slope * slope))
+
+
+@rule(GeluGradOp)
+def _gelu_grad(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    """Erf form `cdf + x pdf`: the cdf's absolute error (as `_gelu`'s, near 1), and `x pdf`'s
+    relative one (exp's ulps and its argument's roundings, `x^2 u`). Tanh form: `(1 + t)/2`,
+    absolute as the cdf, and `(x/2) (1 - t^2) k'`, where `1 - t^2` carries t's absolute error
+    (about `(4 ulps + 6) u`: large relative to it where t is near +-1) scaled by `|x k'|/2`."""
+    assert isinstance(op, GeluGradOp)
+    x = a[0]
+    d = gelu_grad(x.value, op.tanh)
+    near_one = 2.0 * (TRANSCENDENTAL_ULPS + 4.0) * p.u
+    if op.tanh:
+        slope = GELU_BETA * (1.0 + 3.0 * GELU_KAPPA * x.value * x.value)
+        own = near_one + (4.0 * TRANSCENDENTAL_ULPS + 8.0) * p.u * 0.5 * np.abs(x.value * slope)
+    else:
+        x_pdf = np.abs(x.value * GELU_ALPHA * np.exp(-0.5 * x.value * x.value))
+        own = near_one + (2.0 * TRANSCENDENTAL_ULPS + 6.0 + x.value * x.value) * p.u * x_pdf
+    return _smooth(d, x, _gelu_second(x.value, op.tanh), GELU_GRAD_CURVATURE, own + p.rounding(d))
+
+
+def _ids(bounded: Bounded, rows: int) -> Array:
+    """Embedding ids as row indices (one outside `[0, rows)` clamped, as XLA's gather: the
+    interpreter refuses it)."""
+    return np.clip(np.asarray(bounded.value).astype(np.intp), 0, rows - 1)
+
+
+@rule(EmbeddingOp)
+def _embedding(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    """Exact: each id's row, with its bounds."""
+    table, ids = a
+    picked = _ids(ids, table.value.shape[0])
+    return _each(table, lambda v: np.take(v, picked, axis=0))
+
+
+@rule(EmbeddingGradOp)
+def _embedding_grad(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    """Row v is a sum of the cotangent rows of the n_v ids equal to v, in any order: `summed`'s
+    bound with `gamma_{n_v}` per row (a row no id reaches is an exact 0)."""
+    cotangent, ids = a
+    rows, width = shape_of(op.results[0].type)
+    picked = np.asarray(ids.value).astype(np.intp).reshape(-1)
+    keep = (picked >= 0) & (picked < rows)  # XLA drops an update outside the table
+    picked = picked[keep]
+
+    def add_up(v: Array) -> Array:
+        out = np.zeros((rows, width))
+        np.add.at(out, picked, v.reshape(-1, width)[keep])
+        return out
+
+    value, magnitude = add_up(cotangent.value), add_up(np.abs(cotangent.value))
+    counts = np.bincount(picked, minlength=rows).astype(np.float64)[:, None]
+    nu = counts * p.u
+    gammas = np.where(nu < 1.0, nu / np.maximum(1.0 - nu, 1e-300), np.inf)
+    r = np.where(counts > 1, p.rounding(value), 0.0)
+    error = add_up(cotangent.error) + gammas * magnitude + r
+    sigma = _rss(np.sqrt(add_up(np.square(cotangent.sigma))), np.sqrt(counts) * p.u * magnitude, r)
+    return Bounded(value, error, sigma)
 
 
 # ---------------------------------------------------------------------------------------------

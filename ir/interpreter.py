@@ -20,6 +20,7 @@ result type; `convert` casts as NumPy's `astype` (round to nearest even, truncat
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -50,7 +51,12 @@ from stepc.ir.dialect import (
     ConvertOp,
     CrossEntropyOp,
     DivOp,
+    EmbeddingGradOp,
+    EmbeddingOp,
     ExpOp,
+    GeluGradOp,
+    GeluOp,
+    LayerNormOp,
     LogOp,
     LogSoftmaxOp,
     MatmulOp,
@@ -182,6 +188,62 @@ def softmax(x: Array, axis: int) -> Array:
     return e / np.sum(e, axis=axis, keepdims=True)
 
 
+# Layer norm, GELU and embedding: the float64 references (also `error_bounds`') and the id check.
+
+# The constants of PyTorch's GELU kernels (aten/src/ATen/native/cpu/Activation.cpp), in its order.
+SQRT1_2 = math.sqrt(0.5)  # M_SQRT1_2
+GELU_ALPHA = (2.0 / math.sqrt(math.pi)) * SQRT1_2 * 0.5  # kAlpha = M_2_SQRTPI * M_SQRT1_2 * 0.5 = 1/sqrt(2 pi)
+GELU_BETA = math.sqrt(2.0) * (2.0 / math.sqrt(math.pi)) * 0.5  # kBeta = M_SQRT2 * M_2_SQRTPI * 0.5 = sqrt(2/pi)
+GELU_KAPPA = 0.044715
+_ERF = np.frompyfunc(math.erf, 1, 1)
+
+
+def erf(x: Array) -> Array:
+    """The error function elementwise, in float64 (libm's `erf`, as PyTorch's CPU kernels call it)."""
+    return np.asarray(_ERF(np.asarray(x, dtype=np.float64)), dtype=np.float64)
+
+
+def gelu(x: Array, tanh: bool) -> Array:
+    """F.gelu: `x/2 (1 + erf(x/sqrt 2))`, or with `tanh`, `x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`."""
+    if tanh:
+        return 0.5 * x * (1.0 + np.tanh(GELU_BETA * (x + GELU_KAPPA * (x * x * x))))
+    return x * 0.5 * (1.0 + erf(x * SQRT1_2).astype(x.dtype, copy=False))
+
+
+def gelu_grad(x: Array, tanh: bool) -> Array:
+    """The derivative of `gelu`, as PyTorch's `gelu_backward` computes it: `Phi(x) + x phi(x)`, or for
+    tanh, `(1 + t)/2 + x/2 (1 - t^2) sqrt(2/pi) (1 + 3 0.044715 x^2)` with `t` the forward's tanh."""
+    if tanh:
+        x_sq = x * x
+        t = np.tanh(GELU_BETA * (x + GELU_KAPPA * (x_sq * x)))
+        inner_derivative = GELU_BETA * (1.0 + 3.0 * GELU_KAPPA * x_sq)
+        return 0.5 * (1.0 + t) + (0.5 * x) * (1.0 - t * t) * inner_derivative
+    cdf = 0.5 * (1.0 + erf(x * SQRT1_2).astype(x.dtype, copy=False))
+    pdf = GELU_ALPHA * np.exp(-0.5 * x * x)
+    return cdf + x * pdf
+
+
+def layer_norm(x: Array, g: Array, b: Array, axes: tuple[int, ...], eps: float) -> Array:
+    """F.layer_norm over `axes` (the trailing dims): `(x - mean) / sqrt(var + eps) * g + b`, biased variance."""
+    centered = x - np.mean(x, axis=axes, keepdims=True)
+    variance = np.mean(centered * centered, axis=axes, keepdims=True)
+    return centered * (1.0 / np.sqrt(variance + np.asarray(eps, dtype=x.dtype))) * g + b
+
+
+def check_ids(op: Operation, ids: Array, rows: int) -> Array:
+    """The ids of an embedding as indices, or a located error naming the first outside `[0, rows)`
+    (F.embedding's IndexError)."""
+    bad = np.flatnonzero((ids < 0) | (ids >= rows))
+    if bad.size:
+        index = [int(i) for i in np.unravel_index(int(bad[0]), ids.shape)] if ids.ndim else []
+        raise error_at(
+            op,
+            f"{op.name}: id {int(ids.reshape(-1)[bad[0]])} at {index} is outside the table's {rows} rows [0, {rows}) "
+            f"({bad.size} such id{'s' if bad.size > 1 else ''})",
+        )
+    return ids.astype(np.intp)
+
+
 def _elementwise(fn: Callable[..., Array]) -> Callable[..., PythonValues]:
     def run(self: InterpreterFunctions, interpreter: Interpreter, op: Operation, values: PythonValues) -> PythonValues:
         return (rounded(fn(*(widen(v) for v in values)), result_dtype(op)),)
@@ -281,6 +343,34 @@ class StepFunctions(InterpreterFunctions):
         classes = _shape(op.result.type)[-1]
         labels = np.asarray(values[0])
         return ((labels[..., None] == np.arange(classes)).astype(result_dtype(op)),)
+
+    @impl(LayerNormOp)
+    def run_layer_norm(self, interpreter: Interpreter, op: LayerNormOp, values: PythonValues) -> PythonValues:
+        x, g, b = (widen(v) for v in values)
+        return (rounded(layer_norm(x, g, b, op.axes, op.epsilon), result_dtype(op)),)
+
+    @impl(GeluOp)
+    def run_gelu(self, interpreter: Interpreter, op: GeluOp, values: PythonValues) -> PythonValues:
+        return (rounded(gelu(widen(values[0]), op.tanh), result_dtype(op)),)
+
+    @impl(GeluGradOp)
+    def run_gelu_grad(self, interpreter: Interpreter, op: GeluGradOp, values: PythonValues) -> PythonValues:
+        return (rounded(gelu_grad(widen(values[0]), op.tanh), result_dtype(op)),)
+
+    @impl(EmbeddingOp)
+    def run_embedding(self, interpreter: Interpreter, op: EmbeddingOp, values: PythonValues) -> PythonValues:
+        table = np.asarray(values[0])  # exact: a copy of rows
+        ids = check_ids(op, np.asarray(values[1]), table.shape[0])
+        return (np.ascontiguousarray(np.take(table, ids, axis=0)),)
+
+    @impl(EmbeddingGradOp)
+    def run_embedding_grad(self, interpreter: Interpreter, op: EmbeddingGradOp, values: PythonValues) -> PythonValues:
+        cotangent = widen(values[0])
+        rows, width = _shape(op.result.type)
+        ids = check_ids(op, np.asarray(values[1]), rows)
+        table = np.zeros((rows, width), dtype=cotangent.dtype)
+        np.add.at(table, ids.reshape(-1), cotangent.reshape(-1, width))  # repeated ids add up, in order
+        return (rounded(table, result_dtype(op)),)
 
     @impl(AccumulateOp)
     def run_accumulate(self, interpreter: Interpreter, op: AccumulateOp, values: PythonValues) -> PythonValues:

@@ -36,7 +36,7 @@ from stepc.ir.diagnostics import (
 )
 from stepc.ir.dialect import Position, Step, attribute_name_error
 from stepc.ir.program import arg_name, step_function, verify_step_function
-from stepc.ir.stablehlo import StableHLO
+from stepc.ir.stablehlo import Chlo, StableHLO
 
 _ParsedType = TypeVar("_ParsedType", bound=Attribute)
 
@@ -50,6 +50,7 @@ def make_context() -> Context:
     ctx.load_dialect(func.Func)
     ctx.load_dialect(Step)
     ctx.load_dialect(StableHLO)
+    ctx.load_dialect(Chlo)
     return ctx
 
 

@@ -38,6 +38,8 @@ from stepc.ir.dialect import (
     STATE,
     AccumulateOp,
     CrossEntropyOp,
+    EmbeddingGradOp,
+    EmbeddingOp,
     LogSoftmaxOp,
     MatmulOp,
     MulOp,
@@ -457,14 +459,32 @@ def function_form(fn: func.FuncOp) -> Form:
 
 def label_classes(arg: Arg) -> list[int]:
     """The class counts of the ops that read an i32 input as class indices (cross-entropy
-    labels, one-hot), one per such use; empty when none does."""
-    classes: list[int] = []
+    labels, one-hot) or as row indices (embedding ids: the table's rows), one per such use;
+    empty when none does."""
+    return [count for _, count in index_readers(arg)]
+
+
+def index_readers(arg: Arg) -> list[tuple[str, int]]:
+    """Each op reading an i32 input as indices: `("labels", classes)` for a cross-entropy or a
+    one-hot, `("ids", rows)` for an embedding (and its gradient op)."""
+    readers: list[tuple[str, int]] = []
     for op, index in index_uses(arg.value):
         if isinstance(op, CrossEntropyOp) and index == 1:
-            classes.append(shape_of(op.logits)[-1])
+            readers.append(("labels", shape_of(op.logits)[-1]))
         elif isinstance(op, OneHotOp):
-            classes.append(shape_of(op.result)[-1])
-    return classes
+            readers.append(("labels", shape_of(op.result)[-1]))
+        elif isinstance(op, EmbeddingOp) and index == 1:
+            readers.append(("ids", shape_of(op.table)[0]))
+        elif isinstance(op, EmbeddingGradOp) and index == 1:
+            readers.append(("ids", shape_of(op.result)[0]))
+    return readers
+
+
+def reads_ids(arg: Arg) -> bool:
+    """Whether an i32 input holds embedding ids, not labels: every op reading it as indices is
+    an embedding (messages then say "id" and "rows", not "label" and "classes")."""
+    readers = index_readers(arg)
+    return bool(readers) and all(kind == "ids" for kind, _ in readers)
 
 
 def index_uses(value: SSAValue) -> Iterator[tuple[Operation, int]]:
@@ -599,15 +619,19 @@ def _short_repr(key: object, most: int = 80) -> str:
     return text if len(text) <= most else text[: most - 3] + "..."
 
 
-def check_labels(spec: ArgSpec, value: Any, classes: int, what: str, where: SourceLoc | None = None) -> None:
+def check_labels(
+    spec: ArgSpec, value: Any, classes: int, what: str, where: SourceLoc | None = None, *, ids: bool = False
+) -> None:
     """An i32 input read as class indices (`label_classes`): every value in `[0, classes)`,
-    else a StepcError naming the first one outside. `value` must be concrete (not traced)."""
+    else a StepcError naming the first one outside (with `ids`, embedding ids: `classes` is the
+    table's rows). `value` must be concrete (not traced)."""
     array = np.asarray(value)
     bad = np.flatnonzero((array < 0) | (array >= classes))
     if bad.size:
         index = tuple(int(i) for i in np.unravel_index(int(bad[0]), array.shape)) if array.ndim else ()
+        noun, range_text = ("id", f"the {classes} rows of its embedding table") if ids else ("label", f"the {classes} classes")
         raise StepcError(
-            f"{what}: label {spec.key!r}{list(index)} is {int(array[index])}, outside the {classes} classes "
+            f"{what}: {noun} {spec.key!r}{list(index)} is {int(array[index])}, outside {range_text} "
             f"[0, {classes}) ({bad.size} such value{'s' if bad.size > 1 else ''})",
             where,
         )

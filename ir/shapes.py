@@ -152,3 +152,22 @@ def one_hot(labels: Shape, result: Shape) -> Shape:
             f"one_hot of labels {fmt(labels)} gives {fmt(tuple(labels) + ('C',))}, found {fmt(result)}"  # type: ignore[arg-type]
         )
     return tuple(result)
+
+
+def layer_norm(input: Shape, normalized: Shape) -> Shape:
+    """`F.layer_norm(x, g.shape)`: `g`'s shape (at least one dim) is the trailing dims of `x`."""
+    if not normalized:
+        raise ShapeError("layer_norm normalizes at least one trailing dim: its weight and bias cannot be scalars")
+    if len(normalized) > len(input) or tuple(input[len(input) - len(normalized) :]) != tuple(normalized):
+        raise ShapeError(
+            f"layer_norm normalizes the trailing dims of its input given by its weight's shape: {fmt(normalized)} "
+            f"is not a suffix of the input's shape {fmt(input)}"
+        )
+    return tuple(input)
+
+
+def embedding(table: Shape, ids: Shape) -> Shape:
+    """`F.embedding(ids, table)`: a `VxD` table, any ids shape, one row of D per id."""
+    if len(table) != 2:
+        raise ShapeError(f"embedding takes a VxD table (rank 2), found {fmt(table)}")
+    return (*ids, table[1])

@@ -801,6 +801,24 @@ OPS: tuple[type[IRDLOperation], ...] = (
 StableHLO = Dialect("stablehlo", list(OPS), [ComparisonDirectionAttr, DotAttr, GatherAttr, ScatterAttr])
 
 
+# StableHLO has no erf: `chlo.erf` (CHLO, the "client" ops that XLA's pipeline and JAX's MLIR
+# parser expand to StableHLO, as JAX lowers `lax.erf`) is the one op of another dialect the
+# lowering emits (for `step.gelu`). It prints in the same generic form.
+
+
+@irdl_op_definition
+class ErfOp(ElementwiseUnary):
+    """`"chlo.erf"(%a) : (tensor<4xf32>) -> tensor<4xf32>`"""
+
+    name = "chlo.erf"
+
+
+CHLO_OPS: tuple[type[IRDLOperation], ...] = (ErfOp,)
+Chlo = Dialect("chlo", list(CHLO_OPS), [])
+# The dialects of a lowered program's ops (a step op is anything else, and is still to lower).
+LOWERED_DIALECTS = ("stablehlo", "chlo")
+
+
 # ---------------------------------------------------------------------------------------------
 # Text
 

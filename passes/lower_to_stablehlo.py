@@ -44,6 +44,7 @@ from stepc.ir import stablehlo as shlo
 from stepc.ir.builder import LocatedBuilder
 from stepc.ir.diagnostics import error_at
 from stepc.ir.dialect import RELU_TAG, element_of, make_tensor, shape_of
+from stepc.ir.interpreter import GELU_ALPHA, GELU_BETA, GELU_KAPPA, SQRT1_2
 from stepc.ir.program import step_function
 from stepc.ir.shapes import broadcast
 from stepc.ir.values import numpy_dtype
@@ -351,6 +352,105 @@ def lower_one_hot(b: StableHLOBuilder, op: step.OneHotOp) -> SSAValue:
     return b.convert(hit, element_of(op.result))
 
 
+# Layer norm, GELU, embedding
+
+
+@lowering(step.LayerNormOp)
+def lower_layer_norm(b: StableHLOBuilder, op: step.LayerNormOp) -> SSAValue:
+    """`(x - mean) * rsqrt(var + eps) * g + b` over the normalized (trailing) dims, each mean a
+    sum divided by the count (as `step.mean` lowers: the derivative's recomputation matches)."""
+    x, axes, shape = op.input, op.axes, shape_of(op.input)
+    count = math.prod(shape[a] for a in axes)
+    element = element_of(x)
+    mean = b.divide_by_count(b.reduce(x, axes, shlo.AddOp), count)
+    centered = b.emit(shlo.SubtractOp(x, b.kept_broadcast(mean, shape, axes)))
+    variance = b.divide_by_count(b.reduce(b.emit(shlo.MultiplyOp(centered, centered)), axes, shlo.AddOp), count)
+    rstd = b.unary(shlo.RsqrtOp, b.binary(shlo.AddOp, variance, b.constant(op.epsilon, element)))
+    normalized = b.emit(shlo.MultiplyOp(centered, b.kept_broadcast(rstd, shape, axes)))
+    return b.binary(shlo.AddOp, b.binary(shlo.MultiplyOp, normalized, op.weight), op.bias)
+
+
+def scaled(b: StableHLOBuilder, value: SSAValue, factor: float) -> SSAValue:
+    """`value * factor` (a constant of the value's type)."""
+    return b.binary(shlo.MultiplyOp, value, b.constant(factor, element_of(value)))
+
+
+def plus_constant(b: StableHLOBuilder, value: SSAValue, term: float) -> SSAValue:
+    """`value + term` (a constant of the value's type)."""
+    return b.binary(shlo.AddOp, b.constant(term, element_of(value)), value)
+
+
+def gelu_tanh_of(b: StableHLOBuilder, x: SSAValue, x_sq: SSAValue) -> SSAValue:
+    """`tanh(sqrt(2/pi) (x + 0.044715 x^3))`, given `x^2`."""
+    cube = b.emit(shlo.MultiplyOp(x_sq, x))
+    return b.unary(shlo.TanhOp, scaled(b, b.emit(shlo.AddOp(x, scaled(b, cube, GELU_KAPPA))), GELU_BETA))
+
+
+def gelu_cdf(b: StableHLOBuilder, x: SSAValue) -> SSAValue:
+    """`0.5 (1 + erf(x / sqrt 2))` (`chlo.erf`: StableHLO has no erf)."""
+    return scaled(b, plus_constant(b, b.unary(shlo.ErfOp, scaled(b, x, SQRT1_2)), 1.0), 0.5)
+
+
+@lowering(step.GeluOp)
+def lower_gelu(b: StableHLOBuilder, op: step.GeluOp) -> SSAValue:
+    """`x * 0.5 * (1 + erf(x / sqrt 2))`, or `0.5 x (1 + tanh(...))`, in PyTorch's order."""
+    x = op.input
+    if op.tanh:
+        tanh = gelu_tanh_of(b, x, b.emit(shlo.MultiplyOp(x, x)))
+        return b.emit(shlo.MultiplyOp(scaled(b, x, 0.5), plus_constant(b, tanh, 1.0)))
+    return b.emit(shlo.MultiplyOp(scaled(b, x, 0.5), plus_constant(b, b.unary(shlo.ErfOp, scaled(b, x, SQRT1_2)), 1.0)))
+
+
+@lowering(step.GeluGradOp)
+def lower_gelu_grad(b: StableHLOBuilder, op: step.GeluGradOp) -> SSAValue:
+    """PyTorch's `gelu_backward` without the `dy`: `cdf + x pdf`, or for tanh
+    `(1 + t)/2 + (x/2) (1 - t^2) sqrt(2/pi) (1 + 3 0.044715 x^2)`."""
+    x = op.input
+    x_sq = b.emit(shlo.MultiplyOp(x, x))
+    if op.tanh:
+        t = gelu_tanh_of(b, x, x_sq)
+        left = scaled(b, plus_constant(b, t, 1.0), 0.5)
+        sech_sq = b.binary(shlo.SubtractOp, b.constant(1.0, element_of(x)), b.emit(shlo.MultiplyOp(t, t)))
+        slope = scaled(b, plus_constant(b, scaled(b, x_sq, 3.0 * GELU_KAPPA), 1.0), GELU_BETA)
+        right = b.emit(shlo.MultiplyOp(b.emit(shlo.MultiplyOp(scaled(b, x, 0.5), sech_sq)), slope))
+        return b.emit(shlo.AddOp(left, right))
+    pdf = scaled(b, b.unary(shlo.ExpOp, scaled(b, x_sq, -0.5)), GELU_ALPHA)
+    return b.emit(shlo.AddOp(gelu_cdf(b, x), b.emit(shlo.MultiplyOp(x, pdf))))
+
+
+def ids_as_indices(b: StableHLOBuilder, ids: SSAValue, shape: Sequence[int]) -> SSAValue:
+    """The ids reshaped to gather/scatter indices of `shape` (its last dim 1: one row index each)."""
+    return b.emit(shlo.ReshapeOp(ids, TensorType(i32, list(shape))))
+
+
+@lowering(step.EmbeddingOp)
+def lower_embedding(b: StableHLOBuilder, op: step.EmbeddingOp) -> SSAValue:
+    """A gather of one `1xD` row per id (`jnp.take(table, ids, axis=0)`). XLA clamps an id outside
+    `[0, V)` to the nearest row; the compiled step does not check ids (the entry points do)."""
+    ids_shape = shape_of(op.ids)
+    width = shape_of(op.table)[1]
+    numbers = shlo.GatherAttr.make(
+        offset_dims=[len(ids_shape)], collapsed_slice_dims=[0], start_index_map=[0], index_vector_dim=len(ids_shape)
+    )
+    indices = ids_as_indices(b, op.ids, (*ids_shape, 1))
+    return b.emit(shlo.GatherOp(op.table, indices, numbers, [1, width], op.result.type))
+
+
+@lowering(step.EmbeddingGradOp)
+def lower_embedding_grad(b: StableHLOBuilder, op: step.EmbeddingGradOp) -> SSAValue:
+    """A scatter-add of each id's cotangent row into a `VxD` table of zeros (repeated ids add up;
+    XLA drops an update whose id is outside `[0, V)`)."""
+    rows, width = shape_of(op.result)
+    count = math.prod(shape_of(op.ids))
+    indices = ids_as_indices(b, op.ids, (count, 1))
+    updates = b.emit(shlo.ReshapeOp(op.cotangent, make_tensor((count, width), element_of(op.cotangent))))
+    numbers = shlo.ScatterAttr.make(
+        update_window_dims=[1], inserted_window_dims=[0], scatter_dims_to_operand_dims=[0], index_vector_dim=1
+    )
+    zeros = b.constant(0.0, element_of(op.result), (rows, width))
+    return b.emit(shlo.ScatterOp(zeros, indices, updates, numbers, shlo.AddOp))
+
+
 @lowering(step.AccumulateOp)
 def lower_accumulate(b: StableHLOBuilder, op: step.AccumulateOp) -> list[SSAValue]:
     """A `stablehlo.while` over the micro-batches k = 0, 1, ..., K - 1 (an i32 counter), as
@@ -442,7 +542,7 @@ def lower_block(block: Block) -> None:
     """Each step op of `block` replaced by its rule's StableHLO (terminators and StableHLO ops
     left as they are); a rule returns the value of the op's one result, or one per result."""
     for inner in list(block.ops):
-        if inner.has_trait(IsTerminator) or inner.dialect_name() == "stablehlo":
+        if inner.has_trait(IsTerminator) or inner.dialect_name() in shlo.LOWERED_DIALECTS:
             continue
         rule = LOWERINGS.get(type(inner))
         if rule is None:

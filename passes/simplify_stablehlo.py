@@ -113,7 +113,7 @@ class EraseDeadOp(RewritePattern):
     """A StableHLO op (all of ours are pure) whose results nothing reads is erased."""
 
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter, /) -> None:
-        if op.dialect_name() == "stablehlo" and op.results and not any(r.uses for r in op.results):
+        if op.dialect_name() in shlo.LOWERED_DIALECTS and op.results and not any(r.uses for r in op.results):
             rewriter.erase(op)
 
 

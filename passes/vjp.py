@@ -33,7 +33,12 @@ from stepc.ir.dialect import (
     ConvertOp,
     CrossEntropyOp,
     DivOp,
+    EmbeddingGradOp,
+    EmbeddingOp,
     ExpOp,
+    GeluGradOp,
+    GeluOp,
+    LayerNormOp,
     LogOp,
     LogSoftmaxOp,
     MatmulOp,
@@ -62,6 +67,7 @@ from stepc.ir.dialect import (
     make_tensor,
     shape_of,
 )
+from stepc.ir.interpreter import GELU_ALPHA, GELU_BETA, GELU_KAPPA
 
 Cotangents = Sequence[SSAValue | None]
 
@@ -390,3 +396,71 @@ def vjp_mse(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotang
     scale = emit(MulOp(cotangent, emit.scalar(2.0 / shapes.numel(shape_of(a)), cotangent)))
     cotangent_a = emit(MulOp(emit(SubOp(a, b)), scale))
     return cotangent_a, emit(NegOp(cotangent_a))
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer norm, GELU, embedding
+
+
+@vjp(LayerNormOp)
+def vjp_layer_norm(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
+    """F.layer_norm's backward (as PyTorch's `layer_norm_backward`): with `xhat = (x - mean) rstd`,
+    `rstd = 1 / sqrt(var + eps)` recomputed from x as the forward's lowering computes them,
+    `dxhat = ct g`: `dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))` (means over the
+    normalized dims), `dg = sum(ct xhat)` and `db = sum(ct)` over the leading dims."""
+    assert isinstance(op, LayerNormOp)
+    x, shape, axes = op.input, shape_of(op.input), list(op.axes)
+    centered = emit(SubOp(x, emit.keepdims(emit(MeanOp(x, axes)), shape, axes)))
+    variance = emit(MeanOp(emit(SquareOp(centered)), axes))
+    rstd = emit.keepdims(emit(RsqrtOp(emit(AddOp(variance, emit.scalar(op.epsilon, variance))))), shape, axes)
+    xhat = emit(MulOp(centered, rstd))
+    dxhat = emit(MulOp(cotangent, op.weight))
+    mean_dxhat = emit.keepdims(emit(MeanOp(dxhat, axes)), shape, axes)
+    mean_dxhat_xhat = emit.keepdims(emit(MeanOp(emit(MulOp(dxhat, xhat)), axes)), shape, axes)
+    inner = emit(SubOp(emit(SubOp(dxhat, mean_dxhat)), emit(MulOp(xhat, mean_dxhat_xhat))))
+    cotangent_x = emit(MulOp(inner, rstd))
+    return cotangent_x, emit.unbroadcast(emit(MulOp(cotangent, xhat)), op.weight), emit.unbroadcast(cotangent, op.bias)
+
+
+@vjp(GeluOp)
+def vjp_gelu(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
+    """`ct * gelu'(x)` (PyTorch's `gelu_backward`: `dy * (cdf + x pdf)`)."""
+    assert isinstance(op, GeluOp)
+    return (emit(MulOp(cotangent, emit(GeluGradOp(op.input, op.approximate.data)))),)
+
+
+@vjp(GeluGradOp)
+def vjp_gelu_grad(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
+    """`ct * gelu''(x)`: `phi(x) (2 - x^2)` for the erf form; for tanh, with `k = beta (x + kappa x^3)`,
+    `t = tanh(k)`, `k' = beta (1 + 3 kappa x^2)`: `(1 - t^2) (k' + 3 beta kappa x^2 - x t k'^2)`."""
+    assert isinstance(op, GeluGradOp)
+    x = op.input
+    x_sq = emit(SquareOp(x))
+    if not op.tanh:
+        pdf = emit(MulOp(emit(ExpOp(emit(MulOp(x_sq, emit.scalar(-0.5, x))))), emit.scalar(GELU_ALPHA, x)))
+        return (emit(MulOp(cotangent, emit(MulOp(pdf, emit(SubOp(emit.scalar(2.0, x), x_sq)))))),)
+    cube = emit(MulOp(x_sq, x))
+    t = emit(TanhOp(emit(MulOp(emit(AddOp(x, emit(MulOp(cube, emit.scalar(GELU_KAPPA, x))))), emit.scalar(GELU_BETA, x)))))
+    slope = emit(MulOp(emit(AddOp(emit(MulOp(x_sq, emit.scalar(3.0 * GELU_KAPPA, x))), emit.scalar(1.0, x))),
+                       emit.scalar(GELU_BETA, x)))  # fmt: skip
+    sech_sq = emit(SubOp(emit.scalar(1.0, x), emit(SquareOp(t))))
+    curvature = emit(MulOp(x_sq, emit.scalar(3.0 * GELU_BETA * GELU_KAPPA, x)))
+    pull = emit(MulOp(emit(MulOp(x, t)), emit(SquareOp(slope))))
+    second = emit(MulOp(sech_sq, emit(SubOp(emit(AddOp(slope, curvature)), pull))))
+    return (emit(MulOp(cotangent, second)),)
+
+
+@vjp(EmbeddingOp)
+def vjp_embedding(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
+    """The table's: each id's cotangent row added into a table of zeros (repeated ids add up);
+    none for the ids."""
+    assert isinstance(op, EmbeddingOp)
+    return emit(EmbeddingGradOp(cotangent, op.ids, shape_of(op.table)[0])), None
+
+
+@vjp(EmbeddingGradOp)
+def vjp_embedding_grad(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
+    """Linear in its cotangent operand, the transpose of `step.embedding`: the rows of the table's
+    cotangent picked by the ids; none for the ids."""
+    assert isinstance(op, EmbeddingGradOp)
+    return emit(EmbeddingOp(cotangent, op.ids)), None

@@ -135,6 +135,19 @@ def test_each_op_within_its_bound_in_the_interpreter_and_in_xla(dtype: str) -> N
     programs.append(("cross_entropy", one_op(f"%r = step.cross_entropy %a, %l : ({t}, tensor<16xi32>) -> tensor<{dtype}>",
                                              f"%a: {t}, %l: tensor<16xi32>", f"tensor<{dtype}>"),
                      {"a": 3 * rng.standard_normal((16, 64)), "l": labels}))  # fmt: skip
+    g = f"tensor<64x{dtype}>"
+    programs.append(("layer_norm", one_op(f"%r = step.layer_norm %a, %g, %b : ({t}, {g}, {g}) -> {t}", f"%a: {t}, %g: {g}, %b: {g}", t),
+                     {"a": 2 + rng.standard_normal((16, 64)), "g": rng.standard_normal(64), "b": rng.standard_normal(64)}))  # fmt: skip
+    for name in ("gelu", "gelu_grad"):
+        for suffix in ("", " approximate tanh"):
+            wide = 4 * rng.standard_normal((16, 64))
+            wide[0, :6] = [0.0, -6.0, -12.0, 12.0, -3.0, 3.0]
+            programs.append((name + suffix, one_op(f"%r = step.{name} %a{suffix} : {t}", f"%a: {t}", t), {"a": wide}))
+    table, ids = f"tensor<8x64x{dtype}>", rng.integers(0, 8, 16).astype(np.int32)  # 16 ids of 8 rows: repeats
+    programs.append(("embedding", one_op(f"%r = step.embedding %w, %i : ({table}, tensor<16xi32>) -> {t}", f"%w: {table}, %i: tensor<16xi32>", t),
+                     {"w": rng.standard_normal((8, 64)), "i": ids}))  # fmt: skip
+    programs.append(("embedding_grad", one_op(f"%r = step.embedding_grad %c, %i : ({t}, tensor<16xi32>) -> {table}",
+                                              f"%c: {t}, %i: tensor<16xi32>", table), {"c": rng.standard_normal((16, 64)), "i": ids}))  # fmt: skip
     from stepc.backends.jax import jax_function
     from stepc.passes.lower_to_stablehlo import lowered_clone
 

@@ -51,6 +51,22 @@ def ties(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     return rng.integers(-2, 3, size=shape).astype(np.float64)  # many equal values
 
 
+def wide(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    x = 3 * rng.standard_normal(shape)
+    fixed = [0.0, -0.5, -4.0, -10.0, -40.0, 6.0, 40.0]  # gelu at 0, negative, large (saturated) values
+    x.flat[: len(fixed)] = fixed[: x.size]
+    return x
+
+
+def _gelu_grad(approximate: str) -> Callable[[np.ndarray], np.ndarray]:
+    def grad(a: np.ndarray) -> np.ndarray:
+        x = tt(a).requires_grad_()
+        F.gelu(x, approximate=approximate).sum().backward()
+        return x.grad.numpy()  # type: ignore[union-attr]
+
+    return grad
+
+
 def labels(classes: int) -> Callable[[tuple[int, ...], np.random.Generator], np.ndarray]:
     return lambda shape, rng: rng.integers(0, classes, size=shape).astype(np.int32)
 
@@ -236,6 +252,46 @@ CASES: list[Case] = [
         (5, 3),
         lambda a: F.one_hot(torch.from_numpy(a).long(), 3).double().numpy(),
         ints=("a",),
+    ),
+    Case(
+        "layer_norm",
+        "step.layer_norm %x, %g, %b eps 1.0e-3 : ({x}, {g}, {b}) -> {r}",
+        {"x": ((2, 3, 4), normal), "g": ((3, 4), normal), "b": ((3, 4), normal)},
+        (2, 3, 4),
+        lambda x, g, b: F.layer_norm(tt(x), (3, 4), tt(g), tt(b), 1e-3).numpy(),
+    ),
+    Case(
+        "layer_norm_default_eps",
+        "step.layer_norm %x, %g, %b : ({x}, {g}, {b}) -> {r}",
+        {"x": ((3, 5), normal), "g": ((5,), normal), "b": ((5,), normal)},
+        (3, 5),
+        lambda x, g, b: F.layer_norm(tt(x), (5,), tt(g), tt(b)).numpy(),
+    ),
+    Case("gelu", "step.gelu %a : {a}", {"a": ((3, 4), wide)}, (3, 4), lambda a: F.gelu(tt(a)).numpy()),
+    Case(
+        "gelu_tanh",
+        "step.gelu %a approximate tanh : {a}",
+        {"a": ((3, 4), wide)},
+        (3, 4),
+        lambda a: F.gelu(tt(a), approximate="tanh").numpy(),
+    ),
+    Case("gelu_grad", "step.gelu_grad %a : {a}", {"a": ((3, 4), wide)}, (3, 4), _gelu_grad("none")),
+    Case("gelu_grad_tanh", "step.gelu_grad %a approximate tanh : {a}", {"a": ((3, 4), wide)}, (3, 4), _gelu_grad("tanh")),
+    Case(
+        "embedding",
+        "step.embedding %t, %i : ({t}, {i}) -> {r}",
+        {"t": ((5, 3), normal), "i": ((2, 4), labels(5))},
+        (2, 4, 3),
+        lambda t, i: F.embedding(torch.from_numpy(i).long(), tt(t)).numpy(),
+        ints=("i",),
+    ),
+    Case(
+        "embedding_grad",
+        "step.embedding_grad %c, %i : ({c}, {i}) -> {r}",
+        {"c": ((7, 3), normal), "i": ((7,), labels(5))},  # 7 ids of 5 rows: some repeat
+        (5, 3),
+        lambda c, i: torch.zeros(5, 3, dtype=torch.float64).index_add(0, torch.from_numpy(i).long(), tt(c)).numpy(),
+        ints=("i",),
     ),
 ]
 
@@ -452,6 +508,23 @@ def test_label_out_of_range_is_a_located_error() -> None:
     with pytest.raises(StepcError, match=r"label 3 of row 1 is outside \[0, 3\)") as info:
         run_function(module, {"a": np.zeros((2, 3), np.float32), "b": np.array([0, 3], np.int32)})
     assert info.value.loc is not None and info.value.loc.line == 2
+
+
+@pytest.mark.parametrize("op", ["embedding", "embedding_grad"])
+@pytest.mark.parametrize("bad", [5, -1])
+def test_embedding_id_out_of_range_is_a_located_error(op: str, bad: int) -> None:
+    """F.embedding raises on an id outside the table (an IndexError); so does the interpreter,
+    at the op's line, naming the id and where it is."""
+    line = {"embedding": "step.embedding %t, %i : (tensor<5x3xf32>, tensor<2x2xi32>) -> tensor<2x2x3xf32>",
+            "embedding_grad": "step.embedding_grad %t, %i : (tensor<2x2x3xf32>, tensor<2x2xi32>) -> tensor<5x3xf32>"}[op]  # fmt: skip
+    table = "tensor<5x3xf32>" if op == "embedding" else "tensor<2x2x3xf32>"
+    module = one_op(line, {"t": table, "i": "tensor<2x2xi32>"}, "tensor<2x2x3xf32>" if op == "embedding" else "tensor<5x3xf32>")
+    shape = (5, 3) if op == "embedding" else (2, 2, 3)
+    with pytest.raises(StepcError, match=rf"step.{op}: id {bad} at \[1, 0\] is outside the table's 5 rows \[0, 5\)") as info:
+        run_function(module, {"t": np.zeros(shape, np.float32), "i": np.array([[0, 4], [bad, 2]], np.int32)})
+    assert info.value.loc is not None and info.value.loc.line == 2
+    with pytest.raises(IndexError):  # the oracle's behaviour
+        torch.nn.functional.embedding(torch.tensor([[0, 4], [bad, 2]]), torch.zeros(5, 3))
 
 
 def test_inputs_are_not_modified_and_outputs_are_fresh() -> None:

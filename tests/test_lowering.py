@@ -180,6 +180,33 @@ ROWS: list[Row] = [
         (("l", (5,), "labels4"),),
         t((5, 4)),
     ),
+    Row(
+        "layer_norm",
+        f"%r = step.layer_norm %a, %g, %b eps 1.0e-3 : ({t((2, 3, 4))}, {t((3, 4))}, {t((3, 4))}) -> {t((2, 3, 4))}",
+        (("a", (2, 3, 4), "normal"), ("g", (3, 4), "normal"), ("b", (3, 4), "normal")),
+        t((2, 3, 4)),
+    ),
+    Row(
+        "layer_norm_last_dim",
+        f"%r = step.layer_norm %a, %g, %b : ({t((3, 4))}, {t((4,))}, {t((4,))}) -> {t((3, 4))}",
+        (("a", (3, 4), "large"), ("g", (4,), "normal"), ("b", (4,), "normal")),
+        t((3, 4)),
+        ("layer_norm",),
+    ),
+    *(Row(f"{op}{suffix and '_tanh'}_{kind}", f"%r = step.{op} %a{suffix} : {t((3, 4))}", (("a", (3, 4), kind),), t((3, 4)), (op,))
+      for op in ("gelu", "gelu_grad") for suffix in ("", " approximate tanh") for kind in ("normal", "large")),
+    Row(
+        "embedding",
+        f"%r = step.embedding %w, %i : ({t((5, 3))}, {t((2, 4), 'i32')}) -> {t((2, 4, 3))}",
+        (("w", (5, 3), "normal"), ("i", (2, 4), "labels5")),
+        t((2, 4, 3)),
+    ),
+    Row(
+        "embedding_grad",
+        f"%r = step.embedding_grad %c, %i : ({t((7, 3))}, {t((7,), 'i32')}) -> {t((5, 3))}",
+        (("c", (7, 3), "normal"), ("i", (7,), "labels5")),  # 7 ids of 5 rows: some repeat
+        t((5, 3)),
+    ),
 ]
 
 

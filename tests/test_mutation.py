@@ -90,6 +90,14 @@ CASES: list[Case] = [
          "tensor<f64>"),
     Case(step.ConvertOp, f"%r = step.convert %c : tensor<3x3xf32> -> {T}", UNARY_SIGN, T,
          ", %c: tensor<3x3xf32> {step.param}"),
+    Case(step.LayerNormOp, f"%r = step.layer_norm %a, %g, %beta eps 0.1 : ({T}, tensor<3xf64>, tensor<3xf64>) -> {T}",
+         ("sign", "drop:0", "drop:1", "drop:2"), T, ", %g: tensor<3xf64> {step.param}, %beta: tensor<3xf64> {step.param}"),
+    *(Case(cls, f"%r = {cls.name} %a{suffix} : {T}", UNARY_SIGN)
+      for cls in (step.GeluOp, step.GeluGradOp) for suffix in ("", " approximate tanh")),
+    Case(step.EmbeddingOp, "%r = step.embedding %a, %ids : (tensor<3x3xf64>, tensor<4xi32>) -> tensor<4x3xf64>",
+         ("sign", "drop:0"), "tensor<4x3xf64>", ", %ids: tensor<4xi32>"),
+    Case(step.EmbeddingGradOp, f"%r = step.embedding_grad %c, %ids : (tensor<4x3xf64>, tensor<4xi32>) -> {T}",
+         ("sign", "drop:0"), T, ", %c: tensor<4x3xf64> {step.param}, %ids: tensor<4xi32>"),
 ]  # fmt: skip
 NOTHING_TO_BREAK = {step.OneHotOp, step.ConstantOp}
 

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from stepc.ir.dialect import format_float
 from stepc.ir.parse import load_text
 from stepc.pipeline import Pipeline
 
@@ -61,6 +62,9 @@ class Arg:
             x = rng.integers(-1, 2, size=self.shape).astype(np.float64)
         elif self.values == "kinks":
             x = np.where(rng.random(self.shape) < 0.4, 0.0, x)
+        elif self.values == "wide":  # 0, negative, large of both signs (where gelu saturates), then normal
+            fixed = np.array([0.0, -0.5, -3.0, -6.0, -10.0, -40.0, 2.0, 6.0, 10.0, 40.0, -1e-3])
+            x.reshape(-1)[: fixed.size] = fixed[: x.size]
         return np.asarray(x, dtype=TYPES[self.element])
 
 
@@ -324,9 +328,83 @@ def select_rows() -> list[Row]:
     return rows
 
 
+def _layer_norm_jax(x: Any, g: Any, b: Any, eps: float) -> Any:
+    axes = tuple(range(x.ndim - g.ndim, x.ndim))
+    mean = jnp.mean(x, axis=axes, keepdims=True)
+    variance = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
+    return (x - mean) / jnp.sqrt(variance + eps) * g + b
+
+
+def layer_norm_rows() -> list[Row]:
+    """Over 1 and 2 trailing dims and the whole input; the default eps and others."""
+    rows = []
+    for sx, sg, eps in [((3, 4), (4,), None), ((2, 3, 4), (3, 4), 1e-3), ((5,), (5,), 0.1), ((2, 2, 5), (5,), 1e-5)]:
+        x, g, b = Arg("x", sx), Arg("g", sg), Arg("b", sg)
+        eps_text = "" if eps is None else f" eps {format_float(eps)}"
+        line = f"%r = step.layer_norm %x, %g, %b{eps_text} : ({x.type}, {g.type}, {b.type}) -> {x.type}"
+        value = 1e-5 if eps is None else eps
+        rows.append(Row(
+            f"layer_norm-{'x'.join(map(str, sx))}-{'x'.join(map(str, sg))}-eps{value}", [x, g, b], line, sx,
+            lambda x, g, b, value=value: _layer_norm_jax(x, g, b, value),
+            lambda x, g, b, value=value: torch.nn.functional.layer_norm(x, tuple(g.shape), g, b, value),
+        ))  # fmt: skip
+    return rows
+
+
+def _elementwise_grad_jax(approximate: bool) -> Callable[..., Any]:
+    """gelu' elementwise, by jax.grad of jax.nn.gelu."""
+    return jnp.vectorize(jax.grad(lambda v: jax.nn.gelu(v, approximate=approximate)))
+
+
+def _gelu_grad_torch(approximate: str) -> Callable[..., Any]:
+    def grad(x: Any) -> Any:
+        (d,) = torch.autograd.grad(torch.nn.functional.gelu(x, approximate=approximate).sum(), x, create_graph=True)
+        return d
+
+    return grad
+
+
+def gelu_rows() -> list[Row]:
+    """Both forms at 0, negative and large values of both signs (`wide`), and their derivative
+    op `gelu_grad` (differentiated again: gelu'')."""
+    rows = []
+    for approximate in ("none", "tanh"):
+        suffix = "" if approximate == "none" else " approximate tanh"
+        tanh = approximate == "tanh"
+        for shape in [(3, 4), ()]:
+            a = Arg("a", shape, values="wide")
+            rows.append(Row(f"gelu-{approximate}-{'x'.join(map(str, shape)) or 's'}", [a], f"%r = step.gelu %a{suffix} : {a.type}",
+                            shape, lambda x, tanh=tanh: jax.nn.gelu(x, approximate=tanh),
+                            lambda x, approximate=approximate: torch.nn.functional.gelu(x, approximate=approximate)))  # fmt: skip
+        a = Arg("a", (3, 4), values="wide")
+        rows.append(Row(f"gelu_grad-{approximate}", [a], f"%r = step.gelu_grad %a{suffix} : {a.type}", (3, 4),
+                        _elementwise_grad_jax(tanh), _gelu_grad_torch(approximate)))  # fmt: skip
+    return rows
+
+
+def embedding_rows() -> list[Row]:
+    """1-D and 2-D ids, more ids than rows (so some repeat in the batch), and the gradient op
+    `embedding_grad` (its transpose is the embedding)."""
+    rows = []
+    for ids_shape in [(7,), (2, 4), ()]:
+        table, ids = Arg("table", (5, 3)), Arg("ids", ids_shape, "i32", "labels:5")
+        out = (*ids_shape, 3)
+        line = f"%r = step.embedding %table, %ids : ({table.type}, {ids.type}) -> {tensor_type(out)}"
+        rows.append(Row(f"embedding-{'x'.join(map(str, ids_shape)) or 's'}", [table, ids], line, out,
+                        lambda t, i: jnp.take(t, i, axis=0),
+                        lambda t, i: torch.nn.functional.embedding(i.long(), t)))  # fmt: skip
+    c, ids = Arg("c", (2, 4, 3)), Arg("ids", (2, 4), "i32", "labels:5")
+    line = f"%r = step.embedding_grad %c, %ids : ({c.type}, {ids.type}) -> {tensor_type((5, 3))}"
+    rows.append(Row("embedding_grad", [c, ids], line, (5, 3),
+                    lambda c, i: jnp.zeros((5, 3), c.dtype).at[i.reshape(-1)].add(c.reshape(-1, 3)),
+                    lambda c, i: torch.zeros(5, 3, dtype=c.dtype).index_add(0, i.reshape(-1).long(), c.reshape(-1, 3))))  # fmt: skip
+    return rows
+
+
 ROWS = [
     *binary_rows(), *unary_rows(), *matmul_rows(), *transpose_rows(), *reshape_rows(), *broadcast_rows(),
     *reduction_rows(), *softmax_rows(), *loss_rows(), *constant_convert_rows(), *select_rows(),
+    *layer_norm_rows(), *gelu_rows(), *embedding_rows(),
 ]  # fmt: skip
 
 

@@ -38,6 +38,7 @@ from stepc.ir.program import (
     classifier_head,
     label_classes,
     label_range,
+    reads_ids,
     step_function,
 )
 from stepc.ir.values import numpy_dtype
@@ -67,6 +68,7 @@ class TensorSpec:
     dtype: np.dtype
     loc: SourceLoc | None
     classes: int | None = None  # for i32 labels read by cross_entropy or one_hot: the class count
+    ids: bool = False  # i32 embedding ids (`reads_ids`): `classes` is then the table's rows
 
     @property
     def example_shape(self) -> tuple[int, ...]:
@@ -117,6 +119,7 @@ def signature(module: ModuleOp) -> Signature:
             numpy_dtype(arg.type.get_element_type()),
             arg_location(fn, arg.value),
             label_range(arg) if is_i32(arg.type.get_element_type()) and label_classes(arg) else None,
+            reads_ids(arg),
         )
         if arg.role == Role.PARAM:
             params.append(spec)
@@ -576,6 +579,12 @@ def _read_column(path: str, archive: NpzArchive, key: str, s: TensorSpec, places
     values = archive.read_as(key, np.dtype(np.int32), rows=places, check=track)
     if seen:
         low, high = seen
+        if s.classes is not None and s.ids and (low < 0 or high >= s.classes):
+            raise StepcError(
+                f"{where} holds ids {low}..{high}; %{s.name} indexes an embedding table of "
+                f"{s.classes} rows, so ids must lie in 0..{s.classes - 1}",
+                s.loc,
+            )
         if s.classes is not None and (low < 0 or high >= s.classes):
             raise StepcError(
                 f"{where} holds labels {low}..{high}; %{s.name} feeds a classifier of "

@@ -33,6 +33,7 @@ from stepc.ir.program import (
     initial_state_value,
     label_classes,
     label_range,
+    reads_ids,
     shape_text,
     step_function,
 )
@@ -135,7 +136,7 @@ def validate_inputs(jf: JaxFunction, step_program: Any, archive: NpzArchive) -> 
         check_finite(spec.key, value, "--inputs", where)
         arg = located.get(spec.name)
         if arg is not None and spec.dtype == np.int32 and label_classes(arg):
-            check_labels(spec, value, label_range(arg), "--inputs", where)
+            check_labels(spec, value, label_range(arg), "--inputs", where, ids=reads_ids(arg))
         out[spec.key] = value
     return out
 
