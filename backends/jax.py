@@ -251,6 +251,21 @@ def _dot_general(op: shlo.DotGeneralOp) -> Call:
     )
 
 
+def _convolution(op: shlo.ConvolutionOp) -> Call:
+    lhs_dilation, rhs_dilation = op.dilations
+    feature_groups, batch_groups = op.groups
+    numbers = Call("lax.ConvDimensionNumbers", op.dimension_numbers.specs)
+    return Call(
+        "lax.conv_general_dilated",
+        (Operand(0), Operand(1), op.strides, op.pads, lhs_dilation, rhs_dilation, numbers, feature_groups, batch_groups),
+        (("preferred_element_type", tensor_dtype(op.result.type)),),
+    )
+
+
+def _reverse(op: shlo.ReverseOp) -> Call:
+    return Call("lax.rev", (Operand(0), op.dims))
+
+
 def _iota(op: shlo.IotaOp) -> Call:
     return Call("lax.broadcasted_iota", (tensor_dtype(op.output.type), tensor_shape(op.output.type), op.dimension))
 
@@ -360,6 +375,8 @@ JAX_RULES: dict[type[Operation], Rule] = {
     shlo.DynamicSliceOp: _dynamic_slice,  # type: ignore[dict-item]
     shlo.WhileOp: _while,  # type: ignore[dict-item]
     shlo.ErfOp: _elementwise("lax.erf"),
+    shlo.ConvolutionOp: _convolution,  # type: ignore[dict-item]
+    shlo.ReverseOp: _reverse,  # type: ignore[dict-item]
 }
 
 

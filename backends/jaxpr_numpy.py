@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from stepc.ir.convolution import convolution
+
 Array = np.ndarray
 
 
@@ -40,6 +42,25 @@ def _dot_general(lhs: Array, rhs: Array, *, dimension_numbers: Any, **_: Any) ->
     if _is_half(lhs) or _is_half(rhs):  # XLA's dot of f16 and bf16 accumulates in f32, then rounds
         return np.einsum(spec, lhs.astype(np.float32), rhs.astype(np.float32))  # (NumPy has no bf16 einsum)
     return np.einsum(spec, lhs, rhs)
+
+
+def _conv_general_dilated(lhs: Array, rhs: Array, *, window_strides: Sequence[int], padding: Sequence[tuple[int, int]],
+                          lhs_dilation: Sequence[int], rhs_dilation: Sequence[int], dimension_numbers: Any,
+                          feature_group_count: int, batch_group_count: int, **_: Any) -> Array:  # fmt: skip
+    """XLA's convolution (`stepc.ir.convolution`) in any layout: each operand moved to the
+    canonical one, the result moved back."""
+    lhs_spec, rhs_spec, out_spec = dimension_numbers
+    if _is_half(lhs) or _is_half(rhs):  # accumulates in f32, as the dot
+        lhs, rhs = lhs.astype(np.float32), rhs.astype(np.float32)
+    out = convolution(np.transpose(lhs, lhs_spec), np.transpose(rhs, rhs_spec), window_strides, padding,
+                      lhs_dilation, rhs_dilation, feature_group_count, batch_group_count)  # fmt: skip
+    return np.transpose(out, np.argsort(out_spec))
+
+
+def _reshape(x: Array, *, new_sizes: Sequence[int], dimensions: Sequence[int] | None = None, **_: Any) -> Array:
+    """`lax.reshape`: the operand transposed by `dimensions` first (JAX's convolution transposes
+    move a feature dim so), then reshaped row-major."""
+    return np.reshape(x if dimensions is None else np.transpose(x, dimensions), tuple(new_sizes))
 
 
 def _is_half(x: Array) -> bool:
@@ -222,8 +243,10 @@ PRIMITIVES: dict[str, Callable[..., Any]] = {
     "copy_p": _plain(np.copy),
     "convert_element_type": _convert,
     "dot_general": _dot_general,
+    "conv_general_dilated": _conv_general_dilated,
+    "rev": lambda x, *, dimensions, **_: np.flip(x, tuple(dimensions)),
     "transpose": lambda x, *, permutation, **_: np.transpose(x, permutation),
-    "reshape": lambda x, *, new_sizes, **_: np.reshape(x, tuple(new_sizes)),
+    "reshape": _reshape,
     "squeeze": lambda x, *, dimensions, **_: np.squeeze(x, axis=tuple(dimensions)),
     "expand_dims": lambda x, *, dimensions, **_: np.expand_dims(x, tuple(dimensions)),
     "broadcast_in_dim": _broadcast_in_dim,

@@ -1208,6 +1208,198 @@ def _nested_text(values: list[float], shape: tuple[int, ...]) -> str:
     return "[" + ", ".join(parts) + "]"
 
 
+
+# ---------------------------------------------------------------------------------------------
+# Convolution: `F.conv2d` and the two adjoints its derivative writes
+
+
+CONV_FIELDS: tuple[tuple[str, int], ...] = (("stride", 1), ("padding", 0), ("dilation", 1))
+
+
+class ConvOp(StepOp):
+    """Two operands and `F.conv2d`'s arguments, each optional and printed when not its default:
+    `%a, %b stride [2, 2] padding [1, 1] dilation [1, 1] groups 1 : (Ta, Tb) -> Tr`."""
+
+    lhs = operand_def(TensorType)
+    rhs = operand_def(TensorType)
+    result = result_def(TensorType)
+    stride = prop_def(DenseArrayBase)
+    padding = prop_def(DenseArrayBase)
+    dilation = prop_def(DenseArrayBase)
+    groups = prop_def(IntegerAttr)
+
+    def __init__(self, lhs: SSAValue, rhs: SSAValue, result_type: Attribute, stride: Sequence[int],
+                 padding: Sequence[int], dilation: Sequence[int], groups: int):  # fmt: skip
+        super().__init__(operands=[lhs, rhs], result_types=[result_type], properties=conv_properties(stride, padding, dilation, groups))
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        return tuple(int(v) for v in self.stride.get_values())  # pyright: ignore[reportAttributeAccessIssue]  # DenseArrayBase.get_values exists on the concrete i64/f64 arrays; xDSL's generic type hides it
+
+    @property
+    def paddings(self) -> tuple[int, ...]:
+        return tuple(int(v) for v in self.padding.get_values())  # pyright: ignore[reportAttributeAccessIssue]  # as above
+
+    @property
+    def dilations(self) -> tuple[int, ...]:
+        return tuple(int(v) for v in self.dilation.get_values())  # pyright: ignore[reportAttributeAccessIssue]  # as above
+
+    @property
+    def group_count(self) -> int:
+        return int(self.groups.value.data)
+
+    @property
+    def arguments(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], int]:
+        """`(stride, padding, dilation, groups)`, as `F.conv2d` takes them."""
+        return self.strides, self.paddings, self.dilations, self.group_count
+
+    @classmethod
+    def parse(cls, parser: Parser) -> Self:
+        pos = parser.pos
+        lhs = parser.parse_unresolved_operand()
+        parser.parse_punctuation(",")
+        rhs = parser.parse_unresolved_operand()
+        values: dict[str, list[int]] = {}
+        for key, default in CONV_FIELDS:
+            start = parser.pos
+            if parser.parse_optional_keyword(key) is None:
+                values[key] = [default, default]
+                continue
+            values[key] = parse_int_list(parser)
+            if len(values[key]) != 2:
+                parser.raise_error(
+                    f"{cls.name} {key} takes 2 values (one per spatial dim), found {values[key]}", start, parser.pos
+                )
+        groups = 1
+        if parser.parse_optional_keyword("groups") is not None:
+            groups = parser.parse_integer(allow_boolean=False)
+        attrs = parser.parse_optional_attr_dict()
+        parser.parse_punctuation(":")
+        fn = parser.parse_function_type()
+        if len(fn.inputs.data) != 2 or len(fn.outputs.data) != 1:
+            parser.raise_error(
+                f"{cls.name} has the type (Ta, Tb) -> Tr, found {len(fn.inputs.data)} operand types "
+                f"and {len(fn.outputs.data)} result types",
+                pos,
+                parser.pos,
+            )
+        operands = [parser.resolve_operand(lhs, fn.inputs.data[0]), parser.resolve_operand(rhs, fn.inputs.data[1])]
+        properties = conv_properties(values["stride"], values["padding"], values["dilation"], groups)
+        op = cls.create(operands=operands, result_types=[fn.outputs.data[0]], properties=properties)
+        op.attributes.update(attrs)
+        return op  # pyright: ignore[reportReturnType]  # `create` builds an instance of `cls`; xDSL types it as IRDLOperation
+
+    def print(self, printer: Printer) -> None:
+        printer.print_string(" ")
+        printer.print_operand(self.lhs)
+        printer.print_string(", ")
+        printer.print_operand(self.rhs)
+        for (key, default), values in zip(CONV_FIELDS, (self.strides, self.paddings, self.dilations)):
+            if values != (default, default):
+                printer.print_string(f" {key} ")
+                print_int_list(printer, values)
+        if self.group_count != 1:
+            printer.print_string(f" groups {self.group_count}")
+        printer.print_op_attributes(self.attributes)
+        printer.print_string(" : ")
+        printer.print_function_type([o.type for o in self.operands], [self.result.type])
+
+    def float_operands(self, lhs: str, rhs: str) -> Attribute:
+        """The common element type of the two operands (named `lhs`, `rhs` in the messages)."""
+        a = float_tensor(self.lhs, f"{self.name} {lhs}")
+        b = float_tensor(self.rhs, f"{self.name} {rhs}")
+        if a.get_element_type() != b.get_element_type():
+            raise VerifyException(
+                f"{self.name} needs equal element types, found {a.get_element_type()} and {b.get_element_type()}"
+            )
+        return a.get_element_type()
+
+    def forward_shape(self, x: shapes.Shape, w: shapes.Shape) -> shapes.Shape:
+        """The shape of `F.conv2d(x, w)` with this op's arguments."""
+        return rule(shapes.conv2d, x, w, *self.arguments)
+
+    def expect_cotangent(self, x: shapes.Shape, w: shapes.Shape, cotangent: SSAValue) -> None:
+        """The cotangent operand must have the shape of the convolution's result."""
+        expected = self.forward_shape(x, w)
+        if shape_of(cotangent) != expected:
+            raise VerifyException(
+                f"{self.name}: the cotangent of conv2d({shapes.fmt(x)}, {shapes.fmt(w)}) has shape "
+                f"{shapes.fmt(expected)}, found {shapes.fmt(shape_of(cotangent))}"
+            )
+
+
+def conv_properties(stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int], groups: int) -> dict[str, Attribute]:
+    return {
+        "stride": int_array(stride), "padding": int_array(padding), "dilation": int_array(dilation),
+        "groups": IntegerAttr(groups, i64),
+    }  # fmt: skip
+
+
+@irdl_op_definition
+class Conv2dOp(ConvOp):
+    """`%y = step.conv2d %x, %w stride [2, 2] padding [1, 1] : (tensor<8x3x32x32xf32>, tensor<16x3x3x3xf32>) -> tensor<8x16x16x16xf32>`
+
+    `F.conv2d(x, w, None, stride, padding, dilation, groups)`: `x` is NxCxHxW, `w`
+    OxC/groupsxKHxKW; `stride`, `padding` (symmetric), `dilation` (two values each) and
+    `groups` may be left out (1, 0, 1, 1).
+    """
+
+    name = "step.conv2d"
+
+    def __init__(self, x: SSAValue, w: SSAValue, stride: Sequence[int] = (1, 1), padding: Sequence[int] = (0, 0),
+                 dilation: Sequence[int] = (1, 1), groups: int = 1):  # fmt: skip
+        shape = shapes.conv2d(shape_of(x), shape_of(w), stride, padding, dilation, groups)
+        super().__init__(x, w, make_tensor(shape, element_of(x)), stride, padding, dilation, groups)
+
+    def infer(self) -> TensorType[Attribute]:
+        element = self.float_operands("input", "weight")
+        return make_tensor(self.forward_shape(shape_of(self.lhs), shape_of(self.rhs)), element)
+
+
+@irdl_op_definition
+class Conv2dInputGradOp(ConvOp):
+    """`%dx = step.conv2d_input_grad %dy, %w stride [2, 2] : (tensor<8x16x16x16xf32>, tensor<16x3x3x3xf32>) -> tensor<8x3x32x32xf32>`
+
+    The adjoint of `step.conv2d` in its input, `torch.nn.grad.conv2d_input`: the input's
+    cotangent for the result's cotangent `dy` and the kernel `w`. The result type gives the
+    input's shape (a stride may leave rows over that no window reads: their cotangent is 0).
+    """
+
+    name = "step.conv2d_input_grad"
+
+    def __init__(self, cotangent: SSAValue, w: SSAValue, input_type: Attribute, stride: Sequence[int],
+                 padding: Sequence[int], dilation: Sequence[int], groups: int):  # fmt: skip
+        super().__init__(cotangent, w, input_type, stride, padding, dilation, groups)
+
+    def infer(self) -> TensorType[Attribute]:
+        element = self.float_operands("cotangent", "weight")
+        x = float_tensor(self.result, f"{self.name} result")
+        self.expect_cotangent(shape_of(x), shape_of(self.rhs), self.lhs)
+        return make_tensor(shape_of(x), element)
+
+
+@irdl_op_definition
+class Conv2dWeightGradOp(ConvOp):
+    """`%dw = step.conv2d_weight_grad %x, %dy stride [2, 2] : (tensor<8x3x32x32xf32>, tensor<8x16x16x16xf32>) -> tensor<16x3x3x3xf32>`
+
+    The adjoint of `step.conv2d` in its kernel, `torch.nn.grad.conv2d_weight`: the kernel's
+    cotangent for the input `x` and the result's cotangent `dy`. The result type gives the
+    kernel's shape.
+    """
+
+    name = "step.conv2d_weight_grad"
+
+    def __init__(self, x: SSAValue, cotangent: SSAValue, kernel_type: Attribute, stride: Sequence[int],
+                 padding: Sequence[int], dilation: Sequence[int], groups: int):  # fmt: skip
+        super().__init__(x, cotangent, kernel_type, stride, padding, dilation, groups)
+
+    def infer(self) -> TensorType[Attribute]:
+        element = self.float_operands("input", "cotangent")
+        w = float_tensor(self.result, f"{self.name} result")
+        self.expect_cotangent(shape_of(self.lhs), shape_of(w), self.rhs)
+        return make_tensor(shape_of(w), element)
+
+
 # ---------------------------------------------------------------------------------------------
 # Gradient accumulation: the sum over micro-batches (made by `accumulate-gradients`)
 
@@ -1657,9 +1849,13 @@ SPEC_OPS: tuple[type[StepOp], ...] = (
     LogSoftmaxOp, CrossEntropyOp, MseOp, ConstantOp, ConvertOp,
     SelectOp,
     LayerNormOp, GeluOp, EmbeddingOp,
+    Conv2dOp,
 )  # fmt: skip
 # Ops the derivative introduces; users may write them too.
-EXTRA_OPS: tuple[type[StepOp], ...] = (CompareOp, OneHotOp, GeluGradOp, EmbeddingGradOp)
+EXTRA_OPS: tuple[type[StepOp], ...] = (
+    CompareOp, OneHotOp, GeluGradOp, EmbeddingGradOp,
+    Conv2dInputGradOp, Conv2dWeightGradOp,
+)  # fmt: skip
 # Ops a pass after `differentiate` makes (never differentiated): the micro-batch loop.
 LOOP_OPS: tuple[type[IRDLOperation], ...] = (AccumulateOp, YieldOp)
 

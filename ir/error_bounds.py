@@ -45,6 +45,7 @@ from xdsl.dialects import func
 from xdsl.ir import Attribute, Block, Operation, SSAValue
 from xdsl.traits import IsTerminator
 
+from stepc.ir import convolution
 from stepc.ir.dialect import (
     AbsOp,
     AccumulateOp,
@@ -52,6 +53,9 @@ from stepc.ir.dialect import (
     BroadcastOp,
     CompareOp,
     ConstantOp,
+    Conv2dInputGradOp,
+    Conv2dOp,
+    Conv2dWeightGradOp,
     ConvertOp,
     CrossEntropyOp,
     DivOp,
@@ -478,22 +482,50 @@ def _one_hot(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
 # Contractions and reductions
 
 
-@rule(MatmulOp)
-def _matmul(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
-    x, z = a
-    y = np.matmul(x.value, z.value)
+def _bilinear(product: Callable[[Array, Array], Array], n: int, x: Bounded, z: Bounded, p: Precision) -> Bounded:
+    """A bilinear map whose every element is a sum of at most n products of an element of each
+    operand (a matmul, a convolution), accumulated in any order in `p`'s accumulator."""
+    y = product(x.value, z.value)
     ax, az = np.abs(x.value), np.abs(z.value)
-    magnitude = np.matmul(ax, az)
-    n = x.value.shape[-1] if x.value.ndim else 1
+    magnitude = product(ax, az)
     r = p.rounding(y)  # the final rounding of a 16-bit result (inside gamma_n otherwise)
     error = gamma(n, p.ua) * magnitude + r
     sigma = _rss(np.sqrt(n) * p.ua * magnitude, r)
     if np.any(x.error) or np.any(z.error):  # |x| ez + ex |z| + ex ez = (|x| + ex)(|z| + ez) - |x||z|
-        error = error + np.maximum(np.matmul(ax + x.error, az + z.error) - magnitude, 0.0)
+        error = error + np.maximum(product(ax + x.error, az + z.error) - magnitude, 0.0)
         sx, sz = np.square(x.sigma), np.square(z.sigma)
-        carried = np.matmul(np.square(x.value), sz) + np.matmul(sx, np.square(z.value)) + np.matmul(sx, sz)
+        carried = product(np.square(x.value), sz) + product(sx, np.square(z.value)) + product(sx, sz)
         sigma = _rss(sigma, np.sqrt(carried))
     return Bounded(y, error, sigma)
+
+
+@rule(MatmulOp)
+def _matmul(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    x, z = a
+    n = x.value.shape[-1] if x.value.ndim else 1
+    return _bilinear(np.matmul, n, x, z, p)
+
+
+def _conv_products(op: Operation) -> tuple[Callable[[Array, Array], Array], int]:
+    """The bilinear map of a convolution op on float64 operands, and the length of its longest
+    sum (`C/groups KH KW` taps for `conv2d`, `O/groups KH KW` for its input adjoint, which at a
+    stride sums fewer, `N OH OW` for its kernel adjoint)."""
+    assert isinstance(op, Conv2dOp | Conv2dInputGradOp | Conv2dWeightGradOp)
+    lhs, rhs, out = shape_of(op.lhs), shape_of(op.rhs), shape_of(op.result)
+    arguments = op.arguments
+    if isinstance(op, Conv2dOp):
+        return (lambda x, w: convolution.conv2d(x, w, *arguments)), rhs[1] * rhs[2] * rhs[3]
+    if isinstance(op, Conv2dInputGradOp):
+        return (lambda dy, w: convolution.conv2d_input_grad(dy, w, out, *arguments)), rhs[0] // op.group_count * rhs[2] * rhs[3]
+    return (lambda x, dy: convolution.conv2d_weight_grad(x, dy, out, *arguments)), lhs[0] * rhs[2] * rhs[3]
+
+
+@rule(Conv2dOp, Conv2dInputGradOp, Conv2dWeightGradOp)
+def _conv(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    """As a matmul (each result element a sum of products, accumulated as the matmul's): the
+    bilinear map of the magnitudes in place of `|x|.|z|`, over the longest sum's length."""
+    product, n = _conv_products(op)
+    return _bilinear(product, n, a[0], a[1], p)
 
 
 def _reduced(op: Operation) -> tuple[int, ...]:

@@ -40,6 +40,7 @@ from xdsl.interpreter import (
 from xdsl.interpreters.func import FuncFunctions
 from xdsl.ir import Attribute, Operation
 
+from stepc.ir import convolution
 from stepc.ir.diagnostics import StepcError, error_at, location_of
 from stepc.ir.dialect import (
     AbsOp,
@@ -48,6 +49,9 @@ from stepc.ir.dialect import (
     BroadcastOp,
     CompareOp,
     ConstantOp,
+    Conv2dInputGradOp,
+    Conv2dOp,
+    Conv2dWeightGradOp,
     ConvertOp,
     CrossEntropyOp,
     DivOp,
@@ -371,6 +375,23 @@ class StepFunctions(InterpreterFunctions):
         table = np.zeros((rows, width), dtype=cotangent.dtype)
         np.add.at(table, ids.reshape(-1), cotangent.reshape(-1, width))  # repeated ids add up, in order
         return (rounded(table, result_dtype(op)),)
+
+    @impl(Conv2dOp)
+    def run_conv2d(self, interpreter: Interpreter, op: Conv2dOp, values: PythonValues) -> PythonValues:
+        x, w = (widen(v) for v in values)  # one matmul per group, in the operands' type (as step.matmul)
+        return (rounded(convolution.conv2d(x, w, *op.arguments), result_dtype(op)),)
+
+    @impl(Conv2dInputGradOp)
+    def run_conv2d_input_grad(self, interpreter: Interpreter, op: Conv2dInputGradOp, values: PythonValues) -> PythonValues:
+        cotangent, w = (widen(v) for v in values)
+        dx = convolution.conv2d_input_grad(cotangent, w, _shape(op.result.type), *op.arguments)
+        return (rounded(dx, result_dtype(op)),)
+
+    @impl(Conv2dWeightGradOp)
+    def run_conv2d_weight_grad(self, interpreter: Interpreter, op: Conv2dWeightGradOp, values: PythonValues) -> PythonValues:
+        x, cotangent = (widen(v) for v in values)
+        dw = convolution.conv2d_weight_grad(x, cotangent, _shape(op.result.type), *op.arguments)
+        return (rounded(dw, result_dtype(op)),)
 
     @impl(AccumulateOp)
     def run_accumulate(self, interpreter: Interpreter, op: AccumulateOp, values: PythonValues) -> PythonValues:

@@ -171,3 +171,48 @@ def embedding(table: Shape, ids: Shape) -> Shape:
     if len(table) != 2:
         raise ShapeError(f"embedding takes a VxD table (rank 2), found {fmt(table)}")
     return (*ids, table[1])
+
+
+def conv2d(x: Shape, w: Shape, stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
+           groups: int) -> Shape:  # fmt: skip
+    """`F.conv2d`'s shape: `x` NxCxHxW, `w` OxC/groupsxKHxKW -> NxOxOHxOW with
+    `OH = (H + 2 padding - dilation (KH - 1) - 1) // stride + 1`; PyTorch's errors, in its order."""
+    for what, values in (("stride", stride), ("padding", padding), ("dilation", dilation)):
+        if len(values) != 2:
+            raise ShapeError(f"conv2d {what} takes 2 values (one per spatial dim), found {list(values)}")
+    if any(s <= 0 for s in stride):
+        raise ShapeError(f"conv2d stride must be positive, found {list(stride)} (non-positive stride is not supported)")
+    if any(p < 0 for p in padding):
+        raise ShapeError(f"conv2d padding must not be negative, found {list(padding)} (negative padding is not supported)")
+    if any(d <= 0 for d in dilation):
+        raise ShapeError(f"conv2d dilation must be positive, found {list(dilation)} (dilation should be greater than zero)")
+    if groups <= 0:
+        raise ShapeError(f"conv2d groups must be positive, found {groups} (non-positive groups is not supported)")
+    if len(x) != 4:
+        raise ShapeError(f"conv2d takes an input of shape NxCxHxW (rank 4), found {fmt(x)}")
+    if len(w) != 4:
+        raise ShapeError(f"conv2d takes a weight of shape OxC/groupsxKHxKW (rank 4), found {fmt(w)}")
+    if w[0] % groups != 0:
+        raise ShapeError(
+            f"conv2d with groups = {groups} needs the weight's output channels divisible by {groups}, "
+            f"found weight {fmt(w)} with {w[0]}"
+        )
+    if x[1] % groups != 0:
+        raise ShapeError(
+            f"conv2d with groups = {groups} needs the input channels divisible by {groups}, found input {fmt(x)} "
+            f"with {x[1]}"
+        )
+    if x[1] != w[1] * groups:
+        raise ShapeError(
+            f"conv2d with groups = {groups} and weight {fmt(w)} expects input {fmt(x)} to have "
+            f"{w[1] * groups} channels, but got {x[1]} channels instead"
+        )
+    padded = [x[2 + i] + 2 * padding[i] for i in range(2)]
+    reach = [dilation[i] * (w[2 + i] - 1) + 1 for i in range(2)]
+    if any(r > p for r, p in zip(reach, padded)):
+        raise ShapeError(
+            f"conv2d output size is less than 1: the padded input is {padded[0]}x{padded[1]} per channel and the "
+            f"dilated kernel {reach[0]}x{reach[1]} (kernel size can't be greater than actual input size)"
+        )
+    out = [(p - r) // s + 1 for p, r, s in zip(padded, reach, stride)]
+    return (x[0], w[0], out[0], out[1])

@@ -250,6 +250,66 @@ class ScatterAttr(_NamedDimensionNumbers):
     index_vector_dim: IntAttr = param_def()
 
 
+# The letters of `#stablehlo.conv<...>`'s three layouts: the two non-spatial dims of each, in the
+# order of a spec (`lax.ConvDimensionNumbers`: batch then feature, or out-feature then in-feature).
+CONV_LETTERS = (("b", "f"), ("o", "i"), ("b", "f"))
+
+
+@irdl_attr_definition
+class ConvAttr(ParametrizedAttribute):
+    """`#stablehlo.conv<[b, f, 0, 1]x[o, i, 0, 1]->[b, f, 0, 1]>`: where each role sits in the
+    input, the kernel and the output. Held as three specs, as `lax.ConvDimensionNumbers` holds
+    them: for each of the three, the dim of its batch (output feature), then of its feature (input
+    feature), then of each spatial dim in order."""
+
+    name = "stablehlo.conv"
+
+    lhs_spec: ArrayAttr[IntAttr] = param_def()
+    rhs_spec: ArrayAttr[IntAttr] = param_def()
+    out_spec: ArrayAttr[IntAttr] = param_def()
+
+    @staticmethod
+    def make(lhs: Sequence[int], rhs: Sequence[int], out: Sequence[int]) -> ConvAttr:
+        return ConvAttr(_int_list(lhs), _int_list(rhs), _int_list(out))
+
+    @property
+    def specs(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        lhs, rhs, out = (tuple(_int_data(d) for d in spec.data) for spec in (self.lhs_spec, self.rhs_spec, self.out_spec))
+        return lhs, rhs, out
+
+    def print_parameters(self, printer: Printer) -> None:
+        layouts: list[str] = []
+        for spec, letters in zip(self.specs, CONV_LETTERS):
+            names = [""] * len(spec)
+            for position, dim in enumerate(spec):
+                names[dim] = letters[position] if position < 2 else str(position - 2)
+            layouts.append("[" + ", ".join(names) + "]")
+        printer.print_string(f"<{layouts[0]}x{layouts[1]}->{layouts[2]}>")
+
+    @classmethod
+    def parse_parameters(cls, parser: AttrParser) -> Sequence[Attribute]:
+        specs: list[ArrayAttr[IntAttr]] = []
+        parser.parse_punctuation("<")
+        for index, letters in enumerate(CONV_LETTERS):
+            if index == 1:
+                parser.parse_keyword("x")
+            elif index == 2:
+                parser.parse_punctuation("->")
+            pos = parser.pos
+            names = parser.parse_comma_separated_list(parser.Delimiter.SQUARE, lambda: _conv_dim_name(parser))
+            order = [*letters, *(str(i) for i in range(len(names) - 2))]
+            if sorted(names) != sorted(order):
+                parser.raise_error(f"a convolution layout names {', '.join(order)} once each, found {names}", pos, parser.pos)
+            specs.append(_int_list([names.index(name) for name in order]))
+        parser.parse_punctuation(">")
+        return tuple(specs)
+
+
+def _conv_dim_name(parser: AttrParser) -> str:
+    number = parser.parse_optional_integer(allow_boolean=False, allow_negative=False)
+    return str(number) if number is not None else parser.parse_identifier()
+
+
 def i64_array(values: Sequence[int]) -> DenseArrayBase:
     """`array<i64: 1, 0>`"""
     return _i64_array(tuple(int(v) for v in values))
@@ -791,14 +851,88 @@ class WhileOp(IRDLOperation):
             raise VerifyException(f"{self.name}: the body region returns the next value of each operand, of its type")
 
 
+@irdl_op_definition
+class ConvolutionOp(StableHLOOp):
+    """`%r = "stablehlo.convolution"(%x, %w) <{batch_group_count = 1 : i64,
+    dimension_numbers = #stablehlo.conv<[b, f, 0, 1]x[o, i, 0, 1]->[b, f, 0, 1]>, feature_group_count = 1 : i64,
+    lhs_dilation = array<i64: 1, 1>, padding = dense<1> : tensor<2x2xi64>, rhs_dilation = array<i64: 1, 1>,
+    window_strides = array<i64: 1, 1>}> : (Tx, Tw) -> Tr` (`lax.conv_general_dilated`)"""
+
+    name = "stablehlo.convolution"
+
+    lhs = operand_def(TensorType)
+    rhs = operand_def(TensorType)
+    result = result_def(TensorType)
+    window_strides = prop_def(DenseArrayBase)
+    padding = prop_def(DenseIntOrFPElementsAttr)
+    lhs_dilation = prop_def(DenseArrayBase)
+    rhs_dilation = prop_def(DenseArrayBase)
+    dimension_numbers = prop_def(ConvAttr)
+    feature_group_count = prop_def(IntegerAttr)
+    batch_group_count = prop_def(IntegerAttr)
+
+    def __init__(self, lhs: SSAValue, rhs: SSAValue, result_type: Attribute, *, numbers: ConvAttr,
+                 strides: Sequence[int], padding: Sequence[tuple[int, int]], lhs_dilation: Sequence[int],
+                 rhs_dilation: Sequence[int], feature_groups: int = 1, batch_groups: int = 1):  # fmt: skip
+        pads = DenseIntOrFPElementsAttr.from_list(TensorType(i64, [len(padding), 2]), [v for pair in padding for v in pair])
+        super().__init__(
+            operands=[lhs, rhs],
+            result_types=[result_type],
+            properties={
+                "window_strides": i64_array(strides), "padding": pads, "lhs_dilation": i64_array(lhs_dilation),
+                "rhs_dilation": i64_array(rhs_dilation), "dimension_numbers": numbers,
+                "feature_group_count": IntegerAttr(feature_groups, i64), "batch_group_count": IntegerAttr(batch_groups, i64),
+            },
+        )  # fmt: skip
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        return i64_values(self.window_strides)
+
+    @property
+    def pads(self) -> tuple[tuple[int, int], ...]:
+        """`(low, high)` per spatial dim."""
+        values = [int(v) for v in self.padding.get_values()]  # pyright: ignore[reportUnknownArgumentType, reportUnknownVariableType]  # integer elements
+        return tuple((values[2 * i], values[2 * i + 1]) for i in range(len(values) // 2))
+
+    @property
+    def dilations(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """`(lhs_dilation, rhs_dilation)`."""
+        return i64_values(self.lhs_dilation), i64_values(self.rhs_dilation)
+
+    @property
+    def groups(self) -> tuple[int, int]:
+        """`(feature_group_count, batch_group_count)`."""
+        return int(self.feature_group_count.value.data), int(self.batch_group_count.value.data)
+
+
+@irdl_op_definition
+class ReverseOp(StableHLOOp):
+    """`%r = "stablehlo.reverse"(%a) <{dimensions = array<i64: 2, 3>}> : (T) -> T`"""
+
+    name = "stablehlo.reverse"
+
+    operand = operand_def(TensorType)
+    result = result_def(TensorType)
+    dimensions = prop_def(DenseArrayBase)
+
+    def __init__(self, operand: SSAValue, dims: Sequence[int]):
+        super().__init__(operands=[operand], result_types=[operand.type], properties={"dimensions": i64_array(dims)})
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        return i64_values(self.dimensions)
+
+
 OPS: tuple[type[IRDLOperation], ...] = (
     AddOp, SubtractOp, MultiplyOp, DivideOp, MaxOp, MinOp,
     NegateOp, ExpOp, LogOp, TanhOp, LogisticOp, SqrtOp, RsqrtOp, AbsOp,
     ConstantOp, ConvertOp, CompareOp, SelectOp, BroadcastInDimOp, ReshapeOp, TransposeOp,
     DotGeneralOp, IotaOp, GatherOp, ScatterOp, ReduceOp, ReturnOp, DynamicSliceOp, WhileOp,
+    ConvolutionOp, ReverseOp,
 )  # fmt: skip
 
-StableHLO = Dialect("stablehlo", list(OPS), [ComparisonDirectionAttr, DotAttr, GatherAttr, ScatterAttr])
+StableHLO = Dialect("stablehlo", list(OPS), [ComparisonDirectionAttr, DotAttr, GatherAttr, ScatterAttr, ConvAttr])
 
 
 # StableHLO has no erf: `chlo.erf` (CHLO, the "client" ops that XLA's pipeline and JAX's MLIR

@@ -233,6 +233,64 @@ def lower_matmul(b: StableHLOBuilder, op: step.MatmulOp) -> SSAValue:
     return b.emit(shlo.DotGeneralOp(op.lhs, op.rhs, numbers, op.result.type))
 
 
+# Convolutions, in PyTorch's layouts (NCHW inputs, OIHW kernels). The two adjoints are JAX's
+# transposition rules of `conv_general_dilated` (`_conv_general_dilated_transpose_lhs`, `_rhs`):
+# one convolution each, with paddings that give exactly the input's (kernel's) shape for every
+# stride, including the rows a stride leaves over (a negative high padding crops them).
+NCHW = (0, 1, 2, 3)  # batch (out feature), feature (in feature), the two spatial dims
+SWAPPED = (1, 0, 2, 3)  # the same layout with the first two roles exchanged
+
+
+def convolution(b: StableHLOBuilder, op: step.ConvOp, lhs: SSAValue, rhs: SSAValue, layouts: tuple[Sequence[int], ...],
+                **fields: object) -> SSAValue:  # fmt: skip
+    numbers = shlo.ConvAttr.make(*layouts)
+    return b.emit(shlo.ConvolutionOp(lhs, rhs, op.result.type, numbers=numbers, **fields))  # type: ignore[arg-type]
+
+
+@lowering(step.Conv2dOp)
+def lower_conv2d(b: StableHLOBuilder, op: step.Conv2dOp) -> SSAValue:
+    stride, padding, dilation, groups = op.arguments
+    return convolution(b, op, op.lhs, op.rhs, (NCHW, NCHW, NCHW), strides=stride, padding=[(p, p) for p in padding],
+                       lhs_dilation=(1, 1), rhs_dilation=dilation, feature_groups=groups)  # fmt: skip
+
+
+@lowering(step.Conv2dInputGradOp)
+def lower_conv2d_input_grad(b: StableHLOBuilder, op: step.Conv2dInputGradOp) -> SSAValue:
+    """The cotangent dilated by the stride, convolved with the kernel reversed in space and with
+    its two feature roles exchanged (each group's block of output features made input features)."""
+    stride, padding, dilation, groups = op.arguments
+    cotangent, w = op.lhs, op.rhs
+    o, cg, kh, kw = shape_of(w)
+    if groups > 1:  # (O, C/g, ..) -> (O/g, g C/g, ..), the group outermost in the new feature dim
+        split = b.emit(shlo.ReshapeOp(w, make_tensor((groups, o // groups, cg, kh, kw), element_of(w))))
+        moved = b.emit(shlo.TransposeOp(split, (1, 0, 2, 3, 4), make_tensor((o // groups, groups, cg, kh, kw), element_of(w))))
+        w = b.emit(shlo.ReshapeOp(moved, make_tensor((o // groups, groups * cg, kh, kw), element_of(w))))
+    reversed_w = b.emit(shlo.ReverseOp(w, (2, 3)))
+    size, out = shape_of(op.result)[2:], shape_of(cotangent)[2:]
+    pads: list[tuple[int, int]] = []
+    for d in range(2):
+        reach = dilation[d] * (shape_of(op.rhs)[2 + d] - 1)
+        low = reach - padding[d]
+        pads.append((low, size[d] + reach - (out[d] - 1) * stride[d] - 1 - low))
+    return convolution(b, op, cotangent, reversed_w, (NCHW, SWAPPED, NCHW), strides=(1, 1), padding=pads,
+                       lhs_dilation=stride, rhs_dilation=dilation, feature_groups=groups)  # fmt: skip
+
+
+@lowering(step.Conv2dWeightGradOp)
+def lower_conv2d_weight_grad(b: StableHLOBuilder, op: step.Conv2dWeightGradOp) -> SSAValue:
+    """The input convolved with the cotangent (dilated by the stride) as its kernel, the batch
+    summed as the feature dim; the groups are batch groups of the input's channels."""
+    stride, padding, dilation, groups = op.arguments
+    x, cotangent = op.lhs, op.rhs
+    size, kernel, out = shape_of(x)[2:], shape_of(op.result)[2:], shape_of(cotangent)[2:]
+    pads: list[tuple[int, int]] = []
+    for d in range(2):
+        high = (out[d] - 1) * stride[d] + 1 - size[d] + dilation[d] * (kernel[d] - 1) - padding[d]
+        pads.append((padding[d], high))
+    return convolution(b, op, x, cotangent, (SWAPPED, SWAPPED, SWAPPED), strides=dilation, padding=pads,
+                       lhs_dilation=(1, 1), rhs_dilation=stride, batch_groups=groups)  # fmt: skip
+
+
 @lowering(step.TransposeOp)
 def lower_transpose(b: StableHLOBuilder, op: step.TransposeOp) -> SSAValue:
     return b.emit(shlo.TransposeOp(op.input, op.permutation, op.result.type))

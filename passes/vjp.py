@@ -30,6 +30,9 @@ from stepc.ir.dialect import (
     BroadcastOp,
     CompareOp,
     ConstantOp,
+    Conv2dInputGradOp,
+    Conv2dOp,
+    Conv2dWeightGradOp,
     ConvertOp,
     CrossEntropyOp,
     DivOp,
@@ -277,6 +280,42 @@ def vjp_matmul(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cot
     a_rows = emit(ReshapeOp(a, make_tensor((rows, k), element_of(a))))
     cotangent_rows = emit(ReshapeOp(cotangent, make_tensor((rows, n), element_of(cotangent))))
     return cotangent_a, emit(MatmulOp(emit(TransposeOp(a_rows, [1, 0])), cotangent_rows))
+
+
+# Convolution and its two adjoints: all three are bilinear, and each one's derivative is the
+# other two (<conv(x, w), dy> = <x, input_grad(dy, w)> = <w, weight_grad(x, dy)>).
+
+
+@vjp(Conv2dOp)
+def vjp_conv2d(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
+    """`F.conv2d`'s backward: the input's cotangent is the transposed convolution of the
+    cotangent with the kernel, the kernel's the correlation of the input with the cotangent."""
+    assert isinstance(op, Conv2dOp)
+    x, w = op.lhs, op.rhs
+    return (
+        emit(Conv2dInputGradOp(cotangent, w, x.type, *op.arguments)),
+        emit(Conv2dWeightGradOp(x, cotangent, w.type, *op.arguments)),
+    )
+
+
+@vjp(Conv2dInputGradOp)
+def vjp_conv2d_input_grad(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
+    assert isinstance(op, Conv2dInputGradOp)
+    dy, w = op.lhs, op.rhs
+    return (
+        emit(Conv2dOp(cotangent, w, *op.arguments)),
+        emit(Conv2dWeightGradOp(cotangent, dy, w.type, *op.arguments)),
+    )
+
+
+@vjp(Conv2dWeightGradOp)
+def vjp_conv2d_weight_grad(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
+    assert isinstance(op, Conv2dWeightGradOp)
+    x, dy = op.lhs, op.rhs
+    return (
+        emit(Conv2dInputGradOp(dy, cotangent, x.type, *op.arguments)),
+        emit(Conv2dOp(x, cotangent, *op.arguments)),
+    )
 
 
 @vjp(TransposeOp)

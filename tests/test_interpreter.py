@@ -293,6 +293,34 @@ CASES: list[Case] = [
         lambda c, i: torch.zeros(5, 3, dtype=torch.float64).index_add(0, torch.from_numpy(i).long(), tt(c)).numpy(),
         ints=("i",),
     ),
+    Case(
+        "conv2d",
+        "step.conv2d %x, %w : ({x}, {w}) -> {r}",
+        {"x": ((2, 3, 5, 6), normal), "w": ((4, 3, 3, 2), normal)},
+        (2, 4, 3, 5),
+        lambda x, w: F.conv2d(tt(x), tt(w)).numpy(),
+    ),
+    Case(
+        "conv2d_strided_grouped",
+        "step.conv2d %x, %w stride [2, 3] padding [2, 1] dilation [2, 1] groups 2 : ({x}, {w}) -> {r}",
+        {"x": ((2, 4, 8, 7), normal), "w": ((6, 2, 3, 2), normal)},
+        (2, 6, 4, 3),
+        lambda x, w: F.conv2d(tt(x), tt(w), None, (2, 3), (2, 1), (2, 1), 2).numpy(),
+    ),
+    Case(
+        "conv2d_input_grad",  # stride 2 over 8 rows with a 3-row kernel: the last row is read by no window
+        "step.conv2d_input_grad %dy, %w stride [2, 2] padding [1, 0] groups 3 : ({dy}, {w}) -> {r}",
+        {"dy": ((2, 6, 4, 3), normal), "w": ((6, 1, 3, 2), normal)},
+        (2, 3, 8, 7),
+        lambda dy, w: torch.nn.grad.conv2d_input((2, 3, 8, 7), tt(w), tt(dy), (2, 2), (1, 0), 1, 3).numpy(),
+    ),
+    Case(
+        "conv2d_weight_grad",
+        "step.conv2d_weight_grad %x, %dy stride [2, 2] padding [1, 0] dilation [1, 2] groups 3 : ({x}, {dy}) -> {r}",
+        {"x": ((2, 3, 8, 7), normal), "dy": ((2, 6, 4, 3), normal)},
+        (6, 1, 3, 2),
+        lambda x, dy: torch.nn.grad.conv2d_weight(tt(x), (6, 1, 3, 2), tt(dy), (2, 2), (1, 0), (1, 2), 3).numpy(),
+    ),
 ]
 
 

@@ -59,6 +59,10 @@ def binary(name: str, mutations: tuple[str, ...] = ("sign", "swap", "drop:0", "d
 
 
 UNARY_SIGN = ("sign",)
+# A convolution with everything: stride 2 leaving a row over, padding, dilation, 2 groups; the
+# batch of 3 is widened to 24 (and shrunk back) in reduced mode, the rest stays.
+CONV_ATTRS = "stride [2, 1] padding [1, 2] dilation [1, 2] groups 2"
+CONV_TYPES = {"x": "tensor<3x4x7x6xf64>", "k": "tensor<6x2x2x4xf64>", "dy": "tensor<3x6x4x4xf64>"}
 CASES: list[Case] = [
     Case(step.AddOp, binary("add"), ("sign", "drop:0", "drop:1")),
     Case(step.SubOp, binary("sub"), ("sign", "swap", "drop:0", "drop:1")),
@@ -98,6 +102,10 @@ CASES: list[Case] = [
          ("sign", "drop:0"), "tensor<4x3xf64>", ", %ids: tensor<4xi32>"),
     Case(step.EmbeddingGradOp, f"%r = step.embedding_grad %c, %ids : (tensor<4x3xf64>, tensor<4xi32>) -> {T}",
          ("sign", "drop:0"), T, ", %c: tensor<4x3xf64> {step.param}, %ids: tensor<4xi32>"),
+    *(Case(cls, f"%r = {cls.name} %{lhs}, %{rhs} {CONV_ATTRS} : ({CONV_TYPES[lhs]}, {CONV_TYPES[rhs]}) -> {CONV_TYPES[out]}",
+           ("sign", "drop:0", "drop:1"), CONV_TYPES[out], f", %{lhs}: {CONV_TYPES[lhs]} {{step.param}}, %{rhs}: {CONV_TYPES[rhs]} {{step.param}}")
+      for cls, lhs, rhs, out in ((step.Conv2dOp, "x", "k", "dy"), (step.Conv2dInputGradOp, "dy", "k", "x"),
+                                 (step.Conv2dWeightGradOp, "x", "dy", "k"))),
 ]  # fmt: skip
 NOTHING_TO_BREAK = {step.OneHotOp, step.ConstantOp}
 

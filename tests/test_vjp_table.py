@@ -401,10 +401,61 @@ def embedding_rows() -> list[Row]:
     return rows
 
 
+# (N, C, H, W), (O, KH, KW), stride, padding, dilation, groups: stride 2, padding 1 and 2,
+# dilation 2, groups 2 and depthwise, non-square kernels, strides that leave rows over.
+CONV_CASES = [
+    ((2, 3, 6, 6), (4, 3, 3), (1, 1), (1, 1), (1, 1), 1),
+    ((2, 3, 7, 7), (4, 3, 3), (2, 2), (1, 1), (1, 1), 1),  # stride 2: (7 + 2 - 3) % 2 = 0; below, 1 left over
+    ((2, 3, 8, 7), (4, 3, 3), (2, 2), (1, 1), (1, 1), 1),
+    ((1, 2, 7, 6), (3, 2, 3), (1, 1), (2, 2), (2, 2), 1),  # padding 2, dilation 2, non-square kernel
+    ((2, 4, 7, 6), (6, 3, 2), (2, 1), (1, 2), (1, 2), 2),  # groups 2, mixed everything, rows left over
+    ((2, 3, 9, 8), (3, 3, 3), (3, 2), (2, 1), (2, 1), 3),  # depthwise, stride 3 leaving rows over
+    ((1, 4, 5, 9), (8, 1, 4), (2, 3), (0, 2), (1, 2), 4),  # depthwise x2 channels, 1x4 kernel
+]
+
+
+def conv_rows() -> list[Row]:
+    """`F.conv2d` (and, for second derivatives, its two adjoints `torch.nn.grad.conv2d_input` and
+    `conv2d_weight`, with `jax.vjp` of `lax.conv_general_dilated` as their twins)."""
+    rows = []
+    for (n, c, h, w), (o, kh, kw), stride, padding, dilation, groups in CONV_CASES:
+        x, k = Arg("x", (n, c, h, w)), Arg("k", (o, c // groups, kh, kw))
+        out = tuple(torch.nn.functional.conv2d(torch.zeros(x.shape), torch.zeros(k.shape), None, stride, padding, dilation, groups).shape)
+        attrs = f"stride {list(stride)} padding {list(padding)} dilation {list(dilation)} groups {groups}"
+        tag = f"{'x'.join(map(str, x.shape))}-{kh}x{kw}-s{stride[0]}{stride[1]}-p{padding[0]}{padding[1]}-d{dilation[0]}{dilation[1]}-g{groups}"
+
+        def jax_conv(x, k, stride=stride, padding=padding, dilation=dilation, groups=groups):  # type: ignore[no-untyped-def]
+            return jax.lax.conv_general_dilated(x, k, stride, [(p, p) for p in padding], rhs_dilation=dilation,
+                                                feature_group_count=groups)  # fmt: skip
+
+        def torch_conv(x, k, stride=stride, padding=padding, dilation=dilation, groups=groups):  # type: ignore[no-untyped-def]
+            return torch.nn.functional.conv2d(x, k, None, stride, padding, dilation, groups)
+
+        rows.append(Row(f"conv2d-{tag}", [x, k], f"%r = step.conv2d %x, %k {attrs} : ({x.type}, {k.type}) -> {tensor_type(out)}",
+                        out, jax_conv, torch_conv))  # fmt: skip
+        dy = Arg("dy", out)
+        rows.append(Row(
+            f"conv2d_input_grad-{tag}", [dy, k],
+            f"%r = step.conv2d_input_grad %dy, %k {attrs} : ({dy.type}, {k.type}) -> {x.type}", x.shape,
+            lambda dy, k, f=jax_conv, shape=x.shape: jax.vjp(lambda x: f(x, k), jnp.zeros(shape))[1](dy)[0],
+            lambda dy, k, s=stride, p=padding, d=dilation, g=groups, shape=x.shape:
+                torch.nn.grad.conv2d_input(shape, k, dy, s, p, d, g),
+        ))  # fmt: skip
+        rows.append(Row(
+            f"conv2d_weight_grad-{tag}", [x, dy],
+            f"%r = step.conv2d_weight_grad %x, %dy {attrs} : ({x.type}, {dy.type}) -> {k.type}", k.shape,
+            lambda x, dy, f=jax_conv, shape=k.shape: jax.vjp(lambda k: f(x, k), jnp.zeros(shape))[1](dy)[0],
+            lambda x, dy, s=stride, p=padding, d=dilation, g=groups, shape=k.shape:
+                torch.nn.grad.conv2d_weight(x, shape, dy, s, p, d, g),
+        ))  # fmt: skip
+    return rows
+
+
 ROWS = [
     *binary_rows(), *unary_rows(), *matmul_rows(), *transpose_rows(), *reshape_rows(), *broadcast_rows(),
     *reduction_rows(), *softmax_rows(), *loss_rows(), *constant_convert_rows(), *select_rows(),
     *layer_norm_rows(), *gelu_rows(), *embedding_rows(),
+    *conv_rows(),
 ]  # fmt: skip
 
 
