@@ -1547,6 +1547,11 @@ class SliceOp(_ListsOp):
         out: list[tuple[str, Sequence[int]]] = [("start", self.list("start")), ("limit", self.list("limit"))]
         return out + ([("stride", stride)] if any(s != 1 for s in stride) else [])
 
+    @property
+    def index(self) -> tuple[slice, ...]:
+        """The slice as a NumPy index: one `start:limit:stride` per dim."""
+        return tuple(slice(*bounds) for bounds in zip(self.list("start"), self.list("limit"), self.list("stride")))
+
     def infer(self) -> TensorType[Attribute]:
         t = tensor_type(self.input)
         shape = rule(shapes.slice_, shape_of(t), self.list("start"), self.list("limit"), self.list("stride"))
@@ -1572,6 +1577,14 @@ class PadOp(_ListsOp):
     @classmethod
     def complete(cls, lists: Mapping[str, Sequence[int]]) -> dict[str, Sequence[int]]:
         return {k: lists[k] for k in cls.KEYWORDS}
+
+    @property
+    def placement(self) -> tuple[slice, ...]:
+        """Where the operand's elements land in the result, as a NumPy index: one strided slice per dim."""
+        return tuple(
+            slice(low, low + (n - 1) * (interior + 1) + 1, interior + 1)
+            for low, n, interior in zip(self.list("low"), shape_of(self.input), self.list("interior"))
+        )
 
     def infer(self) -> TensorType[Attribute]:
         t = tensor_type(self.input)

@@ -305,15 +305,13 @@ class StepFunctions(InterpreterFunctions):
 
     @impl(SliceOp)
     def run_slice(self, interpreter: Interpreter, op: SliceOp, values: PythonValues) -> PythonValues:
-        index = tuple(slice(*bounds) for bounds in zip(op.list("start"), op.list("limit"), op.list("stride")))
-        return (np.ascontiguousarray(np.asarray(values[0])[index]),)
+        return (np.ascontiguousarray(np.asarray(values[0])[op.index]),)
 
     @impl(PadOp)
     def run_pad(self, interpreter: Interpreter, op: PadOp, values: PythonValues) -> PythonValues:
         x = np.asarray(values[0])
         out = np.zeros(_shape(op.result.type), dtype=x.dtype)
-        steps = [i + 1 for i in op.list("interior")]
-        out[tuple(slice(lo, lo + (n - 1) * step + 1, step) for lo, n, step in zip(op.list("low"), x.shape, steps))] = x
+        out[op.placement] = x
         return (out,)
 
     @impl(AccumulateOp)
