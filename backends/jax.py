@@ -345,6 +345,35 @@ def _while(op: shlo.WhileOp) -> Call:
     return Call("while_loop", (Function(straight_line_block(op.cond.block)), Function(straight_line_block(op.body.block)), operands))
 
 
+WINDOW_REDUCERS: dict[type[Operation], tuple[str, float]] = {shlo.AddOp: ("lax.add", 0.0), shlo.MaxOp: ("lax.max", -math.inf)}
+
+
+def _reduce_window(op: shlo.ReduceWindowOp) -> Call:
+    """`lax.reduce_window` with the combiner's identity as a literal init (so JAX takes its
+    `reduce_window_sum` / `reduce_window_max` primitive, with their derivatives)."""
+    reducer = WINDOW_REDUCERS.get(op.combiner)  # type: ignore[arg-type]
+    init_op = op.init_value.owner
+    if reducer is None or not (
+        isinstance(init_op, shlo.ConstantOp) and bool(np.all(constant_array(init_op.value) == reducer[1]))
+    ):
+        raise error_at(op, "stablehlo.reduce_window: the JAX backend takes a body of one add from 0 or one maximum from -inf")
+    combine, identity = reducer
+    return Call("lax.reduce_window", (Operand(0), identity, Name(combine), op.window, op.strides, op.pads))
+
+
+def _pad(op: shlo.PadOp) -> Call:
+    return Call("lax.pad", (Operand(0), Operand(1), op.config))
+
+
+def _slice(op: shlo.SliceOp) -> Call:
+    start, limit, strides = op.bounds
+    return Call("lax.slice", (Operand(0), start, limit, strides))
+
+
+def _concatenate(op: shlo.ConcatenateOp) -> Call:
+    return Call("lax.concatenate", (tuple(Operand(i) for i in range(len(op.operands))), op.axis))
+
+
 JAX_RULES: dict[type[Operation], Rule] = {
     shlo.AddOp: _elementwise("lax.add"),
     shlo.SubtractOp: _elementwise("lax.sub"),
@@ -377,6 +406,10 @@ JAX_RULES: dict[type[Operation], Rule] = {
     shlo.ErfOp: _elementwise("lax.erf"),
     shlo.ConvolutionOp: _convolution,  # type: ignore[dict-item]
     shlo.ReverseOp: _reverse,  # type: ignore[dict-item]
+    shlo.ReduceWindowOp: _reduce_window,  # type: ignore[dict-item]
+    shlo.PadOp: _pad,  # type: ignore[dict-item]
+    shlo.SliceOp: _slice,  # type: ignore[dict-item]
+    shlo.ConcatenateOp: _concatenate,  # type: ignore[dict-item]
 }
 
 

@@ -137,6 +137,54 @@ def _scatter_add(operand: Array, indices: Array, updates: Array, *, dimension_nu
     return out
 
 
+def _windows(x: Array, fill: float, window_dimensions: Sequence[int], window_strides: Sequence[int],
+             padding: Sequence[tuple[int, int]], base_dilation: Sequence[int] | None = None,
+             window_dilation: Sequence[int] | None = None) -> Array:  # fmt: skip
+    """XLA's windows of `x` padded with `fill`: shape `(outputs..., window...)`."""
+    if any(d != 1 for d in (*(base_dilation or ()), *(window_dilation or ()))):
+        raise NotImplementedError("jaxpr_numpy: windows with dilation")
+    padded = np.pad(x, [tuple(p) for p in padding], constant_values=fill)
+    view = np.lib.stride_tricks.sliding_window_view(padded, tuple(window_dimensions))
+    return view[tuple(slice(None, None, s) for s in window_strides)]
+
+
+def _reduce_window(fn: Callable[..., Array], fill: float) -> Callable[..., Array]:
+    def run(x: Array, **params: Any) -> Array:
+        params = {k: v for k, v in params.items() if k != "out_sharding"}
+        windows = _windows(x, fill, **params)
+        return fn(windows, axis=tuple(range(x.ndim, windows.ndim)))
+
+    return run
+
+
+def _select_and_gather_add(tangents: Array, operand: Array, *, select_prim: Any, **params: Any) -> Array:
+    """The tangent at the element each window of `operand` selects: the first maximum (`ge`) or
+    minimum (`le`) in the window's row-major order (the padding never selected)."""
+    first_max = select_prim.name == "ge"
+    pick_windows = _windows(operand, -np.inf if first_max else np.inf, **params)
+    tangent_windows = _windows(tangents, 0.0, **params)
+    out_shape = pick_windows.shape[: operand.ndim]
+    flat = pick_windows.reshape(*out_shape, -1)
+    chosen = np.argmax(flat, axis=-1) if first_max else np.argmin(flat, axis=-1)
+    return np.take_along_axis(tangent_windows.reshape(*out_shape, -1), chosen[..., None], axis=-1)[..., 0]
+
+
+def _pad(x: Array, value: Array, *, padding_config: Sequence[tuple[int, int, int]], **_: Any) -> Array:
+    """`lax.pad`: `interior` values between the elements, `low` before and `high` after (a
+    negative edge cuts)."""
+    shape = [max(n + max(n - 1, 0) * i, 0) for n, (_, _, i) in zip(x.shape, padding_config)]
+    spread = np.full(shape, value, dtype=x.dtype)
+    spread[tuple(slice(None, None, i + 1) for _, _, i in padding_config)] = x
+    edges = np.pad(spread, [(max(lo, 0), max(hi, 0)) for lo, hi, _ in padding_config], constant_values=value)
+    return edges[tuple(slice(max(-lo, 0), n - max(-hi, 0)) for (lo, hi, _), n in zip(padding_config, edges.shape))]
+
+
+def _slice(x: Array, *, start_indices: Sequence[int], limit_indices: Sequence[int], strides: Sequence[int] | None,
+           **_: Any) -> Array:  # fmt: skip
+    steps = strides or (1,) * x.ndim
+    return x[tuple(slice(*bounds) for bounds in zip(start_indices, limit_indices, steps))]
+
+
 def _plain(fn: Callable[..., Any]) -> Callable[..., Any]:
     """A NumPy function of arrays only (the primitive's params, such as shardings, ignored)."""
     return lambda *xs, **_: fn(*xs)
@@ -260,6 +308,12 @@ PRIMITIVES: dict[str, Callable[..., Any]] = {
     "dynamic_slice": _dynamic_slice,
     "while": _while,
     "scatter-add": _scatter_add,
+    "reduce_window_max": _reduce_window(np.max, -np.inf),
+    "reduce_window_sum": _reduce_window(np.sum, 0.0),
+    "select_and_gather_add": _select_and_gather_add,
+    "pad": _pad,
+    "slice": _slice,
+    "concatenate": lambda *xs, dimension, **_: np.concatenate(xs, axis=dimension),
     "pjit": _call("jaxpr"),
     "jit": _call("jaxpr"),
     "closed_call": _call("call_jaxpr"),

@@ -1841,6 +1841,286 @@ class EmbeddingGradOp(StepOp):
         return make_tensor((rows, expected[-1]), cotangent.get_element_type())
 
 
+# ---------------------------------------------------------------------------------------------
+# Windows and pieces (the second set): pooling, concat, slice, and the pad their derivatives write
+
+
+def _parse_keyword_lists(parser: Parser, keywords: Sequence[str], required: int) -> dict[str, list[int]]:
+    """`kernel [2, 2] stride [1, 1]`: the first `required` keywords in order, then any of the
+    others in order, each followed by an integer list."""
+    found: dict[str, list[int]] = {}
+    for i, keyword in enumerate(keywords):
+        if i < required:
+            parser.parse_keyword(keyword)
+        elif parser.parse_optional_keyword(keyword) is None:
+            continue
+        found[keyword] = parse_int_list(parser)
+    return found
+
+
+def _print_keyword_lists(printer: Printer, lists: Sequence[tuple[str, Sequence[int]]]) -> None:
+    for keyword, values in lists:
+        printer.print_string(f" {keyword} ")
+        print_int_list(printer, values)
+
+
+def _values(attr: DenseArrayBase) -> tuple[int, ...]:
+    return tuple(int(v) for v in attr.get_values())  # pyright: ignore[reportAttributeAccessIssue]  # DenseArrayBase.get_values exists on the concrete i64/f64 arrays; xDSL's generic type hides it
+
+
+class _ListsOp(StepOp):
+    """One operand, one result, integer-list properties written after keywords:
+    `step.slice %a start [0] limit [4] : Ta -> Tr` (the properties in `KEYWORDS` order)."""
+
+    KEYWORDS: ClassVar[tuple[str, ...]] = ()
+    REQUIRED: ClassVar[int] = 0
+
+    input = operand_def(TensorType)
+    result = result_def(TensorType)
+
+    def __init__(self, input: SSAValue, result_type: Attribute, **lists: Sequence[int]):
+        super().__init__(operands=[input], result_types=[result_type],
+                         properties={k: int_array(v) for k, v in self.complete(lists).items()})  # fmt: skip
+
+    @classmethod
+    def complete(cls, lists: Mapping[str, Sequence[int]]) -> dict[str, Sequence[int]]:
+        """The lists written, and the defaults of those left out."""
+        return dict(lists)
+
+    @classmethod
+    def parse(cls, parser: Parser) -> Self:
+        operand = parser.parse_unresolved_operand()
+        start = parser.pos
+        lists = _parse_keyword_lists(parser, cls.KEYWORDS, cls.REQUIRED)
+        end = parser.pos
+        attrs = parser.parse_optional_attr_dict()
+        parser.parse_punctuation(":")
+        in_t = parser.parse_type()
+        parser.parse_punctuation("->")
+        out_t = parser.parse_type()
+        if not isinstance(in_t, TensorType):
+            parser.raise_error(f"{cls.name} takes a ranked tensor, found {in_t}", start, end)
+        op = cls.create(
+            operands=[parser.resolve_operand(operand, in_t)],
+            result_types=[out_t],
+            properties={k: int_array(v) for k, v in cls.complete(lists).items()},
+        )
+        op.attributes.update(attrs)
+        return op  # pyright: ignore[reportReturnType]  # `create` builds an instance of `cls`; xDSL types it as IRDLOperation
+
+    def written(self) -> list[tuple[str, Sequence[int]]]:
+        """The lists the text shows: every one (a subclass leaves out defaults)."""
+        return [(k, self.list(k)) for k in self.KEYWORDS]
+
+    def list(self, keyword: str) -> tuple[int, ...]:
+        attr = self.properties[keyword]
+        assert isinstance(attr, DenseArrayBase)
+        return _values(attr)
+
+    def print(self, printer: Printer) -> None:
+        printer.print_string(" ")
+        printer.print_operand(self.input)
+        _print_keyword_lists(printer, self.written())
+        printer.print_op_attributes(self.attributes)
+        printer.print_string(" : ")
+        printer.print_attribute(self.input.type)
+        printer.print_string(" -> ")
+        printer.print_attribute(self.result.type)
+
+
+class Pool2dOp(_ListsOp):
+    """`F.max_pool2d` / `F.avg_pool2d` over the last two dims of an `NxCxHxW` (or `CxHxW`) input:
+    `kernel`, then `stride` (default: the kernel) and `padding` (default: 0), one value per
+    spatial dim; torch's errors (padding at most half the kernel, an output of at least 1)."""
+
+    KEYWORDS: ClassVar[tuple[str, ...]] = ("kernel", "stride", "padding")
+    REQUIRED: ClassVar[int] = 1
+
+    kernel = prop_def(DenseArrayBase)
+    stride = prop_def(DenseArrayBase)
+    padding = prop_def(DenseArrayBase)
+
+    @classmethod
+    def complete(cls, lists: Mapping[str, Sequence[int]]) -> dict[str, Sequence[int]]:
+        kernel = lists["kernel"]
+        return {"kernel": kernel, "stride": lists.get("stride", kernel), "padding": lists.get("padding", [0] * len(kernel))}
+
+    @property
+    def window(self) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+        """(kernel, stride, padding), each a pair (verified)."""
+        kernel, stride, padding = (self.list(k) for k in self.KEYWORDS)
+        return (kernel[0], kernel[1]), (stride[0], stride[1]), (padding[0], padding[1])
+
+    def written(self) -> list[tuple[str, Sequence[int]]]:
+        kernel, stride, padding = (self.list(k) for k in self.KEYWORDS)
+        out: list[tuple[str, Sequence[int]]] = [("kernel", kernel)]
+        if stride != kernel:
+            out.append(("stride", stride))
+        if any(padding):
+            out.append(("padding", padding))
+        return out
+
+    def infer(self) -> TensorType[Attribute]:
+        t = float_tensor(self.input, f"{self.name} operand")
+        kernel, stride, padding = (self.list(k) for k in self.KEYWORDS)
+        return make_tensor(rule(shapes.pool2d, shape_of(t), kernel, stride, padding), t.get_element_type())
+
+
+@irdl_op_definition
+class MaxPool2dOp(Pool2dOp):
+    """`%y = step.max_pool2d %x kernel [2, 2] stride [2, 2] padding [0, 0] : tensor<8x3x6x6xf32> -> tensor<8x3x3x3xf32>`
+
+    The padding is -inf (never a maximum); a window's cotangent goes to its first maximum in
+    row-major order (as torch), overlapping windows adding up."""
+
+    name = "step.max_pool2d"
+
+
+@irdl_op_definition
+class AvgPool2dOp(Pool2dOp):
+    """`%y = step.avg_pool2d %x kernel [3, 3] stride [1, 1] padding [1, 1] : tensor<8x3x6x6xf32> -> tensor<8x3x6x6xf32>`
+
+    `count_include_pad=True`: every window's sum (zero padding) divided by the kernel's area."""
+
+    name = "step.avg_pool2d"
+
+
+@irdl_op_definition
+class SliceOp(_ListsOp):
+    """`%y = step.slice %a start [0, 2] limit [4, 6] stride [1, 2] : tensor<4x8xf32> -> tensor<4x2xf32>`
+
+    `a[0:4:1, 2:6:2]`: a static strided slice; `stride` may be left out (all 1)."""
+
+    name = "step.slice"
+    KEYWORDS: ClassVar[tuple[str, ...]] = ("start", "limit", "stride")
+    REQUIRED: ClassVar[int] = 2
+
+    start = prop_def(DenseArrayBase)
+    limit = prop_def(DenseArrayBase)
+    stride = prop_def(DenseArrayBase)
+
+    @classmethod
+    def complete(cls, lists: Mapping[str, Sequence[int]]) -> dict[str, Sequence[int]]:
+        return {"start": lists["start"], "limit": lists["limit"], "stride": lists.get("stride", [1] * len(lists["start"]))}
+
+    def written(self) -> list[tuple[str, Sequence[int]]]:
+        stride = self.list("stride")
+        out: list[tuple[str, Sequence[int]]] = [("start", self.list("start")), ("limit", self.list("limit"))]
+        return out + ([("stride", stride)] if any(s != 1 for s in stride) else [])
+
+    @property
+    def index(self) -> tuple[slice, ...]:
+        """The slice as a NumPy index: one `start:limit:stride` per dim."""
+        return tuple(slice(*bounds) for bounds in zip(self.list("start"), self.list("limit"), self.list("stride")))
+
+    def infer(self) -> TensorType[Attribute]:
+        t = tensor_type(self.input)
+        shape = rule(shapes.slice_, shape_of(t), self.list("start"), self.list("limit"), self.list("stride"))
+        return make_tensor(shape, t.get_element_type())
+
+
+@irdl_op_definition
+class PadOp(_ListsOp):
+    """`%y = step.pad %a low [1] high [0] interior [1] : tensor<3xf32> -> tensor<6xf32>`
+
+    Zero padding (`stablehlo.pad` with 0): `low` zeros before, `high` after and `interior`
+    between the elements of each dim. The derivatives of `step.slice` and the pooling ops
+    write it; users may write it too."""
+
+    name = "step.pad"
+    KEYWORDS: ClassVar[tuple[str, ...]] = ("low", "high", "interior")
+    REQUIRED: ClassVar[int] = 3
+
+    low = prop_def(DenseArrayBase)
+    high = prop_def(DenseArrayBase)
+    interior = prop_def(DenseArrayBase)
+
+    @classmethod
+    def complete(cls, lists: Mapping[str, Sequence[int]]) -> dict[str, Sequence[int]]:
+        return {k: lists[k] for k in cls.KEYWORDS}
+
+    @property
+    def placement(self) -> tuple[slice, ...]:
+        """Where the operand's elements land in the result, as a NumPy index: one strided slice per dim."""
+        return tuple(
+            slice(low, low + (n - 1) * (interior + 1) + 1, interior + 1)
+            for low, n, interior in zip(self.list("low"), shape_of(self.input), self.list("interior"))
+        )
+
+    def infer(self) -> TensorType[Attribute]:
+        t = tensor_type(self.input)
+        shape = rule(shapes.pad, shape_of(t), self.list("low"), self.list("high"), self.list("interior"))
+        return make_tensor(shape, t.get_element_type())
+
+
+@irdl_op_definition
+class ConcatOp(StepOp):
+    """`%y = step.concat %a, %b axis 1 : (tensor<4x2xf32>, tensor<4x3xf32>) -> tensor<4x5xf32>`
+
+    `torch.cat` along one axis: two or more operands of one element type and rank, equal in
+    every other dim."""
+
+    name = "step.concat"
+
+    inputs = var_operand_def(TensorType)
+    result = result_def(TensorType)
+    axis = prop_def(IntegerAttr)
+
+    def __init__(self, inputs: Sequence[SSAValue], axis: int):
+        shape = shapes.concat([shape_of(v) for v in inputs], axis)
+        super().__init__(
+            operands=list(inputs),
+            result_types=[make_tensor(shape, element_of(inputs[0]))],
+            properties={"axis": IntegerAttr(axis, i64)},
+        )
+
+    @property
+    def axis_index(self) -> int:
+        return int(self.axis.value.data)
+
+    @classmethod
+    def parse(cls, parser: Parser) -> ConcatOp:
+        pos = parser.pos
+        names = parser.parse_comma_separated_list(parser.Delimiter.NONE, parser.parse_unresolved_operand)
+        parser.parse_keyword("axis")
+        ax = parser.parse_integer(allow_boolean=False)
+        attrs = parser.parse_optional_attr_dict()
+        parser.parse_punctuation(":")
+        fn = parser.parse_function_type()
+        if len(fn.inputs.data) != len(names) or len(fn.outputs.data) != 1:
+            parser.raise_error(
+                f"{cls.name} of {len(names)} operands has the type ({', '.join(['T'] * len(names))}) -> Tr, found "
+                f"{len(fn.inputs.data)} operand types and {len(fn.outputs.data)} result types",
+                pos,
+                parser.pos,
+            )
+        operands = [parser.resolve_operand(n, t) for n, t in zip(names, fn.inputs.data)]
+        op = cls.create(operands=operands, result_types=[fn.outputs.data[0]], properties={"axis": IntegerAttr(ax, i64)})
+        op.attributes.update(attrs)
+        return op
+
+    def print(self, printer: Printer) -> None:
+        printer.print_string(" ")
+        printer.print_list(self.inputs, printer.print_operand)
+        printer.print_string(f" axis {self.axis_index}")
+        printer.print_op_attributes(self.attributes)
+        printer.print_string(" : ")
+        printer.print_function_type([o.type for o in self.inputs], [self.result.type])
+
+    def infer(self) -> TensorType[Attribute]:
+        types = [tensor_type(v) for v in self.inputs]
+        if types:
+            element = types[0].get_element_type()
+            for i, t in enumerate(types[1:], 1):
+                if t.get_element_type() != element:
+                    raise VerifyException(
+                        f"{self.name} needs equal element types, found {element} (operand 0) and "
+                        f"{t.get_element_type()} (operand {i})"
+                    )
+        shape = rule(shapes.concat, [shape_of(t) for t in types], self.axis_index)
+        return make_tensor(shape, types[0].get_element_type())
+
+
 # Ops users write (the spec's first set, then the second as it is built), in the order of `docs/language.md`.
 SPEC_OPS: tuple[type[StepOp], ...] = (
     AddOp, SubOp, MulOp, DivOp, MaximumOp, MinimumOp,
@@ -1850,11 +2130,13 @@ SPEC_OPS: tuple[type[StepOp], ...] = (
     SelectOp,
     LayerNormOp, GeluOp, EmbeddingOp,
     Conv2dOp,
+    MaxPool2dOp, AvgPool2dOp, ConcatOp, SliceOp,
 )  # fmt: skip
 # Ops the derivative introduces; users may write them too.
 EXTRA_OPS: tuple[type[StepOp], ...] = (
     CompareOp, OneHotOp, GeluGradOp, EmbeddingGradOp,
     Conv2dInputGradOp, Conv2dWeightGradOp,
+    PadOp,
 )  # fmt: skip
 # Ops a pass after `differentiate` makes (never differentiated): the micro-batch loop.
 LOOP_OPS: tuple[type[IRDLOperation], ...] = (AccumulateOp, YieldOp)

@@ -50,8 +50,10 @@ from stepc.ir.dialect import (
     AbsOp,
     AccumulateOp,
     AddOp,
+    AvgPool2dOp,
     BroadcastOp,
     CompareOp,
+    ConcatOp,
     ConstantOp,
     Conv2dInputGradOp,
     Conv2dOp,
@@ -70,17 +72,21 @@ from stepc.ir.dialect import (
     MatmulOp,
     MaximumOp,
     MaxOp,
+    MaxPool2dOp,
     MeanOp,
     MinimumOp,
     MseOp,
     MulOp,
     NegOp,
     OneHotOp,
+    PadOp,
+    Pool2dOp,
     ReluOp,
     ReshapeOp,
     RsqrtOp,
     SelectOp,
     SigmoidOp,
+    SliceOp,
     SoftmaxOp,
     SqrtOp,
     SquareOp,
@@ -100,6 +106,7 @@ from stepc.ir.interpreter import (
     gelu,
     gelu_grad,
     log_softmax,
+    pool_windows,
     softmax,
 )
 from stepc.ir.narrow import is_tensor
@@ -781,6 +788,67 @@ def _embedding_grad(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
     error = add_up(cotangent.error) + gammas * magnitude + r
     sigma = _rss(np.sqrt(add_up(np.square(cotangent.sigma))), np.sqrt(counts) * p.u * magnitude, r)
     return Bounded(value, error, sigma)
+
+
+# ---------------------------------------------------------------------------------------------
+# Windows and pieces
+
+
+@rule(MaxPool2dOp)
+def _max_pool2d(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    """Exact, and 1-Lipschitz in each window: the largest error in the window (the padding is
+    -inf, exactly)."""
+    assert isinstance(op, Pool2dOp)
+    x = a[0]
+    y = np.max(pool_windows(x.value, op, -np.inf), axis=(-2, -1))
+    error, sigma = (np.max(pool_windows(v, op, 0.0), axis=(-2, -1)) for v in (x.error, x.sigma))
+    return Bounded(y, error, sigma)
+
+
+@rule(AvgPool2dOp)
+def _avg_pool2d(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    """A sum of kh kw terms per window (the zero padding exact), then a division by kh kw, as
+    `_mean` bounds a mean."""
+    assert isinstance(op, Pool2dOp)
+    x = a[0]
+    (kh, kw), _, _ = op.window
+    n = kh * kw
+
+    def windows(v: Array) -> Array:
+        return np.sum(pool_windows(v, op, 0.0), axis=(-2, -1))
+
+    total = summed(SumTerms(windows(x.value), windows(np.abs(x.value)), windows(x.error), windows(np.square(x.sigma)), n), p)
+    y = total.value / n
+    r = p.rounding(y, 1.0)  # the division (or 1/n and a product)
+    return Bounded(y, total.error / n + r, _rss(total.sigma / n, r))
+
+
+@rule(ConcatOp)
+def _concat(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    assert isinstance(op, ConcatOp)
+    axis = op.axis_index
+    parts = [np.concatenate([getattr(x, field) for x in a], axis=axis) for field in ("value", "error", "sigma")]
+    return Bounded(parts[0], parts[1], parts[2])
+
+
+@rule(SliceOp)
+def _slice(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    assert isinstance(op, SliceOp)
+    return _each(a[0], lambda v: np.ascontiguousarray(v[op.index]))
+
+
+@rule(PadOp)
+def _pad(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    """Exact: the values and their bounds placed among exact zeros."""
+    assert isinstance(op, PadOp)
+    shape = shape_of(op.results[0].type)
+
+    def placed(v: Array) -> Array:
+        out = np.zeros(shape)
+        out[op.placement] = v
+        return out
+
+    return _each(a[0], placed)
 
 
 # ---------------------------------------------------------------------------------------------

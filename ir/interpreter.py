@@ -46,8 +46,10 @@ from stepc.ir.dialect import (
     AbsOp,
     AccumulateOp,
     AddOp,
+    AvgPool2dOp,
     BroadcastOp,
     CompareOp,
+    ConcatOp,
     ConstantOp,
     Conv2dInputGradOp,
     Conv2dOp,
@@ -66,17 +68,21 @@ from stepc.ir.dialect import (
     MatmulOp,
     MaximumOp,
     MaxOp,
+    MaxPool2dOp,
     MeanOp,
     MinimumOp,
     MseOp,
     MulOp,
     NegOp,
     OneHotOp,
+    PadOp,
+    Pool2dOp,
     ReluOp,
     ReshapeOp,
     RsqrtOp,
     SelectOp,
     SigmoidOp,
+    SliceOp,
     SoftmaxOp,
     SqrtOp,
     SquareOp,
@@ -393,6 +399,32 @@ class StepFunctions(InterpreterFunctions):
         dw = convolution.conv2d_weight_grad(x, cotangent, _shape(op.result.type), *op.arguments)
         return (rounded(dw, result_dtype(op)),)
 
+    @impl(MaxPool2dOp)
+    def run_max_pool2d(self, interpreter: Interpreter, op: MaxPool2dOp, values: PythonValues) -> PythonValues:
+        windows = pool_windows(widen(values[0]), op, -np.inf)  # -inf padding: never a maximum
+        return (rounded(np.max(windows, axis=(-2, -1)), result_dtype(op)),)
+
+    @impl(AvgPool2dOp)
+    def run_avg_pool2d(self, interpreter: Interpreter, op: AvgPool2dOp, values: PythonValues) -> PythonValues:
+        (kh, kw), _, _ = op.window
+        windows = pool_windows(widen(values[0]), op, 0.0)  # count_include_pad: zeros, divided by kh kw
+        return (rounded(np.sum(windows, axis=(-2, -1)) / (kh * kw), result_dtype(op)),)
+
+    @impl(ConcatOp)
+    def run_concat(self, interpreter: Interpreter, op: ConcatOp, values: PythonValues) -> PythonValues:
+        return (np.concatenate([np.asarray(v) for v in values], axis=op.axis_index),)
+
+    @impl(SliceOp)
+    def run_slice(self, interpreter: Interpreter, op: SliceOp, values: PythonValues) -> PythonValues:
+        return (np.ascontiguousarray(np.asarray(values[0])[op.index]),)
+
+    @impl(PadOp)
+    def run_pad(self, interpreter: Interpreter, op: PadOp, values: PythonValues) -> PythonValues:
+        x = np.asarray(values[0])
+        out = np.zeros(_shape(op.result.type), dtype=x.dtype)
+        out[op.placement] = x
+        return (out,)
+
     @impl(AccumulateOp)
     def run_accumulate(self, interpreter: Interpreter, op: AccumulateOp, values: PythonValues) -> PythonValues:
         """The body once per micro-batch k = 0..K-1 on `operand[k]`, each result the sum of the
@@ -412,6 +444,14 @@ class StepFunctions(InterpreterFunctions):
         self, interpreter: Interpreter, op: YieldOp, values: PythonValues
     ) -> tuple[TerminatorValue, PythonValues]:
         return ReturnedValues(values), ()
+
+
+def pool_windows(x: Array, op: Pool2dOp, fill: float) -> Array:
+    """The pooling windows of `x` (its last two dims padded with `fill`): shape `(..., OH, OW, KH, KW)`."""
+    (kh, kw), (sh, sw), (ph, pw) = op.window
+    padded = np.pad(x, [(0, 0)] * (x.ndim - 2) + [(ph, ph), (pw, pw)], constant_values=fill)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (kh, kw), axis=(-2, -1))
+    return windows[..., ::sh, ::sw, :, :]
 
 
 def _shape(t: Attribute) -> tuple[int, ...]:

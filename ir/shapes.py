@@ -216,3 +216,87 @@ def conv2d(x: Shape, w: Shape, stride: Sequence[int], padding: Sequence[int], di
         )
     out = [(p - r) // s + 1 for p, r, s in zip(padded, reach, stride)]
     return (x[0], w[0], out[0], out[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Windows, pieces and padding (the second op set: pooling, concat, slice, and the pad their
+# derivatives write)
+
+
+def _count_of(what: str, values: Sequence[int], n: int) -> None:
+    if len(values) != n:
+        raise ShapeError(f"{what} takes {n} values (one per {'spatial ' if n == 2 else ''}dim), found {list(values)}")
+
+
+def pool2d(shape: Shape, kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int]) -> Shape:
+    """`F.max_pool2d` / `F.avg_pool2d` (no dilation, `ceil_mode=False`) over the last two dims of a
+    `NxCxHxW` or `CxHxW` input, with torch's errors: each spatial output is
+    `(size + 2 padding - kernel) // stride + 1`, at least 1."""
+    if len(shape) not in (3, 4):
+        raise ShapeError(f"2d pooling takes an NxCxHxW or CxHxW input, found {fmt(shape)}")
+    for what, values in (("kernel", kernel), ("stride", stride), ("padding", padding)):
+        _count_of(what, values, 2)
+    if any(k <= 0 for k in kernel):
+        raise ShapeError(f"kernel sizes must be greater than zero, found {list(kernel)}")
+    if any(s <= 0 for s in stride):
+        raise ShapeError(f"strides must be greater than zero, found {list(stride)}")
+    if any(p < 0 or 2 * p > k for p, k in zip(padding, kernel)):
+        raise ShapeError(
+            f"padding should be at most half of the kernel size (as in torch), found padding {list(padding)} "
+            f"for kernel {list(kernel)}"
+        )
+    spatial = tuple((d + 2 * p - k) // s + 1 for d, k, s, p in zip(shape[-2:], kernel, stride, padding))
+    if any(o < 1 for o in spatial):
+        raise ShapeError(
+            f"input {fmt(shape)} gives an output of spatial size {fmt(spatial)} with kernel {list(kernel)}, "
+            f"stride {list(stride)} and padding {list(padding)}: output size is too small"
+        )
+    return tuple(shape[:-2]) + spatial
+
+
+def concat(shapes: Sequence[Shape], ax: int) -> Shape:
+    """`torch.cat` along `ax`: two or more operands of one rank, equal except along `ax`."""
+    if len(shapes) < 2:
+        raise ShapeError(f"concat takes two or more operands, found {len(shapes)}")
+    first = shapes[0]
+    if not 0 <= ax < len(first):
+        raise ShapeError(f"axis {ax} is out of range for rank {len(first)} shape {fmt(first)}")
+    for i, shape in enumerate(shapes[1:], 1):
+        if len(shape) != len(first):
+            raise ShapeError(f"concat operands have one rank: operand 0 is {fmt(first)}, operand {i} is {fmt(shape)}")
+        for d, (a, b) in enumerate(zip(first, shape)):
+            if d != ax and a != b:
+                raise ShapeError(
+                    f"concat along axis {ax}: operand {i} ({fmt(shape)}) differs from operand 0 ({fmt(first)}) "
+                    f"in dim {d}"
+                )
+    return tuple(sum(s[ax] for s in shapes) if d == ax else n for d, n in enumerate(first))
+
+
+def slice_(shape: Shape, start: Sequence[int], limit: Sequence[int], stride: Sequence[int]) -> Shape:
+    """A static strided slice: `x[start:limit:stride]` in each dim, `0 <= start <= limit <= size`,
+    strides positive; each dim of the result is `ceil((limit - start) / stride)`."""
+    for what, values in (("start", start), ("limit", limit), ("stride", stride)):
+        if len(values) != len(shape):
+            raise ShapeError(f"slice {what} takes {len(shape)} values (one per dim of {fmt(shape)}), found {list(values)}")
+    out: list[int] = []
+    for d, (n, s, e, st) in enumerate(zip(shape, start, limit, stride)):
+        if st <= 0:
+            raise ShapeError(f"slice strides must be positive, found {list(stride)}")
+        if not 0 <= s <= n or not 0 <= e <= n:
+            raise ShapeError(f"slice [{s}, {e}) of dim {d} is out of range for size {n} ({fmt(shape)})")
+        if e < s:
+            raise ShapeError(f"slice limit {e} of dim {d} is below its start {s}")
+        out.append(-(-(e - s) // st))
+    return tuple(out)
+
+
+def pad(shape: Shape, low: Sequence[int], high: Sequence[int], interior: Sequence[int]) -> Shape:
+    """Zero padding (`stablehlo.pad`): `low` before, `high` after and `interior` between the
+    elements of each dim, all at least 0."""
+    for what, values in (("low", low), ("high", high), ("interior", interior)):
+        if len(values) != len(shape):
+            raise ShapeError(f"pad {what} takes {len(shape)} values (one per dim of {fmt(shape)}), found {list(values)}")
+        if any(v < 0 for v in values):
+            raise ShapeError(f"pad {what} values must not be negative, found {list(values)}")
+    return tuple(lo + n + max(n - 1, 0) * i + hi for n, lo, hi, i in zip(shape, low, high, interior))

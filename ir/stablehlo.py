@@ -924,12 +924,155 @@ class ReverseOp(StableHLOOp):
         return i64_values(self.dimensions)
 
 
+# ---------------------------------------------------------------------------------------------
+# Windows and pieces (the second op set: pooling, concat, slice, pad)
+
+
+def _reduction_body(element: Attribute, combiner: type[ElementwiseBinary]) -> Region:
+    """A body combining two rank-0 tensors with one op: `^bb0(%a, %b): %c = combiner(%a, %b); return %c`."""
+    scalar = TensorType(element, [])
+    block = Block(arg_types=[scalar, scalar])
+    combined = combiner(block.args[0], block.args[1])
+    block.add_ops([combined, ReturnOp([combined.result])])
+    return Region(block)
+
+
+@irdl_op_definition
+class ReduceWindowOp(StableHLOOp):
+    """One input, one init value (padding fills with it), a body combining two rank-0 tensors:
+    `%r = "stablehlo.reduce_window"(%x, %init) <{window_dimensions = array<i64: 1, 1, 2, 2>,
+    window_strides = array<i64: 1, 1, 2, 2>, padding = dense<[[0, 0], [0, 0], [1, 1], [1, 1]]> : tensor<4x2xi64>}>
+    ({ ^bb0(%a: tensor<f32>, %b: tensor<f32>): ... "stablehlo.return"(%m) ... })
+    : (tensor<8x3x6x6xf32>, tensor<f32>) -> tensor<8x3x4x4xf32>`"""
+
+    name = "stablehlo.reduce_window"
+
+    input = operand_def(TensorType)
+    init_value = operand_def(TensorType)
+    result = result_def(TensorType)
+    window_dimensions = prop_def(DenseArrayBase)
+    window_strides = prop_def(DenseArrayBase)
+    padding = prop_def(DenseIntOrFPElementsAttr)
+    body = region_def("single_block")
+
+    def __init__(self, input: SSAValue, init: SSAValue, window: Sequence[int], strides: Sequence[int],
+                 padding: Sequence[tuple[int, int]], combiner: type[ElementwiseBinary], result_type: Attribute):  # fmt: skip
+        pairs = DenseIntOrFPElementsAttr.from_list(
+            TensorType(i64, [len(padding), 2]), [v for pair in padding for v in pair]
+        )
+        super().__init__(
+            operands=[input, init],
+            result_types=[result_type],
+            properties={"window_dimensions": i64_array(window), "window_strides": i64_array(strides), "padding": pairs},
+            regions=[_reduction_body(_type(init).get_element_type(), combiner)],
+        )
+
+    @property
+    def window(self) -> tuple[int, ...]:
+        return i64_values(self.window_dimensions)
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        return i64_values(self.window_strides)
+
+    @property
+    def pads(self) -> tuple[tuple[int, int], ...]:
+        """(low, high) per dim."""
+        values = [int(v) for v in self.padding.get_values()]
+        return tuple((values[i], values[i + 1]) for i in range(0, len(values), 2))
+
+    @property
+    def combiner(self) -> type[IRDLOperation] | None:
+        """The body's one combining op class (add, maximum, ...), or None for another body."""
+        return _single_combiner(self.body.block)
+
+
+@irdl_op_definition
+class PadOp(StableHLOOp):
+    """`%r = "stablehlo.pad"(%x, %zero) <{edge_padding_low = array<i64: 1>, edge_padding_high = array<i64: 0>,
+    interior_padding = array<i64: 1>}> : (tensor<3xf32>, tensor<f32>) -> tensor<6xf32>`"""
+
+    name = "stablehlo.pad"
+
+    operand = operand_def(TensorType)
+    padding_value = operand_def(TensorType)
+    result = result_def(TensorType)
+    edge_padding_low = prop_def(DenseArrayBase)
+    edge_padding_high = prop_def(DenseArrayBase)
+    interior_padding = prop_def(DenseArrayBase)
+
+    def __init__(self, operand: SSAValue, value: SSAValue, low: Sequence[int], high: Sequence[int],
+                 interior: Sequence[int], result_type: Attribute):  # fmt: skip
+        super().__init__(
+            operands=[operand, value],
+            result_types=[result_type],
+            properties={
+                "edge_padding_low": i64_array(low),
+                "edge_padding_high": i64_array(high),
+                "interior_padding": i64_array(interior),
+            },
+        )
+
+    @property
+    def config(self) -> tuple[tuple[int, int, int], ...]:
+        """(low, high, interior) per dim, as `lax.pad` takes them."""
+        return tuple(zip(*(i64_values(a) for a in (self.edge_padding_low, self.edge_padding_high, self.interior_padding))))
+
+
+@irdl_op_definition
+class SliceOp(StableHLOOp):
+    """`%r = "stablehlo.slice"(%x) <{start_indices = array<i64: 0, 2>, limit_indices = array<i64: 4, 6>,
+    strides = array<i64: 1, 2>}> : (tensor<4x8xf32>) -> tensor<4x2xf32>`"""
+
+    name = "stablehlo.slice"
+
+    operand = operand_def(TensorType)
+    result = result_def(TensorType)
+    start_indices = prop_def(DenseArrayBase)
+    limit_indices = prop_def(DenseArrayBase)
+    strides = prop_def(DenseArrayBase)
+
+    def __init__(self, operand: SSAValue, start: Sequence[int], limit: Sequence[int], strides: Sequence[int],
+                 result_type: Attribute):  # fmt: skip
+        super().__init__(
+            operands=[operand],
+            result_types=[result_type],
+            properties={"start_indices": i64_array(start), "limit_indices": i64_array(limit), "strides": i64_array(strides)},
+        )
+
+    @property
+    def bounds(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        """(start, limit, strides), as `lax.slice` takes them."""
+        return i64_values(self.start_indices), i64_values(self.limit_indices), i64_values(self.strides)
+
+
+@irdl_op_definition
+class ConcatenateOp(StableHLOOp):
+    """`%r = "stablehlo.concatenate"(%a, %b) <{dimension = 1 : i64}> : (tensor<4x2xf32>, tensor<4x3xf32>) -> tensor<4x5xf32>`"""
+
+    name = "stablehlo.concatenate"
+
+    inputs = var_operand_def(TensorType)
+    result = result_def(TensorType)
+    dimension = prop_def(IntegerAttr)
+
+    def __init__(self, inputs: Sequence[SSAValue], dimension: int, result_type: Attribute):
+        super().__init__(
+            operands=list(inputs), result_types=[result_type], properties={"dimension": IntegerAttr(dimension, i64)}
+        )
+
+    @property
+    def axis(self) -> int:
+        return int(self.dimension.value.data)
+
+
 OPS: tuple[type[IRDLOperation], ...] = (
     AddOp, SubtractOp, MultiplyOp, DivideOp, MaxOp, MinOp,
     NegateOp, ExpOp, LogOp, TanhOp, LogisticOp, SqrtOp, RsqrtOp, AbsOp,
     ConstantOp, ConvertOp, CompareOp, SelectOp, BroadcastInDimOp, ReshapeOp, TransposeOp,
     DotGeneralOp, IotaOp, GatherOp, ScatterOp, ReduceOp, ReturnOp, DynamicSliceOp, WhileOp,
     ConvolutionOp, ReverseOp,
+    ReduceWindowOp, PadOp, SliceOp, ConcatenateOp,
 )  # fmt: skip
 
 StableHLO = Dialect("stablehlo", list(OPS), [ComparisonDirectionAttr, DotAttr, GatherAttr, ScatterAttr, ConvAttr])

@@ -509,6 +509,40 @@ def lower_embedding_grad(b: StableHLOBuilder, op: step.EmbeddingGradOp) -> SSAVa
     return b.emit(shlo.ScatterOp(zeros, indices, updates, numbers, shlo.AddOp))
 
 
+@lowering(step.MaxPool2dOp, step.AvgPool2dOp)
+def lower_pool2d(b: StableHLOBuilder, op: step.Pool2dOp) -> SSAValue:
+    """`reduce_window` over the kernel's windows of the last two dims, the padding filled with
+    the init value: `maximum` from -inf (never a maximum), or `add` from 0 then a division by
+    kh kw (`count_include_pad`, as `jnp.mean` divides its sum)."""
+    kernel, stride, padding = op.window
+    lead = len(shape_of(op.input)) - 2
+    combiner = shlo.MaxOp if isinstance(op, step.MaxPool2dOp) else shlo.AddOp
+    init = b.constant(REDUCE_INIT[combiner], element_of(op.input))
+    window = shlo.ReduceWindowOp(
+        op.input, init, [1] * lead + list(kernel), [1] * lead + list(stride), [(0, 0)] * lead + [(p, p) for p in padding],
+        combiner, op.result.type,
+    )  # fmt: skip
+    pooled = b.emit(window)
+    return pooled if combiner is shlo.MaxOp else b.divide_by_count(pooled, kernel[0] * kernel[1])
+
+
+@lowering(step.ConcatOp)
+def lower_concat(b: StableHLOBuilder, op: step.ConcatOp) -> SSAValue:
+    return b.emit(shlo.ConcatenateOp(list(op.inputs), op.axis_index, op.result.type))
+
+
+@lowering(step.SliceOp)
+def lower_slice(b: StableHLOBuilder, op: step.SliceOp) -> SSAValue:
+    return b.emit(shlo.SliceOp(op.input, op.list("start"), op.list("limit"), op.list("stride"), op.result.type))
+
+
+@lowering(step.PadOp)
+def lower_pad(b: StableHLOBuilder, op: step.PadOp) -> SSAValue:
+    zero = b.constant(0, element_of(op.input))
+    low, high, interior = (op.list(k) for k in ("low", "high", "interior"))
+    return b.emit(shlo.PadOp(op.input, zero, low, high, interior, op.result.type))
+
+
 @lowering(step.AccumulateOp)
 def lower_accumulate(b: StableHLOBuilder, op: step.AccumulateOp) -> list[SSAValue]:
     """A `stablehlo.while` over the micro-batches k = 0, 1, ..., K - 1 (an i32 counter), as

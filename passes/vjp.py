@@ -27,8 +27,10 @@ from stepc.ir.builder import LocatedBuilder
 from stepc.ir.dialect import (
     AbsOp,
     AddOp,
+    AvgPool2dOp,
     BroadcastOp,
     CompareOp,
+    ConcatOp,
     ConstantOp,
     Conv2dInputGradOp,
     Conv2dOp,
@@ -47,18 +49,22 @@ from stepc.ir.dialect import (
     MatmulOp,
     MaximumOp,
     MaxOp,
+    MaxPool2dOp,
     MeanOp,
     MinimumOp,
     MseOp,
     MulOp,
     NegOp,
     OneHotOp,
+    PadOp,
+    Pool2dOp,
     ReduceOp,
     ReluOp,
     ReshapeOp,
     RsqrtOp,
     SelectOp,
     SigmoidOp,
+    SliceOp,
     SoftmaxOp,
     SqrtOp,
     SquareOp,
@@ -503,3 +509,124 @@ def vjp_embedding_grad(emit: BackwardBuilder, op: Operation, cotangent: SSAValue
     cotangent picked by the ids; none for the ids."""
     assert isinstance(op, EmbeddingGradOp)
     return emit(EmbeddingOp(cotangent, op.ids)), None
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces and windows: slices go back as zero padding, padding as slices, pooling windows as
+# padded (strided) placements of their cotangents
+
+
+def _placing_pad(emit: BackwardBuilder, value: SSAValue, start: Sequence[int], stride: Sequence[int],
+                 shape: Sequence[int]) -> SSAValue:  # fmt: skip
+    """`value` placed into zeros of `shape` at `start + i * stride` (the transpose of a strided
+    slice): a `step.pad` with `start` before, `stride - 1` between and the rest after."""
+    high = [n - s - ((m - 1) * st + 1 if m else 0) for n, s, m, st in zip(shape, start, shape_of(value), stride)]
+    if list(start) == [0] * len(shape) and not any(high) and all(st == 1 for st in stride):
+        return value
+    return emit(PadOp(value, make_tensor(shape, element_of(value)), low=start, high=high,
+                      interior=[st - 1 for st in stride]))  # fmt: skip
+
+
+def _cut(emit: BackwardBuilder, value: SSAValue, start: Sequence[int], stride: Sequence[int],
+         shape: Sequence[int]) -> SSAValue:  # fmt: skip
+    """The elements of `value` at `start + i * stride`, `shape` of them (a strided slice)."""
+    limit = [s + ((n - 1) * st + 1 if n else 0) for s, n, st in zip(start, shape, stride)]
+    if tuple(shape) == shape_of(value):
+        return value
+    return emit(SliceOp(value, make_tensor(shape, element_of(value)), start=start, limit=limit, stride=stride))
+
+
+@vjp(SliceOp)
+def vjp_slice(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
+    """Zeros but where the slice read: the cotangent padded back into the operand's shape."""
+    assert isinstance(op, SliceOp)
+    return (_placing_pad(emit, cotangent, op.list("start"), op.list("stride"), shape_of(op.input)),)
+
+
+@vjp(PadOp)
+def vjp_pad(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
+    """The elements the padding surrounds: a strided slice of the cotangent."""
+    assert isinstance(op, PadOp)
+    stride = [i + 1 for i in op.list("interior")]
+    return (_cut(emit, cotangent, op.list("low"), stride, shape_of(op.input)),)
+
+
+@vjp(ConcatOp)
+def vjp_concat(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
+    """Each operand's piece of the cotangent along the axis."""
+    assert isinstance(op, ConcatOp)
+    out: list[SSAValue] = []
+    offset, axis = 0, op.axis_index
+    for operand in op.inputs:
+        shape = shape_of(operand)
+        start = [offset if d == axis else 0 for d in range(len(shape))]
+        out.append(_cut(emit, cotangent, start, [1] * len(shape), shape))
+        offset += shape[axis]
+    return out
+
+
+def _spatial(rank: int, pair: Sequence[int], rest: int = 0) -> list[int]:
+    """A per-dim list of a pooling input: `rest` for the leading dims, `pair` for the last two."""
+    return [rest] * (rank - 2) + list(pair)
+
+
+def _padded_shape(op: Pool2dOp) -> list[int]:
+    _, _, padding = op.window
+    shape = shape_of(op.input)
+    return [n + 2 * p for n, p in zip(shape, _spatial(len(shape), padding))]
+
+
+def _unpadded(emit: BackwardBuilder, op: Pool2dOp, padded: SSAValue) -> SSAValue:
+    """The operand's part of a cotangent of the padded operand."""
+    _, _, padding = op.window
+    shape = shape_of(op.input)
+    return _cut(emit, padded, _spatial(len(shape), padding), [1] * len(shape), shape)
+
+
+@vjp(AvgPool2dOp)
+def vjp_avg_pool2d(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
+    """Each window's cotangent / (kh kw) on each of its elements, overlaps adding up: the
+    cotangent dilated by the stride and framed by kernel - 1 zeros, average-pooled by the same
+    kernel at stride 1 (the window sums of the transpose), then the padding cut off."""
+    assert isinstance(op, AvgPool2dOp)
+    kernel, stride, _ = op.window
+    rank = len(shape_of(op.input))
+    padded = _padded_shape(op)
+    framed_shape = padded[:-2] + [p + k - 1 for p, k in zip(padded[-2:], kernel)]
+    framed = _placing_pad(emit, cotangent, _spatial(rank, [k - 1 for k in kernel]), _spatial(rank, stride, 1), framed_shape)
+    summed = emit(AvgPool2dOp(framed, make_tensor(padded, element_of(cotangent)), kernel=kernel, stride=[1, 1],
+                              padding=[0, 0]))  # fmt: skip
+    return (_unpadded(emit, op, summed),)
+
+
+@vjp(MaxPool2dOp)
+def vjp_max_pool2d(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
+    """Each window's cotangent on its first maximum in row-major order (torch's), overlaps adding
+    up. One pass per kernel offset (i, j), in row-major order: the operand's elements at that
+    offset of every window (a strided slice of the padded operand, NaN in the padding so that
+    it is never a maximum) that equal the window's maximum and no earlier offset took, take the
+    cotangent, placed back by a strided zero padding; the padding is then cut off."""
+    assert isinstance(op, MaxPool2dOp)
+    kernel, stride, padding = op.window
+    x, y = op.input, op.result
+    rank = len(shape_of(x))
+    padded = _padded_shape(op)
+    if any(padding):
+        ones = emit(ConstantOp(1.0, x.type))
+        inside = _placing_pad(emit, ones, _spatial(rank, padding), [1] * rank, padded)
+        x = emit(SelectOp(inside, _placing_pad(emit, x, _spatial(rank, padding), [1] * rank, padded),
+                          emit.scalar(float("nan"), x)))  # fmt: skip
+    offsets = [(i, j) for i in range(kernel[0]) for j in range(kernel[1])]
+    untaken: SSAValue | None = None  # 1 where no earlier offset held the window's maximum
+    total: SSAValue | None = None
+    for n, offset in enumerate(offsets):
+        at_offset = _cut(emit, x, _spatial(rank, offset), _spatial(rank, stride, 1), shape_of(y))
+        hit = emit.mask("eq", at_offset, y)
+        if untaken is not None:
+            hit = emit(MulOp(hit, untaken))
+        if n + 1 < len(offsets):
+            untaken = emit(SubOp(untaken if untaken is not None else emit.scalar(1.0, hit), hit))
+        placed = _placing_pad(emit, emit(MulOp(cotangent, hit)), _spatial(rank, offset), _spatial(rank, stride, 1), padded)
+        total = placed if total is None else emit(AddOp(total, placed))
+    assert total is not None
+    return (_unpadded(emit, op, total),)

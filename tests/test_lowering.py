@@ -207,6 +207,43 @@ ROWS: list[Row] = [
         (("c", (7, 3), "normal"), ("i", (7,), "labels5")),  # 7 ids of 5 rows: some repeat
         t((5, 3)),
     ),
+    Row(
+        "max_pool2d",
+        f"%r = step.max_pool2d %a kernel [3, 2] stride [1, 2] padding [1, 1] : {t((2, 3, 5, 6))} -> {t((2, 3, 5, 4))}",
+        (("a", (2, 3, 5, 6), "normal"),),
+        t((2, 3, 5, 4)),
+    ),
+    Row(
+        "max_pool2d_ties",
+        f"%r = step.max_pool2d %a kernel [2, 2] : {t((3, 4, 6))} -> {t((3, 2, 3))}",
+        (("a", (3, 4, 6), "rounded"),),
+        t((3, 2, 3)),
+        ("max_pool2d",),
+    ),
+    Row(
+        "avg_pool2d",
+        f"%r = step.avg_pool2d %a kernel [3, 3] stride [2, 1] padding [1, 1] : {t((2, 3, 5, 6))} -> {t((2, 3, 3, 6))}",
+        (("a", (2, 3, 5, 6), "normal"),),
+        t((2, 3, 3, 6)),
+    ),
+    Row(
+        "concat",
+        f"%r = step.concat %a, %b, %a axis 1 : ({t((3, 2))}, {t((3, 4))}, {t((3, 2))}) -> {t((3, 8))}",
+        (("a", (3, 2), "normal"), ("b", (3, 4), "normal")),
+        t((3, 8)),
+    ),
+    Row(
+        "slice",
+        f"%r = step.slice %a start [1, 0, 2] limit [3, 4, 7] stride [1, 3, 2] : {t((3, 4, 7))} -> {t((2, 2, 3))}",
+        (("a", (3, 4, 7), "normal"),),
+        t((2, 2, 3)),
+    ),
+    Row(
+        "pad",
+        f"%r = step.pad %a low [1, 0] high [0, 2] interior [1, 2] : {t((3, 4))} -> {t((6, 12))}",
+        (("a", (3, 4), "normal"),),
+        t((6, 12)),
+    ),
 ]
 
 
