@@ -359,6 +359,10 @@ JAX_RULES: dict[type[Operation], Rule] = {
     shlo.ReduceOp: _reduce,  # type: ignore[dict-item]
     shlo.DynamicSliceOp: _dynamic_slice,  # type: ignore[dict-item]
     shlo.WhileOp: _while,  # type: ignore[dict-item]
+    shlo.XorOp: _elementwise("lax.bitwise_xor"),
+    shlo.OrOp: _elementwise("lax.bitwise_or"),
+    shlo.ShiftLeftOp: _elementwise("lax.shift_left"),
+    shlo.ShiftRightLogicalOp: _elementwise("lax.shift_right_logical"),
 }
 
 
