@@ -410,6 +410,10 @@ JAX_RULES: dict[type[Operation], Rule] = {
     shlo.PadOp: _pad,  # type: ignore[dict-item]
     shlo.SliceOp: _slice,  # type: ignore[dict-item]
     shlo.ConcatenateOp: _concatenate,  # type: ignore[dict-item]
+    shlo.XorOp: _elementwise("lax.bitwise_xor"),
+    shlo.OrOp: _elementwise("lax.bitwise_or"),
+    shlo.ShiftLeftOp: _elementwise("lax.shift_left"),
+    shlo.ShiftRightLogicalOp: _elementwise("lax.shift_right_logical"),
 }
 
 

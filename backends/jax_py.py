@@ -41,6 +41,7 @@ DTYPE_NAMES = {
     "float32": "jnp.float32",
     "float64": "jnp.float64",
     "int32": "jnp.int32",
+    "uint32": "jnp.uint32",
     "bool": "jnp.bool_",
 }
 

@@ -253,6 +253,13 @@ def _call(jaxpr_param: str) -> Callable[..., list[Array]]:
     return call
 
 
+def _shift(shift: Callable[..., Array], x: Array, n: Array) -> Array:
+    """XLA's shifts of unsigned integers: a count of the bit width or more gives 0."""
+    bits = np.iinfo(x.dtype).bits
+    n = np.asarray(n)
+    return np.where(n >= bits, np.zeros((), x.dtype), shift(x, np.minimum(n, bits - 1).astype(x.dtype)))
+
+
 PRIMITIVES: dict[str, Callable[..., Any]] = {
     "add": _plain(np.add),
     "add_any": _plain(np.add),
@@ -283,7 +290,7 @@ PRIMITIVES: dict[str, Callable[..., Any]] = {
     "gt": _plain(np.greater),
     "ge": _plain(np.greater_equal),
     "and": _plain(np.logical_and),
-    "or": _plain(np.logical_or),
+    "or": _plain(np.bitwise_or),  # (on bools the logical or)
     "not": _plain(np.logical_not),
     "select_n": _select_n,
     "stop_gradient": _plain(lambda x: x),
@@ -321,6 +328,9 @@ PRIMITIVES: dict[str, Callable[..., Any]] = {
     "custom_vjp_call": _call("call_jaxpr"),
     "custom_vjp_call_jaxpr": _call("fun_jaxpr"),
     "erf": _erf,
+    "xor": _plain(np.bitwise_xor),
+    "shift_left": lambda x, n, **_: _shift(np.left_shift, x, n),
+    "shift_right_logical": lambda x, n, **_: _shift(np.right_shift, x, n),
 }
 
 

@@ -89,7 +89,7 @@ def format_table(reports: list[ContractReport]) -> str:
 # ---------------------------------------------------------------------------------------------
 # Comparing outputs against their bounds
 
-SHORT_NAMES = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64": "f64", "int32": "i32"}
+SHORT_NAMES = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64": "f64", "int32": "i32", "uint32": "ui32"}
 
 
 @dataclass
@@ -212,13 +212,16 @@ def random_inputs(fn: func.FuncOp, rng: np.random.Generator, *, scale: float = 1
     """Random values for every argument of a step function, keyed by argument name.
 
     Floats are standard normal times `scale` (and `fan_in_scale` for weights) in the argument's
-    own dtype; i32 labels are uniform over the classes their consumers expect (`label_range`)."""
+    own dtype; i32 labels are uniform over the classes their consumers expect (`label_range`);
+    ui32 keys are uniform uint32 words."""
     out: Arrays = {}
     for arg in args(fn):
         shape = tuple(arg.type.get_shape())
         dtype = numpy_dtype(arg.type.get_element_type())
         if dtype == np.int32:
             out[arg.name] = rng.integers(0, label_range(arg), size=shape).astype(np.int32)
+        elif dtype == np.uint32:  # a random key: any two words
+            out[arg.name] = rng.integers(0, 2**32, size=shape, dtype=np.uint32)
         else:
             out[arg.name] = (rng.standard_normal(shape) * scale * fan_in_scale(arg)).astype(dtype)
     return out

@@ -31,6 +31,7 @@ from xdsl.dialects.builtin import (
     IntegerAttr,
     IntegerType,
     NoneAttr,
+    Signedness,
     StringAttr,
     TensorType,
     f64,
@@ -72,7 +73,13 @@ def is_float(element: Attribute) -> bool:
 
 
 def is_i32(element: Attribute) -> bool:
-    return isinstance(element, IntegerType) and element.width.data == 32
+    """The labels' and ids' type: signless 32-bit integers (`i32`), not `ui32`."""
+    return isinstance(element, IntegerType) and element.width.data == 32 and element.signedness.data == Signedness.SIGNLESS
+
+
+def is_ui32(element: Attribute) -> bool:
+    """The random keys' type: unsigned 32-bit integers (`tensor<2xui32>`, threefry key data)."""
+    return isinstance(element, IntegerType) and element.width.data == 32 and element.signedness.data == Signedness.UNSIGNED
 
 
 def tensor_type(value: SSAValue | Attribute) -> TensorType[Attribute]:
@@ -100,8 +107,8 @@ def _check_type(t: Attribute) -> None:
     if any(d < 0 for d in t.get_shape()):
         raise VerifyException(f"shapes are static in stepc, found dynamic dims in {t}")
     element = t.get_element_type()
-    if not (is_float(element) or is_i32(element)):
-        raise VerifyException(f"element type must be one of {ELEMENT_NAMES} or i32, found {element}")
+    if not (is_float(element) or is_i32(element) or is_ui32(element)):
+        raise VerifyException(f"element type must be one of {ELEMENT_NAMES}, i32 or ui32, found {element}")
 
 
 def shape_of(value: SSAValue | Attribute) -> tuple[int, ...]:
@@ -685,6 +692,84 @@ class SelectOp(StepOp):
         return make_tensor(shape, a.get_element_type())
 
 
+KEY_SHAPE = (2,)  # a threefry key's data: two uint32 words
+
+
+def key_tensor(value: SSAValue | Attribute, what: str) -> TensorType[Attribute]:
+    """A random key: `tensor<2xui32>` (threefry key data), or a VerifyException."""
+    t = tensor_type(value)
+    if not is_ui32(t.get_element_type()) or shape_of(t) != KEY_SHAPE:
+        raise VerifyException(f"{what} must be a random key, tensor<2xui32> (threefry key data), found {t}")
+    return t
+
+
+@irdl_op_definition
+class DropoutOp(StepOp):
+    """`%y = step.dropout %x, %key rate 0.1 : (tensor<16x32xf32>, tensor<2xui32>) -> tensor<16x32xf32>`
+
+    Inverted dropout: the keep mask is `jax.random.bernoulli(key, float32(1 - rate), shape)`
+    for the threefry key data `key` (`ir/threefry.py`); kept elements are multiplied by
+    `1 / (1 - rate)` (rounded to x's type), dropped ones are +0 whatever x holds. The key has no
+    derivative; x's is the dropout of the cotangent with the same key and rate.
+    """
+
+    name = "step.dropout"
+
+    input = operand_def(TensorType)
+    key = operand_def(TensorType)
+    result = result_def(TensorType)
+    rate = prop_def(FloatAttr)
+
+    def __init__(self, input: SSAValue, key: SSAValue, rate: float):
+        super().__init__(operands=[input, key], result_types=[input.type], properties={"rate": FloatAttr(rate, f64)})
+
+    @property
+    def drop_rate(self) -> float:
+        return float(self.rate.value.data)
+
+    @classmethod
+    def parse(cls, parser: Parser) -> DropoutOp:
+        pos = parser.pos
+        x = parser.parse_unresolved_operand()
+        parser.parse_punctuation(",")
+        key = parser.parse_unresolved_operand()
+        parser.parse_keyword("rate")
+        rate = _parse_signed_number(parser)
+        attrs = parser.parse_optional_attr_dict()
+        parser.parse_punctuation(":")
+        fn = parser.parse_function_type()
+        if len(fn.inputs.data) != 2 or len(fn.outputs.data) != 1:
+            parser.raise_error(
+                f"{cls.name} has the type (Tx, tensor<2xui32>) -> Tx, found {len(fn.inputs.data)} operand types "
+                f"and {len(fn.outputs.data)} result types",
+                pos,
+                parser.pos,
+            )
+        operands = [parser.resolve_operand(x, fn.inputs.data[0]), parser.resolve_operand(key, fn.inputs.data[1])]
+        op = cls.create(operands=operands, result_types=[fn.outputs.data[0]], properties={"rate": FloatAttr(rate, f64)})
+        op.attributes.update(attrs)
+        return op
+
+    def print(self, printer: Printer) -> None:
+        printer.print_string(" ")
+        printer.print_operand(self.input)
+        printer.print_string(", ")
+        printer.print_operand(self.key)
+        printer.print_string(f" rate {format_float(self.drop_rate)}")
+        printer.print_op_attributes(self.attributes)
+        printer.print_string(" : ")
+        printer.print_function_type([o.type for o in self.operands], [self.result.type])
+
+    def infer(self) -> TensorType[Attribute]:
+        t = float_tensor(self.input, f"{self.name} operand")
+        key_tensor(self.key, f"{self.name} key")
+        if not 0.0 <= self.drop_rate <= 1.0:  # (NaN too)
+            raise VerifyException(
+                f"{self.name} rate is the probability of dropping an element, in [0, 1]; found {format_float(self.drop_rate)}"
+            )
+        return t
+
+
 COMPARE_DIRECTIONS = ("eq", "ne", "lt", "le", "gt", "ge")
 
 
@@ -801,7 +886,12 @@ class ConvertOp(TypeChangeOp):
 
     def infer(self) -> TensorType[Attribute]:
         target = tensor_type(self.result)
-        tensor_type(self.input)
+        source = tensor_type(self.input)
+        for t in (source, target):
+            if is_ui32(t.get_element_type()):
+                raise VerifyException(
+                    f"step.convert does not convert random keys: {t} is key data (read by step.dropout), not a number"
+                )
         if shape_of(target) != shape_of(self.input):
             raise VerifyException(
                 f"step.convert keeps the shape: expected {shapes.fmt(shape_of(self.input))}, "
@@ -2131,6 +2221,7 @@ SPEC_OPS: tuple[type[StepOp], ...] = (
     LayerNormOp, GeluOp, EmbeddingOp,
     Conv2dOp,
     MaxPool2dOp, AvgPool2dOp, ConcatOp, SliceOp,
+    DropoutOp,
 )  # fmt: skip
 # Ops the derivative introduces; users may write them too.
 EXTRA_OPS: tuple[type[StepOp], ...] = (

@@ -61,6 +61,7 @@ from stepc.ir.dialect import (
     ConvertOp,
     CrossEntropyOp,
     DivOp,
+    DropoutOp,
     EmbeddingGradOp,
     EmbeddingOp,
     ExpOp,
@@ -111,6 +112,7 @@ from stepc.ir.interpreter import (
 )
 from stepc.ir.narrow import is_tensor
 from stepc.ir.program import args, output_names
+from stepc.ir.threefry import dropout_scale, keep_mask
 from stepc.ir.values import numpy_dtype
 
 Array = np.ndarray
@@ -434,6 +436,19 @@ def _select(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
     value: Array = np.where(chosen, x.value, z.value)
     out = [np.broadcast_to(v, shape).astype(np.float64) for v in (value, error, sigma)]
     return Bounded(out[0], out[1], out[2])
+
+
+@rule(DropoutOp)
+def _dropout(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
+    """Kept elements: a product with the scale rounded to x's type (its rounding a literal's
+    error); dropped ones exactly 0 (the mask is exact: integer arithmetic on the key)."""
+    assert isinstance(op, DropoutOp)
+    x, key = a
+    keep = keep_mask(np.asarray(key.value).astype(np.uint32), op.drop_rate, x.value.shape)
+    if not keep.any():
+        return exact(np.zeros_like(x.value))
+    kept = times(x, literal(dropout_scale(op.drop_rate), _dtype(op.results[0].type)), p)
+    return Bounded(*(np.where(keep, v, 0.0) for v in (kept.value, kept.error, kept.sigma)))
 
 
 @rule(TransposeOp)

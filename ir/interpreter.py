@@ -57,6 +57,7 @@ from stepc.ir.dialect import (
     ConvertOp,
     CrossEntropyOp,
     DivOp,
+    DropoutOp,
     EmbeddingGradOp,
     EmbeddingOp,
     ExpOp,
@@ -96,6 +97,7 @@ from stepc.ir.dialect import (
 from stepc.ir.narrow import is_tensor
 from stepc.ir.program import arg_location, args, output_names, step_function
 from stepc.ir.shapes import fmt
+from stepc.ir.threefry import dropout_scale, keep_mask
 from stepc.ir.values import numpy_dtype
 
 Array = np.ndarray
@@ -300,6 +302,16 @@ class StepFunctions(InterpreterFunctions):
         chosen: Array = np.where(mask != 0, on_true, on_false)
         return (np.ascontiguousarray(np.broadcast_to(chosen, _shape(op.result.type))),)
 
+    @impl(DropoutOp)
+    def run_dropout(self, interpreter: Interpreter, op: DropoutOp, values: PythonValues) -> PythonValues:
+        """Kept elements times the scale (rounded to x's type), one rounding; dropped ones +0."""
+        x, key = np.asarray(values[0]), np.asarray(values[1])
+        dtype = result_dtype(op)
+        keep = keep_mask(key, op.drop_rate, x.shape)
+        scale = widen(np.asarray(dropout_scale(op.drop_rate)).astype(dtype))
+        scaled = rounded(widen(x) * scale, dtype)
+        return (np.where(keep, scaled, np.zeros((), dtype)).astype(dtype, copy=False),)
+
     @impl(TransposeOp)
     def run_transpose(self, interpreter: Interpreter, op: TransposeOp, values: PythonValues) -> PythonValues:
         return (np.ascontiguousarray(np.transpose(values[0], op.permutation)),)
@@ -454,6 +466,14 @@ def pool_windows(x: Array, op: Pool2dOp, fill: float) -> Array:
     return windows[..., ::sh, ::sw, :, :]
 
 
+def _fits(value: Array, dtype: np.dtype) -> bool:
+    """Integers for a ui32 key that it holds exactly (a Python list of ints is int64)."""
+    if value.dtype.kind not in "iu" or dtype.kind != "u":
+        return False
+    info = np.iinfo(dtype)
+    return value.size == 0 or bool(info.min <= value.min() and value.max() <= info.max)
+
+
 def _shape(t: Attribute) -> tuple[int, ...]:
     assert isinstance(t, TensorType)
     return tuple(t.get_shape())
@@ -513,7 +533,7 @@ def _check_inputs(fn: func.FuncOp, inputs: Mapping[str, Any]) -> list[Array]:
             raise StepcError(
                 f"input %{arg.name}: expected shape {fmt(expected_shape)} ({arg.type}), found {fmt(value.shape)}", loc
             )
-        if value.dtype != dtype and not np.can_cast(value.dtype, dtype, "same_kind"):
+        if value.dtype != dtype and not (np.can_cast(value.dtype, dtype, "same_kind") or _fits(value, dtype)):
             raise StepcError(f"input %{arg.name}: expected {dtype.name} values ({arg.type}), found {value.dtype}", loc)
         out.append(value.astype(dtype, copy=True))
     return out

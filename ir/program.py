@@ -49,6 +49,7 @@ from stepc.ir.dialect import (
     SoftmaxOp,
     is_float,
     is_i32,
+    is_ui32,
     shape_of,
 )
 from stepc.ir.limits import check_memory, human_bytes, memory_limit, tensor_bytes
@@ -249,8 +250,10 @@ def verify_step_function(fn: func.FuncOp) -> None:
             raise StepcError(f"argument %{arg.name} must be a tensor, found {t}", loc)
         if arg.role == Role.PARAM and not is_float(t.get_element_type()):
             raise StepcError(f"parameter %{arg.name} must be a float tensor (f16, bf16, f32, f64), found {t}", loc)
-        if arg.role == Role.INPUT and not (is_float(t.get_element_type()) or is_i32(t.get_element_type())):
-            raise StepcError(f"batch input %{arg.name} must be a float or i32 tensor, found {t}", loc)
+        if arg.role == Role.INPUT and not (
+            is_float(t.get_element_type()) or is_i32(t.get_element_type()) or is_ui32(t.get_element_type())
+        ):
+            raise StepcError(f"batch input %{arg.name} must be a float, i32 or ui32 (random key) tensor, found {t}", loc)
         marker = arg.attrs.data.get(PARAM)
         if marker is not None and not isinstance(marker, (UnitAttr, SGDAttr)):
             raise StepcError(
@@ -555,7 +558,7 @@ def fan_in_scale(arg: Arg) -> float:
 
 @dataclass(frozen=True)
 class ArgSpec:
-    """One argument: IR name, role, shape and dtype (i1 never: arguments are f16..f64, i32)."""
+    """One argument: IR name, role, shape and dtype (i1 never: arguments are f16..f64, i32, ui32)."""
 
     name: str
     role: Role

@@ -491,6 +491,37 @@ MinOp = MinimumOp
 ExpOp = ExponentialOp
 
 
+# Integer bit operations (the threefry hash of `step.dropout`'s mask), on ui32 tensors.
+
+
+@irdl_op_definition
+class XorOp(ElementwiseBinary):
+    """`"stablehlo.xor"(%a, %b) : (tensor<4xui32>, tensor<4xui32>) -> tensor<4xui32>`"""
+
+    name = "stablehlo.xor"
+
+
+@irdl_op_definition
+class OrOp(ElementwiseBinary):
+    """`"stablehlo.or"(%a, %b) : (tensor<4xui32>, tensor<4xui32>) -> tensor<4xui32>`"""
+
+    name = "stablehlo.or"
+
+
+@irdl_op_definition
+class ShiftLeftOp(ElementwiseBinary):
+    """`"stablehlo.shift_left"(%a, %n) : (tensor<4xui32>, tensor<4xui32>) -> tensor<4xui32>`"""
+
+    name = "stablehlo.shift_left"
+
+
+@irdl_op_definition
+class ShiftRightLogicalOp(ElementwiseBinary):
+    """`"stablehlo.shift_right_logical"(%a, %n) : (tensor<4xui32>, tensor<4xui32>) -> tensor<4xui32>`"""
+
+    name = "stablehlo.shift_right_logical"
+
+
 @irdl_op_definition
 class ConstantOp(StableHLOOp):
     """`%c = "stablehlo.constant"() <{value = dense<0.5> : tensor<f32>}> : () -> tensor<f32>`"""
@@ -1073,6 +1104,7 @@ OPS: tuple[type[IRDLOperation], ...] = (
     DotGeneralOp, IotaOp, GatherOp, ScatterOp, ReduceOp, ReturnOp, DynamicSliceOp, WhileOp,
     ConvolutionOp, ReverseOp,
     ReduceWindowOp, PadOp, SliceOp, ConcatenateOp,
+    XorOp, OrOp, ShiftLeftOp, ShiftRightLogicalOp,
 )  # fmt: skip
 
 StableHLO = Dialect("stablehlo", list(OPS), [ComparisonDirectionAttr, DotAttr, GatherAttr, ScatterAttr, ConvAttr])

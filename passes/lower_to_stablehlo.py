@@ -33,7 +33,17 @@ from typing import TypeVar, cast
 import numpy as np
 from xdsl.context import Context
 from xdsl.dialects import func
-from xdsl.dialects.builtin import ArrayAttr, DenseIntOrFPElementsAttr, ModuleOp, StringAttr, TensorType, UnitAttr, i32
+from xdsl.dialects.builtin import (
+    ArrayAttr,
+    DenseIntOrFPElementsAttr,
+    IntegerType,
+    ModuleOp,
+    Signedness,
+    StringAttr,
+    TensorType,
+    UnitAttr,
+    i32,
+)
 from xdsl.ir import Attribute, Block, Operation, Region, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.rewriter import InsertPoint
@@ -47,6 +57,7 @@ from stepc.ir.dialect import RELU_TAG, element_of, make_tensor, shape_of
 from stepc.ir.interpreter import GELU_ALPHA, GELU_BETA, GELU_KAPPA, SQRT1_2
 from stepc.ir.program import step_function
 from stepc.ir.shapes import broadcast
+from stepc.ir.threefry import MANTISSA_BITS, PARITY, ROTATIONS, dropout_scale, keep_threshold
 from stepc.ir.values import numpy_dtype
 
 # ---------------------------------------------------------------------------------------------
@@ -119,7 +130,7 @@ def dense_constant(key: tuple[str | int, ...], element: Attribute, shape: tuple[
     """The attribute of `StableHLOBuilder.constant` (float values as `float.hex`); shared, as every
     attribute can be: a lowered program repeats a few constants (the zeros of reductions)."""
     values: list[float] | list[int]
-    if element == i32:
+    if isinstance(element, IntegerType):  # i32 indices, ui32 key words and shift counts
         values = [int(float.fromhex(v)) if isinstance(v, str) else v for v in key]
     else:  # round to the element type first: 1e308 in f32 is inf (as torch), not a packing error
         floats = np.array([float.fromhex(v) if isinstance(v, str) else float(v) for v in key], dtype=np.float64)
@@ -220,6 +231,63 @@ def lower_select(b: StableHLOBuilder, op: step.SelectOp) -> SSAValue:
     mask = b.broadcast(op.mask, shape)
     pred = b.compare(shlo.ComparisonDirection.NE, mask, b.constant(0.0, element_of(op.mask)))
     return b.emit(shlo.SelectOp(pred, b.broadcast(op.on_true, shape), b.broadcast(op.on_false, shape)))
+
+
+UI32 = IntegerType(32, Signedness.UNSIGNED)
+
+
+@lowering(step.DropoutOp)
+def lower_dropout(b: StableHLOBuilder, op: step.DropoutOp) -> SSAValue:
+    """`select(keep, x * scale, 0)`, the keep mask `jax.random.bernoulli`'s bit for bit: threefry
+    bits of the row-major element index (`threefry_bits`), kept where their 23 high bits are
+    below `keep_threshold(rate)` (JAX's uniform float32 below p, in integers)."""
+    shape = shape_of(op.result)
+    element = element_of(op.result)
+    zeros = b.constant(0.0, element, shape)
+    threshold = keep_threshold(op.drop_rate)
+    if threshold == 0:  # rate 1: nothing is kept
+        return zeros
+    count = math.prod(shape)
+    if count >= 2**32:
+        raise error_at(op, f"step.dropout of {count} elements: the lowering counts elements in 32 bits")
+    bits = threefry_bits(b, op.key, count)
+    high = b.emit(shlo.ShiftRightLogicalOp(bits, b.constant(32 - MANTISSA_BITS, UI32, (count,))))
+    keep = b.compare(shlo.ComparisonDirection.LT, high, b.constant(threshold, UI32, (count,)))
+    keep = b.emit(shlo.ReshapeOp(keep, TensorType(shlo.i1, list(shape))))
+    scaled = b.binary(shlo.MultiplyOp, op.input, b.constant(dropout_scale(op.drop_rate), element))
+    return b.emit(shlo.SelectOp(keep, scaled, zeros))
+
+
+def threefry_bits(b: StableHLOBuilder, key: SSAValue, count: int) -> SSAValue:
+    """`jax.random.bits(key, (count,), uint32)` (`ir/threefry.py`): Threefry-2x32 of the counter
+    words `(0, i)` for i < count (fewer than 2**32: the high word is 0), the two output words xor-ed."""
+    flat = (count,)
+
+    def word(i: int) -> SSAValue:
+        piece = b.emit(shlo.DynamicSliceOp(key, [b.constant(i, i32)], [1]))
+        return b.emit(shlo.ReshapeOp(piece, make_tensor((), UI32)))
+
+    k0, k1 = word(0), word(1)
+    k2 = b.emit(shlo.XorOp(b.emit(shlo.XorOp(k0, k1)), b.constant(PARITY, UI32)))
+    schedule = [b.broadcast(k, flat) for k in (k0, k1, k2)]
+
+    def add(x: SSAValue, y: SSAValue) -> SSAValue:
+        return b.emit(shlo.AddOp(x, y))
+
+    def rotate_left(x: SSAValue, d: int) -> SSAValue:
+        left = b.emit(shlo.ShiftLeftOp(x, b.constant(d, UI32, flat)))
+        right = b.emit(shlo.ShiftRightLogicalOp(x, b.constant(32 - d, UI32, flat)))
+        return b.emit(shlo.OrOp(left, right))
+
+    x0 = schedule[0]  # the high counter word is 0
+    x1 = add(b.emit(shlo.IotaOp(0, make_tensor(flat, UI32))), schedule[1])
+    for block in range(5):
+        for r in ROTATIONS[block % 2]:
+            x0 = add(x0, x1)
+            x1 = b.emit(shlo.XorOp(rotate_left(x1, r), x0))
+        x0 = add(x0, schedule[(block + 1) % 3])
+        x1 = add(add(x1, schedule[(block + 2) % 3]), b.constant(block + 1, UI32, flat))
+    return b.emit(shlo.XorOp(x0, x1))
 
 
 @lowering(step.MatmulOp)

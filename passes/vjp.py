@@ -38,6 +38,7 @@ from stepc.ir.dialect import (
     ConvertOp,
     CrossEntropyOp,
     DivOp,
+    DropoutOp,
     EmbeddingGradOp,
     EmbeddingOp,
     ExpOp,
@@ -190,6 +191,14 @@ def vjp_select(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cot
     to_true = emit(SelectOp(op.mask, cotangent, zero))
     to_false = emit(SelectOp(op.mask, zero, cotangent))
     return None, emit.unbroadcast(to_true, op.on_true), emit.unbroadcast(to_false, op.on_false)
+
+
+@vjp(DropoutOp)
+def vjp_dropout(emit: BackwardBuilder, op: Operation, cotangent: SSAValue) -> Cotangents:
+    """The same mask and scale on the cotangent: dropout of the cotangent with the same key and
+    rate (exact); none for the key (integer data)."""
+    assert isinstance(op, DropoutOp)
+    return emit(DropoutOp(cotangent, op.key, op.drop_rate)), None
 
 
 @vjp(CompareOp)

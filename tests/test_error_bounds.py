@@ -148,12 +148,17 @@ def test_each_op_within_its_bound_in_the_interpreter_and_in_xla(dtype: str) -> N
                      {"w": rng.standard_normal((8, 64)), "i": ids}))  # fmt: skip
     programs.append(("embedding_grad", one_op(f"%r = step.embedding_grad %c, %i : ({t}, tensor<16xi32>) -> {table}",
                                               f"%c: {t}, %i: tensor<16xi32>", table), {"c": rng.standard_normal((16, 64)), "i": ids}))  # fmt: skip
+    key = rng.integers(0, 2**32, 2, dtype=np.uint32)
+    for rate in (0.1, 0.3):  # 1 / 0.9 is inexact in every type: the scale's rounding is in the bound
+        programs.append((f"dropout-{rate}", one_op(f"%r = step.dropout %a, %k rate {rate} : ({t}, tensor<2xui32>) -> {t}",
+                                                   f"%a: {t}, %k: tensor<2xui32>", t),
+                         {"a": rng.standard_normal((16, 64)), "k": key}))  # fmt: skip
     from stepc.backends.jax import jax_function
     from stepc.passes.lower_to_stablehlo import lowered_clone
 
     for name, text, raw in programs:
         module = parsed(text, f"{name}.ir")
-        inputs = {k: (v if v.dtype == np.int32 else v.astype(np_dtype)) for k, v in raw.items()}
+        inputs = {k: (v if v.dtype.kind in "iu" else v.astype(np_dtype)) for k, v in raw.items()}
         expected = bounded_program(module, inputs)
         comparison = Comparison()
         comparison.compare_all(expected, run_program(module, inputs), "interpreter")

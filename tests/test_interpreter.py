@@ -67,6 +67,18 @@ def _gelu_grad(approximate: str) -> Callable[[np.ndarray], np.ndarray]:
     return grad
 
 
+def random_key(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    return rng.integers(0, 2**32, size=shape, dtype=np.uint32)
+
+
+def jax_keep_mask(key: np.ndarray, rate: float, shape: tuple[int, ...]) -> np.ndarray:
+    """The spec's dropout keep mask, drawn by JAX itself."""
+    import jax
+
+    wrapped = jax.random.wrap_key_data(key, impl="threefry2x32")
+    return np.asarray(jax.random.bernoulli(wrapped, np.float32(1 - rate), shape))
+
+
 def labels(classes: int) -> Callable[[tuple[int, ...], np.random.Generator], np.ndarray]:
     return lambda shape, rng: rng.integers(0, classes, size=shape).astype(np.int32)
 
@@ -82,10 +94,12 @@ class Case:
     oracle: Callable[..., np.ndarray]
     result_element: str | None = None  # default: the float element type under test
     ints: tuple[str, ...] = field(default=())  # operands that are i32
+    keys: tuple[str, ...] = field(default=())  # operands that are ui32 random keys
 
     def program(self, element: str) -> str:
         types = {
-            k: t(shape, "i32" if k in self.ints else element) for k, (shape, _) in self.operands.items()
+            k: t(shape, "i32" if k in self.ints else "ui32" if k in self.keys else element)
+            for k, (shape, _) in self.operands.items()
         }
         types["r"] = t(self.result, self.result_element or element)
         sig = ", ".join(f"%{k}: {types[k]}" for k in self.operands)
@@ -321,6 +335,14 @@ CASES: list[Case] = [
         (6, 1, 3, 2),
         lambda x, dy: torch.nn.grad.conv2d_weight(tt(x), (6, 1, 3, 2), tt(dy), (2, 2), (1, 0), (1, 2), 3).numpy(),
     ),
+    Case(
+        "dropout",
+        "step.dropout %a, %k rate 0.3 : ({a}, {k}) -> {r}",
+        {"a": ((5, 7), normal), "k": ((2,), random_key)},
+        (5, 7),
+        lambda a, k: np.where(jax_keep_mask(k, 0.3, a.shape), a * (1 / 0.7), 0.0),
+        keys=("k",),
+    ),
 ]
 
 
@@ -328,12 +350,13 @@ def run_case(case: Case, element: str, seed: int = 0) -> tuple[np.ndarray, np.nd
     dtype = DTYPES[element]
     rng = np.random.default_rng(seed)
     raw = {k: gen(shape, rng) for k, (shape, gen) in case.operands.items()}
-    inputs = {k: v if k in case.ints else v.astype(dtype) for k, v in raw.items()}
+    exact = (*case.ints, *case.keys)
+    inputs = {k: v if k in exact else v.astype(dtype) for k, v in raw.items()}
     module = parse_text(case.program(element), f"{case.name}.ir")
     verify(module)
     got = run_function(module, inputs)["loss"]
     # The oracle sees exactly the values the interpreter saw, in float64.
-    expected = np.asarray(case.oracle(*(v if k in case.ints else v.astype(np.float64) for k, v in inputs.items())))
+    expected = np.asarray(case.oracle(*(v if k in exact else v.astype(np.float64) for k, v in inputs.items())))
     return got, expected, inputs
 
 

@@ -244,12 +244,22 @@ ROWS: list[Row] = [
         (("a", (3, 4), "normal"),),
         t((6, 12)),
     ),
+    *(
+        Row(
+            f"dropout_{rate}",
+            f"%r = step.dropout %a, %k rate {rate} : ({t(shape)}, {t((2,), 'ui32')}) -> {t(shape)}",
+            (("a", shape, "normal"), ("k", (2,), "key")),
+            t(shape),
+            ("dropout",),
+        )
+        for shape, rate in (((5, 7), 0.3), ((3,), 0.0), ((2, 3), 1.0), ((), 0.5))
+    ),
 ]
 
 
 def program(row: Row, element: str) -> str:
     def arg_type(shape: tuple[int, ...], kind: str) -> str:
-        return t(shape, "i32" if kind.startswith("labels") else "{T}")
+        return t(shape, "i32" if kind.startswith("labels") else "ui32" if kind == "key" else "{T}")
 
     args = ", ".join(f"%{name}: {arg_type(shape, kind)}" for name, shape, kind in row.args)
     text = f"func.func @{row.name}({args}) -> {row.result} {{\n  {row.body}\n  func.return %r : {row.result}\n}}\n"
@@ -262,6 +272,9 @@ def inputs(row: Row, dtype: type, seed: int) -> dict[str, np.ndarray]:
     for name, shape, kind in row.args:
         if kind.startswith("labels"):
             out[name] = rng.integers(0, int(kind.removeprefix("labels")), size=shape).astype(np.int32)
+            continue
+        if kind == "key":
+            out[name] = rng.integers(0, 2**32, size=shape, dtype=np.uint32)
             continue
         x = rng.standard_normal(shape)
         if kind == "mask":  # zeros and nonzeros alike, whatever the seed

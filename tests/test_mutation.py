@@ -7,6 +7,8 @@ Mutations, applied by monkeypatching `stepc.passes.vjp.VJP_RULES` (or the driver
   not `add`, where the swap is an equivalent mutant: both cotangents are the same value);
 - `drop:i`: the cotangent of operand i is dropped (a forgotten contribution);
 - `nonzero`: a zero rule (`compare`) passes the cotangent on instead;
+- `other-key`, `no-scale`: dropout's rule masks the cotangent with another key, or forgets the
+  scale 1 / (1 - rate);
 - the driver's accumulation at fan-out, dropped (the first or the latest contribution kept);
 - `seed-scalar-loss` seeding 2 instead of 1 (caught by its own contract);
 - gradient accumulation (`accumulate-gradients`, the loop op and its lowering): the sums left
@@ -106,6 +108,8 @@ CASES: list[Case] = [
            ("sign", "drop:0", "drop:1"), CONV_TYPES[out], f", %{lhs}: {CONV_TYPES[lhs]} {{step.param}}, %{rhs}: {CONV_TYPES[rhs]} {{step.param}}")
       for cls, lhs, rhs, out in ((step.Conv2dOp, "x", "k", "dy"), (step.Conv2dInputGradOp, "dy", "k", "x"),
                                  (step.Conv2dWeightGradOp, "x", "dy", "k"))),
+    Case(step.DropoutOp, f"%r = step.dropout %a, %key rate 0.5 : ({T}, tensor<2xui32>) -> {T}",
+         ("sign", "drop:0", "other-key", "no-scale"), T, ", %key: tensor<2xui32>, %other: tensor<2xui32>"),
 ]  # fmt: skip
 NOTHING_TO_BREAK = {step.OneHotOp, step.ConstantOp}
 
@@ -147,6 +151,13 @@ def mutate(rule: Rule, kind: str) -> Rule:
         out = list(rule(emit, op, cotangent))
         if kind == "sign":
             return [None if c is None else emit(step.NegOp(c)) for c in out]
+        if kind == "other-key":  # the mask of another key (the function's argument %other)
+            assert isinstance(op, step.DropoutOp)
+            other = next(a for a in op.key.owner.args if a.name_hint == "other")  # type: ignore[union-attr]
+            return [emit(step.DropoutOp(cotangent, other, op.drop_rate)), None]
+        if kind == "no-scale":  # the mask without the 1 / (1 - rate)
+            assert isinstance(op, step.DropoutOp)
+            return [emit(step.MulOp(out[0], emit.scalar(1 - op.drop_rate, cotangent))), None]  # type: ignore[arg-type]
         if kind == "swap":
             out[0], out[1] = out[1], out[0]
             return out

@@ -24,7 +24,7 @@ from stepc.ir.parse import load_text
 from stepc.pipeline import Pipeline
 
 REL_TOL = 1e-10
-TYPES = {"f64": np.float64, "f32": np.float32, "i32": np.int32}
+TYPES = {"f64": np.float64, "f32": np.float32, "i32": np.int32, "ui32": np.uint32}
 TORCH_TYPES = {"f64": torch.float64, "f32": torch.float32}
 JAX_TYPES = {"f64": jnp.float64, "f32": jnp.float32}
 
@@ -39,7 +39,7 @@ class Arg:
     shape: tuple[int, ...]
     element: str = "f64"
     # How to draw the values: "normal", "positive" (away from 0), "nonzero", "ties" (small integers),
-    # "kinks" (normal with exact zeros), or "labels:C".
+    # "kinks" (normal with exact zeros), "labels:C", or "key" (random uint32 words).
     values: str = "normal"
 
     @property
@@ -48,9 +48,11 @@ class Arg:
 
     @property
     def is_param(self) -> bool:
-        return self.element != "i32"
+        return self.element not in ("i32", "ui32")
 
     def draw(self, rng: np.random.Generator) -> np.ndarray:
+        if self.values == "key":
+            return rng.integers(0, 2**32, size=self.shape, dtype=np.uint32)
         if self.values.startswith("labels:"):
             return rng.integers(0, int(self.values.split(":")[1]), size=self.shape).astype(np.int32)
         x = rng.standard_normal(self.shape)
@@ -451,11 +453,37 @@ def conv_rows() -> list[Row]:
     return rows
 
 
+def jax_keep_mask(key: Any, rate: float, shape: tuple[int, ...]) -> Any:
+    """The spec's keep mask, from JAX itself: `jax.random.bernoulli` of the threefry key data."""
+    return jax.random.bernoulli(jax.random.wrap_key_data(jnp.asarray(key), impl="threefry2x32"), np.float32(1 - rate), shape)
+
+
+def dropout_rows() -> list[Row]:
+    """Inverted dropout: `where(keep, x / (1 - rate), 0)`, the mask `jax.random.bernoulli`'s; the
+    torch twin is given that mask (drawn by JAX); the key has no derivative."""
+    rows = []
+    for shape, rate in [((3, 4), 0.1), ((7,), 0.5), ((2, 3, 5), 0.3), ((), 0.5), ((3, 4), 0.0), ((3, 4), 1.0)]:
+        x, key = Arg("x", shape), Arg("key", (2,), "ui32", values="key")
+        line = f"%r = step.dropout %x, %key rate {rate!r} : ({x.type}, {key.type}) -> {x.type}"
+        scale = 1 / (1 - rate) if rate < 1 else 0.0
+
+        def jax_fn(x: Any, key: Any, rate: float = rate, scale: float = scale) -> Any:
+            return jnp.where(jax_keep_mask(key, rate, x.shape), x * scale, 0.0)
+
+        def torch_fn(x: Any, key: Any, rate: float = rate, scale: float = scale) -> Any:
+            keep = torch.from_numpy(np.array(jax_keep_mask(key.numpy(), rate, tuple(x.shape))))
+            return torch.where(keep, x * scale, torch.zeros((), dtype=x.dtype))
+
+        rows.append(Row(f"dropout-{'x'.join(map(str, shape)) or 's'}-{rate}", [x, key], line, shape, jax_fn, torch_fn))
+    return rows
+
+
 ROWS = [
     *binary_rows(), *unary_rows(), *matmul_rows(), *transpose_rows(), *reshape_rows(), *broadcast_rows(),
     *reduction_rows(), *softmax_rows(), *loss_rows(), *constant_convert_rows(), *select_rows(),
     *layer_norm_rows(), *gelu_rows(), *embedding_rows(),
     *conv_rows(),
+    *dropout_rows(),
 ]  # fmt: skip
 
 

@@ -121,9 +121,12 @@ def logits_function(cut: ModuleOp) -> Callable[[Arrays, Arrays], Any]:
     """`logits(params, batch)` of a `logits_module` cut, through the JAX backend (jitted)."""
     jf = jax_function(lowered_clone(cut))
     names = jf.arg_names
+    # The cut evaluates dropout as the identity: its key inputs are read by nothing, and the data
+    # (which holds no keys) feeds them any key.
+    unused_keys = {s.name: np.zeros(s.shape, s.dtype) for s in jf.specs if s.dtype == np.uint32}
 
     def logits(params: Mapping[str, Any], batch: Mapping[str, Any]) -> Any:
-        values = {**params, **batch}
+        values = {**unused_keys, **params, **batch}
         return jf.fn(*(values[n] for n in names))[0]
 
     return jax.jit(logits)
