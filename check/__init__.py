@@ -16,6 +16,8 @@ from stepc.check.fuse_sgd import SGDEquationContract
 from stepc.check.lower_to_stablehlo import LoweringContract
 from stepc.check.seed_scalar_loss import SeedContract
 from stepc.check.simplify_stablehlo import SimplifyContract
+from stepc.check.fuse_adam import AdamEquationContract
+from stepc.check.clip_grad_norm import ClipContract
 
 CONTRACTS: dict[str, Contract[Any]] = {
     "differentiate": VJPContract(),
@@ -27,6 +29,8 @@ CONTRACTS: dict[str, Contract[Any]] = {
     "cse": ExactIdentityContract(),
     "dce": ExactIdentityContract(),
     "canonicalize": IdentityContract(),
+    "fuse-adam": AdamEquationContract(),
+    "clip-grad-norm": ClipContract(),
 }
 
 
