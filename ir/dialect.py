@@ -610,9 +610,9 @@ STEP_ATTRIBUTES: Mapping[str, StepAttribute] = {
     ADAMW: StepAttribute(
         Position.FUNCTION, "the optimizer torch.optim.AdamW", "attributes {step.adamw = #step.adamw<lr = 1.0e-3>}",
     ),
-    "step.clip_grad_norm": StepAttribute(
+    CLIP_GRAD_NORM: StepAttribute(
         Position.FUNCTION, "gradient clipping, torch.nn.utils.clip_grad_norm_",
-        "attributes {step.clip_grad_norm = 1.0 : f64}", supported=False,
+        "attributes {step.clip_grad_norm = 1.0 : f64}",
     ),
     ACCUMULATE: StepAttribute(
         Position.FUNCTION, "gradient accumulation over micro-batches", "attributes {step.accumulate = 4 : i64}",
