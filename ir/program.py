@@ -33,15 +33,14 @@ from stepc.ir.dialect import (
     ACCUMULATE,
     ADAM,
     ADAMW,
-    AdamAttr,
-    AdamWAttr,
-    check_adam_fields,
     COTANGENT,
     OUTPUT,
     PARAM,
     SGD,
     STATE,
     AccumulateOp,
+    AdamAttr,
+    AdamWAttr,
     CrossEntropyOp,
     LogSoftmaxOp,
     MatmulOp,
@@ -50,6 +49,7 @@ from stepc.ir.dialect import (
     ReshapeOp,
     SGDAttr,
     SoftmaxOp,
+    check_adam_fields,
     is_float,
     is_i32,
     shape_of,
@@ -430,6 +430,7 @@ def check_adam_optimizer(fn: func.FuncOp) -> bool:
                 f"parameter %{arg.name}: its optimizer fields must be a #{key}<...> as the function's, found {override}",
                 arg_location(fn, arg.value),
             )
+        assert isinstance(override, (AdamAttr, AdamWAttr))
         try:
             check_adam_fields(attr.resolved(override), attr.TITLE)
         except Exception as e:

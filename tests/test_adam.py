@@ -30,7 +30,6 @@ from stepc.ir.program import args, initial_state, output_names, step_function, v
 from stepc.passes.clip_grad_norm import ClipGradNorm
 from stepc.passes.fuse_adam import FuseAdam
 from stepc.passes.fuse_sgd import FuseSGD
-
 from tests.test_sgd_grid import NUMPY, TOLERANCE, TORCH, D, K, N, gradient_program, relative_error
 
 STEPS = 6
@@ -271,6 +270,6 @@ def test_group_of_another_optimizer_is_located() -> None:
   %l = step.sum %y : tensor<3xf32> -> tensor<f32>
   func.return %l : tensor<f32>
 }"""
-    with pytest.raises(StepcError, match="must be a #step.adam") as info:
+    with pytest.raises(StepcError, match=r"must be a #step\.adam") as info:
         verify_step_function(step_function(parse_text(text, "g.mlir")))
     assert "g.mlir:1:" in info.value.render()
