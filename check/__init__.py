@@ -10,8 +10,10 @@ from typing import Any
 
 from stepc.check.accumulate_gradients import AccumulationContract
 from stepc.check.cleanup import ExactIdentityContract, IdentityContract
+from stepc.check.clip_grad_norm import ClipContract
 from stepc.check.contract import Contract, ContractReport, format_table
 from stepc.check.differentiate import VJPContract
+from stepc.check.fuse_adam import AdamEquationContract
 from stepc.check.fuse_sgd import SGDEquationContract
 from stepc.check.lower_to_stablehlo import LoweringContract
 from stepc.check.seed_scalar_loss import SeedContract
@@ -27,6 +29,8 @@ CONTRACTS: dict[str, Contract[Any]] = {
     "cse": ExactIdentityContract(),
     "dce": ExactIdentityContract(),
     "canonicalize": IdentityContract(),
+    "fuse-adam": AdamEquationContract(),
+    "clip-grad-norm": ClipContract(),
 }
 
 

@@ -387,6 +387,185 @@ class SGDAttr(ParametrizedAttribute):
 
 
 # ---------------------------------------------------------------------------------------------
+# The Adam family: #step.adam<...> and #step.adamw<...> (torch.optim.Adam and AdamW)
+
+
+ADAM_FIELDS: tuple[tuple[str, type], ...] = (
+    ("lr", float),
+    ("beta1", float),
+    ("beta2", float),
+    ("eps", float),
+    ("weight_decay", float),
+    ("amsgrad", bool),
+    ("maximize", bool),
+)
+ADAM_DEFAULTS: dict[str, float | bool] = {
+    "lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "amsgrad": False, "maximize": False,
+}  # fmt: skip
+ADAMW_DEFAULTS: dict[str, float | bool] = {**ADAM_DEFAULTS, "weight_decay": 0.01}
+
+
+def _optimizer_parameters(fields: dict[str, float | bool], table: tuple[tuple[str, type], ...], title: str) -> list[Attribute]:
+    """The attribute parameters of an optimizer attribute with the given fields (NoneAttr where absent)."""
+    fields = dict(fields)
+    out: list[Attribute] = []
+    for field, kind in table:
+        value = fields.pop(field, None)
+        if value is None:
+            out.append(NoneAttr())
+        elif kind is bool:
+            out.append(BoolAttr.from_bool(bool(value)))
+        else:
+            out.append(FloatAttr(float(value), f64))
+    if fields:
+        raise ValueError(f"unknown {title} fields {sorted(fields)}")
+    return out
+
+
+def _written_fields(parameters: Sequence[Attribute], table: tuple[tuple[str, type], ...]) -> dict[str, float | bool]:
+    out: dict[str, float | bool] = {}
+    for (field, _), param in zip(table, parameters):
+        if isinstance(param, FloatAttr):
+            out[field] = float(param.value.data)
+        elif isinstance(param, IntegerAttr):
+            out[field] = bool(param.value.data)
+    return out
+
+
+def _parse_optimizer_fields(parser: AttrParser, table: tuple[tuple[str, type], ...], title: str) -> dict[str, float | bool]:
+    """`<field = value, ...>`: each field of `table` at most once, a number or a boolean as its kind."""
+    fields: dict[str, float | bool] = {}
+    kinds = dict(table)
+
+    def parse_field() -> None:
+        pos = parser.pos
+        key = parser.parse_identifier(f" (an {title} field: " + ", ".join(kinds) + ")")
+        if key not in kinds:
+            parser.raise_error(f"unknown {title} field '{key}'; the fields are " + ", ".join(kinds), pos, parser.pos)
+        if key in fields:
+            parser.raise_error(f"{title} field '{key}' is given twice", pos, parser.pos)
+        parser.parse_punctuation("=")
+        if kinds[key] is bool:
+            fields[key] = parser.parse_boolean(f" for {title} field '{key}'")
+        else:
+            value = parser.parse_number(context_msg=f" for {title} field '{key}'")
+            if isinstance(value, bool):
+                parser.raise_error(f"{title} field '{key}' takes a number", pos, parser.pos)
+            fields[key] = float(value)
+
+    parser.parse_comma_separated_list(parser.Delimiter.ANGLE, parse_field)
+    return fields
+
+
+def _print_optimizer_fields(fields: dict[str, float | bool], printer: Printer) -> None:
+    items = []
+    for field, value in fields.items():
+        text = ("true" if value else "false") if isinstance(value, bool) else format_float(value)
+        items.append(f"{field} = {text}")
+    printer.print_string("<" + ", ".join(items) + ">")
+
+
+def check_adam_fields(fields: Mapping[str, float | bool], title: str) -> None:
+    """torch.optim.Adam's (and AdamW's) ValueErrors, in torch's order, for a resolved set of fields."""
+
+    def bad(name: str, value: float) -> bool:
+        return isinstance(value, float) and not (value >= 0.0)  # NaN fails, as torch's `not 0.0 <= x`
+
+    where = f"(as in torch.optim.{title})"
+    lr, eps, wd = fields.get("lr", 0.0), fields.get("eps", 0.0), fields.get("weight_decay", 0.0)
+    if bad("lr", float(lr)):
+        raise VerifyException(f"invalid {title} lr: {format_float(float(lr))} (must be >= 0, {where[1:-1]})")
+    if bad("eps", float(eps)):
+        raise VerifyException(f"invalid {title} eps: {format_float(float(eps))} (must be >= 0, {where[1:-1]})")
+    for name in ("beta1", "beta2"):
+        value = fields.get(name)
+        if value is not None and not (0.0 <= float(value) < 1.0):
+            raise VerifyException(
+                f"invalid {title} {name}: {format_float(float(value))} (must be in [0, 1), {where[1:-1]})"
+            )
+    if bad("weight_decay", float(wd)):
+        raise VerifyException(f"invalid {title} weight_decay: {format_float(float(wd))} (must be >= 0, {where[1:-1]})")
+
+
+class _AdamFamily:
+    """What #step.adam and #step.adamw share: the fields (only those written are stored, so that
+    a parameter's attribute overrides just those), torch's defaults and errors."""
+
+    TITLE: ClassVar[str] = "Adam"
+    DEFAULTS: ClassVar[Mapping[str, float | bool]] = ADAM_DEFAULTS
+
+    def fields(self) -> dict[str, float | bool]:
+        """The fields written in the text, by name."""
+        return _written_fields(self.parameters, ADAM_FIELDS)  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType, reportUnknownArgumentType]  # a mixin of ParametrizedAttribute
+
+    def resolved(self, override: _AdamFamily | None = None) -> dict[str, float | bool]:
+        """Every field: torch's defaults, then this attribute's, then `override`'s."""
+        out: dict[str, float | bool] = dict(self.DEFAULTS)
+        out.update(self.fields())
+        if override is not None:
+            out.update(override.fields())
+        return out
+
+    def print_parameters(self, printer: Printer) -> None:
+        _print_optimizer_fields(self.fields(), printer)
+
+    def check(self) -> None:
+        check_adam_fields(self.resolved(), self.TITLE)
+
+
+@irdl_attr_definition
+class AdamAttr(_AdamFamily, ParametrizedAttribute):
+    """`#step.adam<lr = 1.0e-3, beta1 = 0.9, ...>`: the arguments of `torch.optim.Adam`
+    (`betas = (beta1, beta2)`)."""
+
+    name = "step.adam"
+    TITLE: ClassVar[str] = "Adam"
+    DEFAULTS: ClassVar[Mapping[str, float | bool]] = ADAM_DEFAULTS
+
+    lr: FloatAttr | NoneAttr = param_def()
+    beta1: FloatAttr | NoneAttr = param_def()
+    beta2: FloatAttr | NoneAttr = param_def()
+    eps: FloatAttr | NoneAttr = param_def()
+    weight_decay: FloatAttr | NoneAttr = param_def()
+    amsgrad: IntegerAttr | NoneAttr = param_def()
+    maximize: IntegerAttr | NoneAttr = param_def()
+
+    @staticmethod
+    def from_fields(**fields: float | bool) -> AdamAttr:
+        return AdamAttr(*_optimizer_parameters(fields, ADAM_FIELDS, "Adam"))  # pyright: ignore[reportArgumentType]  # checked against each field's kind
+
+    @classmethod
+    def parse_parameters(cls, parser: AttrParser) -> Sequence[Attribute]:
+        return _optimizer_parameters(_parse_optimizer_fields(parser, ADAM_FIELDS, "Adam"), ADAM_FIELDS, "Adam")
+
+
+@irdl_attr_definition
+class AdamWAttr(_AdamFamily, ParametrizedAttribute):
+    """`#step.adamw<lr = 1.0e-3, weight_decay = 0.01, ...>`: the arguments of `torch.optim.AdamW`
+    (decoupled weight decay, default 0.01)."""
+
+    name = "step.adamw"
+    TITLE: ClassVar[str] = "AdamW"
+    DEFAULTS: ClassVar[Mapping[str, float | bool]] = ADAMW_DEFAULTS
+
+    lr: FloatAttr | NoneAttr = param_def()
+    beta1: FloatAttr | NoneAttr = param_def()
+    beta2: FloatAttr | NoneAttr = param_def()
+    eps: FloatAttr | NoneAttr = param_def()
+    weight_decay: FloatAttr | NoneAttr = param_def()
+    amsgrad: IntegerAttr | NoneAttr = param_def()
+    maximize: IntegerAttr | NoneAttr = param_def()
+
+    @staticmethod
+    def from_fields(**fields: float | bool) -> AdamWAttr:
+        return AdamWAttr(*_optimizer_parameters(fields, ADAM_FIELDS, "AdamW"))  # pyright: ignore[reportArgumentType]  # checked against each field's kind
+
+    @classmethod
+    def parse_parameters(cls, parser: AttrParser) -> Sequence[Attribute]:
+        return _optimizer_parameters(_parse_optimizer_fields(parser, ADAM_FIELDS, "AdamW"), ADAM_FIELDS, "AdamW")
+
+
+# ---------------------------------------------------------------------------------------------
 # Attribute names
 
 
@@ -423,23 +602,25 @@ STATE = "step.state"
 OUTPUT = "step.output"
 RELU_TAG = "step.relu"
 ACCUMULATE = "step.accumulate"
+ADAM = "step.adam"
+ADAMW = "step.adamw"
+CLIP_GRAD_NORM = "step.clip_grad_norm"
+HYPER = "step.hyper"
 
 STEP_ATTRIBUTES: Mapping[str, StepAttribute] = {
     SGD: StepAttribute(
         Position.FUNCTION, "the optimizer, torch.optim.SGD",
         "attributes {step.sgd = #step.sgd<lr = 0.1>} (one parameter's own: {step.param = #step.sgd<lr = 0.01>})",
     ),
-    "step.adam": StepAttribute(
+    ADAM: StepAttribute(
         Position.FUNCTION, "the optimizer torch.optim.Adam", "attributes {step.adam = #step.adam<lr = 1.0e-3>}",
-        supported=False,
     ),
-    "step.adamw": StepAttribute(
+    ADAMW: StepAttribute(
         Position.FUNCTION, "the optimizer torch.optim.AdamW", "attributes {step.adamw = #step.adamw<lr = 1.0e-3>}",
-        supported=False,
     ),
-    "step.clip_grad_norm": StepAttribute(
+    CLIP_GRAD_NORM: StepAttribute(
         Position.FUNCTION, "gradient clipping, torch.nn.utils.clip_grad_norm_",
-        "attributes {step.clip_grad_norm = 1.0 : f64}", supported=False,
+        "attributes {step.clip_grad_norm = 1.0 : f64}",
     ),
     ACCUMULATE: StepAttribute(
         Position.FUNCTION, "gradient accumulation over micro-batches", "attributes {step.accumulate = 4 : i64}",
@@ -2232,4 +2413,4 @@ EXTRA_OPS: tuple[type[StepOp], ...] = (
 # Ops a pass after `differentiate` makes (never differentiated): the micro-batch loop.
 LOOP_OPS: tuple[type[IRDLOperation], ...] = (AccumulateOp, YieldOp)
 
-Step = Dialect("step", [*SPEC_OPS, *EXTRA_OPS, *LOOP_OPS], [SGDAttr])
+Step = Dialect("step", [*SPEC_OPS, *EXTRA_OPS, *LOOP_OPS], [SGDAttr, AdamAttr, AdamWAttr])

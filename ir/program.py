@@ -31,12 +31,16 @@ from xdsl.ir import Attribute, Block, BlockArgument, Operation, SSAValue
 from stepc.ir.diagnostics import SourceLoc, StepcError, location_of, part_location
 from stepc.ir.dialect import (
     ACCUMULATE,
+    ADAM,
+    ADAMW,
     COTANGENT,
     OUTPUT,
     PARAM,
     SGD,
     STATE,
     AccumulateOp,
+    AdamAttr,
+    AdamWAttr,
     CrossEntropyOp,
     EmbeddingGradOp,
     EmbeddingOp,
@@ -47,6 +51,7 @@ from stepc.ir.dialect import (
     ReshapeOp,
     SGDAttr,
     SoftmaxOp,
+    check_adam_fields,
     is_float,
     is_i32,
     is_ui32,
@@ -125,6 +130,12 @@ class Arg:
     def sgd_override(self) -> SGDAttr | None:
         attr = self.attrs.data.get(PARAM)
         return attr if isinstance(attr, SGDAttr) else None
+
+    @property
+    def optimizer_override(self) -> OptimizerAttr | None:
+        """The parameter's own optimizer fields (`{step.param = #step.adam<...>}`), if any."""
+        attr = self.attrs.data.get(PARAM)
+        return attr if isinstance(attr, (SGDAttr, AdamAttr, AdamWAttr)) else None
 
     @property
     def state_key(self) -> str | None:
@@ -255,12 +266,17 @@ def verify_step_function(fn: func.FuncOp) -> None:
         ):
             raise StepcError(f"batch input %{arg.name} must be a float, i32 or ui32 (random key) tensor, found {t}", loc)
         marker = arg.attrs.data.get(PARAM)
-        if marker is not None and not isinstance(marker, (UnitAttr, SGDAttr)):
+        if marker is not None and not isinstance(marker, (UnitAttr, SGDAttr, AdamAttr, AdamWAttr)):
             raise StepcError(
                 f"{{step.param}} on %{arg.name} takes no value or a #step.sgd<...> override, found {marker}", loc
             )
     if not any(a.role == Role.PARAM for a in all_args):
         raise StepcError("a step needs at least one parameter: mark one argument {step.param}", where)
+    if check_adam_optimizer(fn):
+        check_names(all_args, fn)
+        check_memory(fn)
+        check_accumulation(fn)
+        return
     sgd = function_sgd(fn)
     if SGD in fn.attributes and sgd is None:
         raise StepcError(
@@ -294,7 +310,7 @@ def verify_any_stage(module: ModuleOp) -> None:
 
 
 RESERVED_KEY = (LOSS,)
-RESERVED_PREFIXES = (GRAD_PREFIX, MOMENTUM_PREFIX)
+RESERVED_PREFIXES = (GRAD_PREFIX, MOMENTUM_PREFIX, "exp_avg.", "exp_avg_sq.", "max_exp_avg_sq.")
 COTANGENT_SUFFIX = "_cotangent"
 
 
@@ -359,6 +375,72 @@ def check_sgd(fn: func.FuncOp) -> None:
             SGDAttr.check_fields(sgd.resolved(override))
         except Exception as e:
             raise StepcError(f"parameter %{arg.name}: {e}", arg_location(fn, arg.value)) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# The optimizers besides SGD (the Adam family)
+
+OptimizerAttr = SGDAttr | AdamAttr | AdamWAttr
+# The function attribute of each optimizer, and its attribute class.
+OPTIMIZERS: Mapping[str, type[SGDAttr] | type[AdamAttr] | type[AdamWAttr]] = {SGD: SGDAttr, ADAM: AdamAttr, ADAMW: AdamWAttr}
+# The state keys of the Adam family (torch's state names) and the step count.
+EXP_AVG_PREFIX = "exp_avg."
+EXP_AVG_SQ_PREFIX = "exp_avg_sq."
+MAX_EXP_AVG_SQ_PREFIX = "max_exp_avg_sq."
+STEP_COUNT = "step"
+
+
+def function_optimizer(fn: func.FuncOp) -> tuple[str, OptimizerAttr] | None:
+    """The function's optimizer attribute and its key (`step.sgd`, `step.adam`, `step.adamw`)."""
+    for key, cls in OPTIMIZERS.items():
+        attr = fn.attributes.get(key)
+        if isinstance(attr, cls):
+            return key, attr
+    return None
+
+
+def function_adam(fn: func.FuncOp) -> AdamAttr | AdamWAttr | None:
+    """The function's #step.adam or #step.adamw, if it has one."""
+    found = function_optimizer(fn)
+    return found[1] if found is not None and isinstance(found[1], (AdamAttr, AdamWAttr)) else None
+
+
+def check_adam_optimizer(fn: func.FuncOp) -> bool:
+    """The optimizer rules of a function with #step.adam or #step.adamw (True), located: one
+    optimizer attribute, each of its kind, parameter overrides of the same kind, and torch's
+    ValueErrors for each group. False for a function with neither (SGD's rules then apply)."""
+    written = [key for key in OPTIMIZERS if key in fn.attributes]
+    if not any(key in (ADAM, ADAMW) for key in written):
+        return False
+    if len(written) > 1:
+        raise StepcError(
+            f"one optimizer per function: found {' and '.join(written)}", part_location(fn, written[1])
+        )
+    key = written[0]
+    attr = fn.attributes[key]
+    cls = OPTIMIZERS[key]
+    if not isinstance(attr, cls):
+        raise StepcError(f"{key} must be a #{key}<...> attribute, found {attr}", part_location(fn, key))
+    assert isinstance(attr, (AdamAttr, AdamWAttr))
+    try:
+        check_adam_fields(attr.resolved(), attr.TITLE)
+    except Exception as e:
+        raise StepcError(str(e), part_location(fn, key)) from None
+    for arg in params(fn):
+        override = arg.optimizer_override
+        if override is None:
+            continue
+        if not isinstance(override, cls):
+            raise StepcError(
+                f"parameter %{arg.name}: its optimizer fields must be a #{key}<...> as the function's, found {override}",
+                arg_location(fn, arg.value),
+            )
+        assert isinstance(override, (AdamAttr, AdamWAttr))
+        try:
+            check_adam_fields(attr.resolved(override), attr.TITLE)
+        except Exception as e:
+            raise StepcError(f"parameter %{arg.name}: {e}", arg_location(fn, arg.value)) from None
+    return True
 
 
 def accumulate_count(fn: func.FuncOp) -> int | None:

@@ -211,24 +211,24 @@ def _update(
     return e.sub(param, e.scale(d_p, hyper.lr)), new_buffer
 
 
-def _check_input_form(fn: func.FuncOp) -> list[Arg]:
+def _check_input_form(fn: func.FuncOp, pass_name: str = "fuse-sgd") -> list[Arg]:
     """The pre-pass form: no cotangent or state arguments, results `loss, grad.NAME...`."""
     all_args = args(fn)
     for arg in all_args:
         if arg.role == Role.COTANGENT:
             raise error_at(
                 fn,
-                f"fuse-sgd needs the seeded program: run seed-scalar-loss first "
+                f"{pass_name} needs the seeded program: run seed-scalar-loss first "
                 f"(the cotangent argument %{arg.name} is still there)",
             )
         if arg.role == Role.STATE:
-            raise error_at(fn, f"fuse-sgd has already run on this function (state argument %{arg.name})")
+            raise error_at(fn, f"{pass_name} has already run on this function (state argument %{arg.name})")
     ps = [a for a in all_args if a.role == Role.PARAM]
     expected = [LOSS] + [grad_key(p.name) for p in ps]
     found = output_names(fn)
     if found != expected:
         raise StepcError(
-            "fuse-sgd needs the program after differentiate and seed-scalar-loss, returning "
+            f"{pass_name} needs the program after differentiate and seed-scalar-loss, returning "
             f"({', '.join(expected)}); found ({', '.join(found)})",
             part_location(fn, "results"),
         )

@@ -368,3 +368,71 @@ def test_accumulation_mutation_score(fast_contract: None, monkeypatch: pytest.Mo
     assert not missed, f"mutants the contracts did not catch: {missed}"
     for name, expected_pass, message in results:
         assert message is not None and f"contract of pass {expected_pass}" in message, (name, message)
+
+
+# Optimizers (issue 14): mutants of fuse-adam and clip-grad-norm, each caught by the contract of
+# the pass it breaks (an independent NumPy model of torch's equations).
+
+ADAM_CLIPPED = """func.func @mlp(%w1: tensor<3x5xf64> {step.param}, %b1: tensor<5xf64> {step.param = #step.adamw<weight_decay = 0.0>},
+               %w2: tensor<5x3xf64> {step.param}, %x: tensor<4x3xf64>, %labels: tensor<4xi32>) -> tensor<f64>
+    attributes {step.adamw = #step.adamw<lr = 0.01, amsgrad = true>, step.clip_grad_norm = 0.5 : f64} {
+  %a1 = step.matmul %x, %w1 : (tensor<4x3xf64>, tensor<3x5xf64>) -> tensor<4x5xf64>
+  %z1 = step.add %a1, %b1 : (tensor<4x5xf64>, tensor<5xf64>) -> tensor<4x5xf64>
+  %h = step.tanh %z1 : tensor<4x5xf64>
+  %logits = step.matmul %h, %w2 : (tensor<4x5xf64>, tensor<5x3xf64>) -> tensor<4x3xf64>
+  %loss = step.cross_entropy %logits, %labels : (tensor<4x3xf64>, tensor<4xi32>) -> tensor<f64>
+  func.return %loss : tensor<f64>
+}
+"""
+
+
+def test_optimizer_mutants_unmutated_passes(fast_contract: None) -> None:
+    assert caught_in_pipeline(ADAM_CLIPPED, "adam", "full") is None
+
+
+def test_optimizer_mutation_score(fast_contract: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broken bias correction, a dropped amsgrad max and clipping moved after the update."""
+    from stepc.passes import clip_grad_norm, fuse_adam
+
+    real_power = fuse_adam._BiasCorrections._one_minus_power  # pyright: ignore[reportPrivateUsage]
+
+    def no_correction(self, beta, element):  # type: ignore[no-untyped-def]
+        return self.emitter.constant(1.0, real_power(self, beta, element))
+
+    def step_before_increment(self, beta, element):  # type: ignore[no-untyped-def]
+        # `beta ** (step - 1)`: the correction of the previous step (the counter read before `+= 1`)
+        saved = self.new_step
+        self.new_step = self.emitter.sub(saved, self.emitter.constant(1.0, saved))
+        self.steps.clear()
+        try:
+            return real_power(self, beta, element)
+        finally:
+            self.new_step = saved
+            self.steps.clear()
+
+    def clip_after_update(e, grads, max_norm):  # type: ignore[no-untyped-def]
+        # The clip coefficient is computed but the gradients reach the update unscaled (clipping
+        # the update instead of the gradient leaves the gradients this pass returns unclipped).
+        real_clip(e, grads, max_norm)
+        return list(grads)
+
+    real_clip = clip_grad_norm.clip_gradients
+    mutants = [
+        ("bias correction dropped", "fuse-adam", lambda m: m.setattr(fuse_adam._BiasCorrections, "_one_minus_power", no_correction)),
+        ("bias correction of the previous step", "fuse-adam",
+         lambda m: m.setattr(fuse_adam._BiasCorrections, "_one_minus_power", step_before_increment)),
+        ("amsgrad max dropped", "fuse-adam", lambda m: m.setattr(fuse_adam, "MaximumOp", lambda a, b: step.MaximumOp(b, b))),
+        ("clipping after the update", "clip-grad-norm", lambda m: m.setattr(clip_grad_norm, "clip_gradients", clip_after_update)),
+    ]  # fmt: skip
+    results: list[tuple[str, str, str | None]] = []
+    for name, expected_pass, patch in mutants:
+        with monkeypatch.context() as m:
+            patch(m)
+            results.append((name, expected_pass, caught_in_pipeline(ADAM_CLIPPED, "adam", "full")))
+    missed = [name for name, _, message in results if message is None]
+    print(f"\noptimizer mutation score: {len(results) - len(missed)}/{len(results)} caught")
+    for name, _, message in results:
+        print(f"  {'caught' if message else 'MISSED'}: {name}: {message}")
+    assert not missed, f"mutants the contracts did not catch: {missed}"
+    for name, expected_pass, message in results:
+        assert message is not None and f"contract of pass {expected_pass}" in message, (name, message)
