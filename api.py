@@ -19,8 +19,9 @@ shapes and dtypes of its arguments, and a missing or extra key, a wrong shape or
 `StepcError` raised before anything runs.
 
 Labels (an i32 input that `step.cross_entropy` or `step.one_hot` reads as class indices) must
-lie in `[0, classes)`. Called eagerly, a label outside is a `StepcError` naming it, as
-`stepc exec` does. Under `jax.jit` (or `vmap`) the labels are traced and cannot be checked
+lie in `[0, classes)`, and embedding ids (an i32 input `step.embedding` reads) in `[0, rows)` of
+its table. Called eagerly, a label or id outside is a `StepcError` naming it, as `stepc exec`
+does. Under `jax.jit` (or `vmap`) the labels are traced and cannot be checked
 before the call: a batch holding a label outside its classes then gives NaN for every float
 result of that call, the loss, the gradients, the new parameters and state alike, never a
 silently wrong loss or gradient (and `stepc run` stops at a NaN loss).

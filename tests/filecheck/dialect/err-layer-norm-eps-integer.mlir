@@ -1,0 +1,10 @@
+func.func @f(%w: tensor<4x3xf32> {step.param}, %x: tensor<8x4xf32>, %ids: tensor<8xi32>,
+        %g: tensor<4xf32>) -> tensor<f32>
+    attributes {step.sgd = #step.sgd<lr = 0.1>} {
+  %y = step.layer_norm %x, %g, %g eps 1 : (tensor<8x4xf32>, tensor<4xf32>, tensor<4xf32>) -> tensor<8x4xf32>
+  %loss = step.constant 0.0 : tensor<f32>
+  func.return %loss : tensor<f32>
+}
+// RUN: not stepc opt %s 2>&1 | filecheck %s
+// CHECK: err-layer-norm-eps-integer.mlir:4:39: error: {{.*}}step.layer_norm eps takes a float such as 1.0e-5, found 1
+// CHECK-NOT: Traceback
