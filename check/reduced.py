@@ -43,10 +43,12 @@ from xdsl.dialects.builtin import (
     TensorType,
     UnitAttr,
 )
-from xdsl.ir import Attribute, SSAValue
+from xdsl.ir import Attribute, Operation, SSAValue
 from xdsl.passes import ModulePass
 
 from stepc.check.contract import Contract, ContractReport
+from stepc.ir import dialect as step
+from stepc.ir import stablehlo as shlo
 from stepc.ir.diagnostics import StepcError
 from stepc.ir.limits import human_bytes, memory_limit
 from stepc.ir.narrow import is_tensor
@@ -55,7 +57,7 @@ from stepc.ir.printing import op_text
 from stepc.ir.stablehlo import is_lowered, module_text
 
 SMALL = 16
-# Above this many multiply-adds in the program's matmuls and elementwise ops, `auto` checks at
+# Above this many multiply-adds in the program's matmuls, convolutions and elementwise ops, `auto` checks at
 # reduced shapes (the float64 reference with its bounds costs about 10 times the program).
 REDUCE_ABOVE = 2_000_000
 MODES = ("auto", "full", "reduced")
@@ -96,16 +98,16 @@ def _reshape_splits(text: str) -> list[tuple[list[int], list[int]]]:
     return splits
 
 
-def dimension_map(*texts: str) -> dict[int, int]:
+def dimension_map(*texts: str, fixed: set[int] | frozenset[int] = frozenset()) -> dict[int, int]:
     """Every size over `SMALL` in the texts -> a small size, injectively: `SMALL + 1`,
     `SMALL + 2`, ... in order, except that a size a reshape splits into factors (2048 into
     16 x 128) becomes the product of its factors' small sizes (16 x 17 = 272), so that every
     reshape stays valid. Sizes whose reshapes are not one size into factors, or whose products
-    would collide, keep their full value."""
+    would collide, keep their full value, as do the `fixed` sizes (`window_sizes`)."""
     sizes = sorted({d for t in texts for shape in _shapes(t) for d in shape if d > SMALL})
     splits = [split for t in texts for split in _reshape_splits(t)]
     composite: dict[int, tuple[int, ...]] = {}  # a size -> the factors a reshape splits it into
-    kept: set[int] = set()
+    kept: set[int] = set(fixed)
     for source, target in splits:
         if len(source) == 1 and len(target) > 1:
             whole, parts = source[0], tuple(sorted(target))
@@ -153,6 +155,36 @@ def _with_products(sizes: list[int], composite: dict[int, tuple[int, ...]], kept
     return out
 
 
+def window_sizes(module: ModuleOp) -> set[int]:
+    """The sizes a convolution ties to its other sizes through its stride, padding and
+    dilation (the spatial dims of its input, kernel and output: `(H + 2p - d(K-1) - 1) // s + 1`
+    does not survive renaming) and, when grouped, through its groups (the channels). The reduced
+    check keeps them at full size and shrinks the rest (the batch above all)."""
+    kept: set[int] = set()
+    for op in module.walk():
+        if isinstance(op, step.ConvOp):
+            values = [op.lhs, op.rhs, op.result]
+            grouped = op.group_count > 1
+            batch: list[tuple[int, int]] = [(0, 0), (2, 0)] if not isinstance(op, step.Conv2dWeightGradOp) else [(0, 0), (1, 0)]
+            layouts = [(0, 1, 2, 3)] * 3
+        elif isinstance(op, shlo.ConvolutionOp):
+            values = [op.lhs, op.rhs, op.result]
+            feature_groups, batch_groups = op.groups
+            grouped = feature_groups * batch_groups > 1
+            lhs_spec, rhs_spec, out_spec = op.dimension_numbers.specs
+            layouts = [lhs_spec, rhs_spec, out_spec]
+            # the batch of the step op: the lhs's batch (and the output's), or, in the kernel's
+            # adjoint, the lhs's feature dim and the rhs's input feature dim
+            batch = [(0, 0), (2, 0)] if batch_groups == 1 else [(0, 1), (1, 1)]
+        else:
+            continue
+        for index, (value, layout) in enumerate(zip(values, layouts)):
+            shape = shlo.shape_of_any(value)
+            roles = range(len(layout)) if grouped else range(2, len(layout))
+            kept.update(shape[layout[role]] for role in roles if (index, role) not in batch)
+    return kept
+
+
 def shrink_text(text: str, sizes: dict[int, int]) -> str:
     def one(m: re.Match[str]) -> str:
         dims = [str(sizes.get(int(d), int(d))) for d in m.group(1).split("x") if d]
@@ -173,8 +205,26 @@ def work(module: ModuleOp) -> int:
             if op.name in ("step.matmul", "stablehlo.dot_general") and op.operands:
                 first = op.operands[0].type
                 size *= max(first.get_shape()[-1], 1) if is_tensor(first) and first.get_shape() else 1
+            size *= max(_convolution_terms(op), 1)
             total += size
     return total
+
+
+def _convolution_terms(op: Operation) -> int:
+    """The products summed into each result element of a convolution (1 for any other op):
+    `C/groups KH KW` for `conv2d`, `O/groups KH KW` for its input adjoint, `N OH OW` for its
+    kernel adjoint; for `stablehlo.convolution`, the kernel's elements per output feature."""
+    if isinstance(op, step.ConvOp):
+        lhs, rhs = shlo.shape_of_any(op.lhs), shlo.shape_of_any(op.rhs)
+        if isinstance(op, step.Conv2dOp):
+            return math.prod(rhs[1:])
+        if isinstance(op, step.Conv2dInputGradOp):
+            return rhs[0] // op.group_count * rhs[2] * rhs[3]
+        return lhs[0] * rhs[2] * rhs[3]
+    if isinstance(op, shlo.ConvolutionOp):
+        rhs = shlo.shape_of_any(op.rhs)
+        return math.prod(rhs) // max(rhs[op.dimension_numbers.specs[1][0]], 1)
+    return 1
 
 
 # Bytes per element the contracts hold at full size: the float64 reference and its two bounds
@@ -349,7 +399,7 @@ class ContractRunner:
         small_before, self._small = self._small, None
         if small_before is None:  # the first pass, or the one after a fallback: print and shrink
             before_text, after_text = text_of(before), text_of(after)
-            self._sizes = dimension_map(before_text, after_text)
+            self._sizes = dimension_map(before_text, after_text, fixed=window_sizes(before) | window_sizes(after))
             if all(d == s for d, s in self._sizes.items()):
                 return "nothing to shrink"
             sized = _sized_attribute(before, self._sizes)

@@ -923,7 +923,7 @@ class ConvolutionOp(StableHLOOp):
     @property
     def pads(self) -> tuple[tuple[int, int], ...]:
         """`(low, high)` per spatial dim."""
-        values = [int(v) for v in self.padding.get_values()]  # pyright: ignore[reportUnknownArgumentType, reportUnknownVariableType]  # integer elements
+        values = [v for v in self.padding.get_values() if isinstance(v, int)]  # i64 elements
         return tuple((values[2 * i], values[2 * i + 1]) for i in range(len(values) // 2))
 
     @property

@@ -131,6 +131,16 @@ def test_each_op_within_its_bound_in_the_interpreter_and_in_xla(dtype: str) -> N
     programs.append(("select", one_op(f"%r = step.select %m, %a, %b : (tensor<16x1x{dtype}>, {t}, tensor<64x{dtype}>) -> {t}",
                                       f"%m: tensor<16x1x{dtype}>, %a: {t}, %b: tensor<64x{dtype}>", t),
                      {"m": mask, "a": rng.standard_normal((16, 64)), "b": rng.standard_normal(64)}))  # fmt: skip
+    xt, wt, yt = (f"tensor<{'x'.join(map(str, shape))}x{dtype}>" for shape in ((4, 16, 9, 9), (8, 8, 3, 3), (4, 8, 5, 5)))
+    conv_attrs = "stride [2, 2] padding [1, 1] groups 2"
+    for name, line, arguments, result in (
+        ("conv2d", f"%r = step.conv2d %x, %w {conv_attrs} : ({xt}, {wt}) -> {yt}", f"%x: {xt}, %w: {wt}", yt),
+        ("conv2d_input_grad", f"%r = step.conv2d_input_grad %dy, %w {conv_attrs} : ({yt}, {wt}) -> {xt}", f"%dy: {yt}, %w: {wt}", xt),
+        ("conv2d_weight_grad", f"%r = step.conv2d_weight_grad %x, %dy {conv_attrs} : ({xt}, {yt}) -> {wt}", f"%x: {xt}, %dy: {yt}", wt),
+    ):
+        shapes = {"x": (4, 16, 9, 9), "w": (8, 8, 3, 3), "dy": (4, 8, 5, 5)}
+        programs.append((name, one_op(line, arguments, result),
+                         {k: rng.standard_normal(v) for k, v in shapes.items() if f"%{k}:" in arguments}))  # fmt: skip
     labels = rng.integers(0, 64, 16).astype(np.int32)
     programs.append(("cross_entropy", one_op(f"%r = step.cross_entropy %a, %l : ({t}, tensor<16xi32>) -> tensor<{dtype}>",
                                              f"%a: {t}, %l: tensor<16xi32>", f"tensor<{dtype}>"),

@@ -175,6 +175,31 @@ ROWS: list[Row] = [
         ("convert",),
     ),
     Row(
+        "conv2d",
+        f"%r = step.conv2d %x, %w padding [1, 1] : ({t((2, 3, 5, 6))}, {t((4, 3, 3, 3))}) -> {t((2, 4, 5, 6))}",
+        (("x", (2, 3, 5, 6), "normal"), ("w", (4, 3, 3, 3), "normal")),
+        t((2, 4, 5, 6)),
+    ),
+    Row(
+        "conv2d_grouped",
+        f"%r = step.conv2d %x, %w stride [2, 1] padding [2, 1] dilation [2, 1] groups 2 : ({t((2, 4, 8, 6))}, {t((6, 2, 2, 3))}) -> {t((2, 6, 5, 6))}",
+        (("x", (2, 4, 8, 6), "normal"), ("w", (6, 2, 2, 3), "normal")),
+        t((2, 6, 5, 6)),
+        ("conv2d",),
+    ),
+    Row(
+        "conv2d_input_grad",  # stride 2 over 8 rows, 3-row kernel: a row no window reads
+        f"%r = step.conv2d_input_grad %dy, %w stride [2, 2] padding [1, 0] dilation [1, 2] groups 2 : ({t((2, 6, 4, 2))}, {t((6, 2, 3, 2))}) -> {t((2, 4, 8, 5))}",
+        (("dy", (2, 6, 4, 2), "normal"), ("w", (6, 2, 3, 2), "normal")),
+        t((2, 4, 8, 5)),
+    ),
+    Row(
+        "conv2d_weight_grad",
+        f"%r = step.conv2d_weight_grad %x, %dy stride [2, 2] padding [1, 0] dilation [1, 2] groups 2 : ({t((2, 4, 8, 5))}, {t((2, 6, 4, 2))}) -> {t((6, 2, 3, 2))}",
+        (("x", (2, 4, 8, 5), "normal"), ("dy", (2, 6, 4, 2), "normal")),
+        t((6, 2, 3, 2)),
+    ),
+    Row(
         "one_hot",
         f"%r = step.one_hot %l : {t((5,), 'i32')} -> {t((5, 4))}",
         (("l", (5,), "labels4"),),

@@ -439,14 +439,14 @@ def conv_rows() -> list[Row]:
         rows.append(Row(
             f"conv2d_input_grad-{tag}", [dy, k],
             f"%r = step.conv2d_input_grad %dy, %k {attrs} : ({dy.type}, {k.type}) -> {x.type}", x.shape,
-            lambda dy, k, f=jax_conv, shape=x.shape: jax.vjp(lambda x: f(x, k), jnp.zeros(shape))[1](dy)[0],
+            lambda dy, kernel, f=jax_conv, shape=x.shape: jax.vjp(lambda image: f(image, kernel), jnp.zeros(shape))[1](dy)[0],
             lambda dy, k, s=stride, p=padding, d=dilation, g=groups, shape=x.shape:
                 torch.nn.grad.conv2d_input(shape, k, dy, s, p, d, g),
         ))  # fmt: skip
         rows.append(Row(
             f"conv2d_weight_grad-{tag}", [x, dy],
             f"%r = step.conv2d_weight_grad %x, %dy {attrs} : ({x.type}, {dy.type}) -> {k.type}", k.shape,
-            lambda x, dy, f=jax_conv, shape=k.shape: jax.vjp(lambda k: f(x, k), jnp.zeros(shape))[1](dy)[0],
+            lambda image, dy, f=jax_conv, shape=k.shape: jax.vjp(lambda kernel: f(image, kernel), jnp.zeros(shape))[1](dy)[0],
             lambda x, dy, s=stride, p=padding, d=dilation, g=groups, shape=k.shape:
                 torch.nn.grad.conv2d_weight(x, shape, dy, s, p, d, g),
         ))  # fmt: skip

@@ -61,6 +61,12 @@ func.func @every_op(%w: tensor<4x3xf32> {step.param},
   %wide = step.convert %ce : tensor<f32> -> tensor<f64>
   %narrow = step.convert %wide : tensor<f64> -> tensor<bf16>
   %back = step.convert %narrow : tensor<bf16> -> tensor<f32>
+  %img = step.reshape %x : tensor<8x4xf32> -> tensor<2x1x4x4xf32>
+  %ker = step.reshape %w : tensor<4x3xf32> -> tensor<3x1x2x2xf32>
+  %conv = step.conv2d %img, %ker padding [1, 1] : (tensor<2x1x4x4xf32>, tensor<3x1x2x2xf32>) -> tensor<2x3x5x5xf32>
+  %convs = step.conv2d %img, %ker stride [2, 2] padding [1, 0] dilation [1, 2] groups 1 : (tensor<2x1x4x4xf32>, tensor<3x1x2x2xf32>) -> tensor<2x3x3x1xf32>
+  %dimg = step.conv2d_input_grad %conv, %ker padding [1, 1] : (tensor<2x3x5x5xf32>, tensor<3x1x2x2xf32>) -> tensor<2x1x4x4xf32>
+  %dker = step.conv2d_weight_grad %img, %conv padding [1, 1] : (tensor<2x1x4x4xf32>, tensor<2x3x5x5xf32>) -> tensor<3x1x2x2xf32>
   %l1 = step.add %mean, %maxall : (tensor<f32>, tensor<f32>) -> tensor<f32>
   %l2 = step.add %l1, %back : (tensor<f32>, tensor<f32>) -> tensor<f32>
   %l3 = step.add %l2, %ms : (tensor<f32>, tensor<f32>) -> tensor<f32>
@@ -120,4 +126,10 @@ func.func @every_op(%w: tensor<4x3xf32> {step.param},
 // CHECK:        %wide = step.convert %ce : tensor<f32> -> tensor<f64>
 // CHECK-NEXT:   %narrow = step.convert %wide : tensor<f64> -> tensor<bf16>
 // CHECK-NEXT:   %back = step.convert %narrow : tensor<bf16> -> tensor<f32>
+// CHECK-NEXT:   %img = step.reshape %x : tensor<8x4xf32> -> tensor<2x1x4x4xf32>
+// CHECK-NEXT:   %ker = step.reshape %w : tensor<4x3xf32> -> tensor<3x1x2x2xf32>
+// CHECK-NEXT:   %conv = step.conv2d %img, %ker padding [1, 1] : (tensor<2x1x4x4xf32>, tensor<3x1x2x2xf32>) -> tensor<2x3x5x5xf32>
+// CHECK-NEXT:   %convs = step.conv2d %img, %ker stride [2, 2] padding [1, 0] dilation [1, 2] : (tensor<2x1x4x4xf32>, tensor<3x1x2x2xf32>) -> tensor<2x3x3x1xf32>
+// CHECK-NEXT:   %dimg = step.conv2d_input_grad %conv, %ker padding [1, 1] : (tensor<2x3x5x5xf32>, tensor<3x1x2x2xf32>) -> tensor<2x1x4x4xf32>
+// CHECK-NEXT:   %dker = step.conv2d_weight_grad %img, %conv padding [1, 1] : (tensor<2x1x4x4xf32>, tensor<2x3x5x5xf32>) -> tensor<3x1x2x2xf32>
 // CHECK:        func.return %loss : tensor<f32>

@@ -1,0 +1,9 @@
+func.func @f(%x: tensor<2x4x8x8xf32> {step.param}, %w: tensor<3x2x3x3xf32> {step.param}) -> tensor<f32>
+    attributes {step.sgd = #step.sgd<lr = 0.1>} {
+  %y = step.conv2d %x, %w groups 2 : (tensor<2x4x8x8xf32>, tensor<3x2x3x3xf32>) -> tensor<2x3x6x6xf32>
+  %loss = step.sum %y : tensor<2x3x6x6xf32> -> tensor<f32>
+  func.return %loss : tensor<f32>
+}
+// RUN: not stepc opt %s 2>&1 | filecheck %s
+// CHECK: err-conv-groups-output.mlir:3:3: error: {{.*}}step.conv2d: conv2d with groups = 2 needs the weight's output channels divisible by 2, found weight 3x2x3x3 with 3
+// CHECK-NOT: Traceback

@@ -1,0 +1,9 @@
+func.func @f(%x: tensor<2x3x8x8xf32> {step.param}, %w: tensor<4x3x3x3xf32> {step.param}) -> tensor<f32>
+    attributes {step.sgd = #step.sgd<lr = 0.1>} {
+  %y = step.conv2d %x, %w padding [1, -1] : (tensor<2x3x8x8xf32>, tensor<4x3x3x3xf32>) -> tensor<2x4x8x4xf32>
+  %loss = step.sum %y : tensor<2x4x8x4xf32> -> tensor<f32>
+  func.return %loss : tensor<f32>
+}
+// RUN: not stepc opt %s 2>&1 | filecheck %s
+// CHECK: err-conv-padding.mlir:3:3: error: {{.*}}step.conv2d: conv2d padding must not be negative, found \[1, -1\]
+// CHECK-NOT: Traceback
