@@ -968,6 +968,11 @@ def _reduction_body(element: Attribute, combiner: type[ElementwiseBinary]) -> Re
     return Region(block)
 
 
+def _type_shape(t: Attribute) -> tuple[int, ...]:
+    assert is_tensor(t)
+    return tuple(t.get_shape())
+
+
 @irdl_op_definition
 class ReduceWindowOp(StableHLOOp):
     """One input, one init value (padding fills with it), a body combining two rank-0 tensors:
@@ -1009,7 +1014,10 @@ class ReduceWindowOp(StableHLOOp):
     @property
     def pads(self) -> tuple[tuple[int, int], ...]:
         """(low, high) per dim."""
-        values = [int(v) for v in self.padding.get_values()]
+        values = [int(v) for v in np.frombuffer(self.padding.data.data, dtype=np.int64)]  # i64 elements, packed
+        rows = _type_shape(self.padding.type)[0]
+        if len(values) == 1:  # a splat (`dense<0> : tensor<4x2xi64>` read back from text) holds one
+            values = values * (2 * rows)
         return tuple((values[i], values[i + 1]) for i in range(0, len(values), 2))
 
     @property

@@ -163,6 +163,18 @@ def test_each_op_within_its_bound_in_the_interpreter_and_in_xla(dtype: str) -> N
         programs.append((f"dropout-{rate}", one_op(f"%r = step.dropout %a, %k rate {rate} : ({t}, tensor<2xui32>) -> {t}",
                                                    f"%a: {t}, %k: tensor<2xui32>", t),
                          {"a": rng.standard_normal((16, 64)), "k": key}))  # fmt: skip
+    image, pooled = f"tensor<4x4x8x8x{dtype}>", f"tensor<4x4x8x4x{dtype}>"
+    for name in ("max_pool2d", "avg_pool2d"):
+        programs.append((name, one_op(f"%r = step.{name} %a kernel [3, 2] stride [1, 2] padding [1, 0] : {image} -> {pooled}",
+                                      f"%a: {image}", pooled), {"a": rng.standard_normal((4, 4, 8, 8))}))  # fmt: skip
+    joined = f"tensor<16x96x{dtype}>"
+    programs.append(("concat", one_op(f"%r = step.concat %a, %b axis 1 : ({t}, tensor<16x32x{dtype}>) -> {joined}",
+                                      f"%a: {t}, %b: tensor<16x32x{dtype}>", joined),
+                     {"a": rng.standard_normal((16, 64)), "b": rng.standard_normal((16, 32))}))  # fmt: skip
+    programs.append(("slice", one_op(f"%r = step.slice %a start [1, 3] limit [16, 64] stride [2, 3] : {t} -> tensor<8x21x{dtype}>",
+                                     f"%a: {t}", f"tensor<8x21x{dtype}>"), {"a": rng.standard_normal((16, 64))}))  # fmt: skip
+    programs.append(("pad", one_op(f"%r = step.pad %a low [1, 0] high [2, 3] interior [0, 1] : {t} -> tensor<19x130x{dtype}>",
+                                   f"%a: {t}", f"tensor<19x130x{dtype}>"), {"a": rng.standard_normal((16, 64))}))  # fmt: skip
     from stepc.backends.jax import jax_function
     from stepc.passes.lower_to_stablehlo import lowered_clone
 

@@ -343,7 +343,57 @@ CASES: list[Case] = [
         lambda a, k: np.where(jax_keep_mask(k, 0.3, a.shape), a * (1 / 0.7), 0.0),
         keys=("k",),
     ),
+    Case(
+        "max_pool2d",
+        "step.max_pool2d %a kernel [3, 2] stride [1, 2] padding [1, 1] : {a} -> {r}",
+        {"a": ((2, 3, 5, 6), normal)},
+        (2, 3, 5, 4),
+        lambda a: F.max_pool2d(tt(a), (3, 2), (1, 2), (1, 1)).numpy(),
+    ),
+    Case(
+        "max_pool2d_chw_defaults",
+        "step.max_pool2d %a kernel [2, 3] : {a} -> {r}",
+        {"a": ((3, 4, 7), ties)},
+        (3, 2, 2),
+        lambda a: F.max_pool2d(tt(a), (2, 3)).numpy(),
+    ),
+    Case(
+        "avg_pool2d",
+        "step.avg_pool2d %a kernel [3, 3] stride [2, 1] padding [1, 1] : {a} -> {r}",
+        {"a": ((2, 3, 5, 6), normal)},
+        (2, 3, 3, 6),
+        lambda a: F.avg_pool2d(tt(a), 3, (2, 1), 1).numpy(),
+    ),
+    Case(
+        "concat",
+        "step.concat %a, %b, %c axis 1 : ({a}, {b}, {c}) -> {r}",
+        {"a": ((2, 1, 3), normal), "b": ((2, 4, 3), normal), "c": ((2, 2, 3), normal)},
+        (2, 7, 3),
+        lambda a, b, c: torch.cat([tt(a), tt(b), tt(c)], dim=1).numpy(),
+    ),
+    Case(
+        "slice",
+        "step.slice %a start [1, 0, 2] limit [3, 4, 7] stride [1, 3, 2] : {a} -> {r}",
+        {"a": ((3, 4, 7), normal)},
+        (2, 2, 3),
+        lambda a: tt(a)[1:3, 0:4:3, 2:7:2].numpy(),
+    ),
+    Case(
+        "pad",
+        "step.pad %a low [1, 0] high [0, 2] interior [1, 2] : {a} -> {r}",
+        {"a": ((3, 4), normal)},
+        (6, 12),
+        lambda a: _padded(a),
+    ),
 ]
+
+
+def _padded(a: np.ndarray) -> np.ndarray:
+    """`a` with a row of zeros before it, one between its rows, two columns between its columns
+    and two after (NumPy's fancy indexing, independent of the op's index arithmetic)."""
+    out = np.zeros((6, 12))
+    out[np.ix_([1, 3, 5], [0, 3, 6, 9])] = a
+    return out
 
 
 def run_case(case: Case, element: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:

@@ -110,6 +110,19 @@ CASES: list[Case] = [
                                  (step.Conv2dWeightGradOp, "x", "dy", "k"))),
     Case(step.DropoutOp, f"%r = step.dropout %a, %key rate 0.5 : ({T}, tensor<2xui32>) -> {T}",
          ("sign", "drop:0", "other-key", "no-scale"), T, ", %key: tensor<2xui32>, %other: tensor<2xui32>"),
+    # The windows and pieces: their sizes stay under `SMALL` except the channels (3, widened to 24),
+    # so that the reduced mode keeps every window, slice and padding as it is.
+    Case(step.MaxPool2dOp, "%r = step.max_pool2d %c kernel [2, 3] stride [1, 2] padding [1, 1] : tensor<2x3x4x4xf64> -> "
+         "tensor<2x3x5x2xf64>", UNARY_SIGN, "tensor<2x3x5x2xf64>", ", %c: tensor<2x3x4x4xf64> {step.param}"),
+    Case(step.AvgPool2dOp, "%r = step.avg_pool2d %c kernel [3, 3] stride [1, 1] padding [1, 1] : tensor<2x3x4x4xf64> -> "
+         "tensor<2x3x4x4xf64>", UNARY_SIGN, "tensor<2x3x4x4xf64>", ", %c: tensor<2x3x4x4xf64> {step.param}"),
+    Case(step.ConcatOp, "%r = step.concat %c, %d, %e axis 1 : (tensor<3x2xf64>, tensor<3x1xf64>, tensor<3x4xf64>) -> "
+         "tensor<3x7xf64>", ("sign", "drop:0", "drop:1", "drop:2"), "tensor<3x7xf64>",
+         ", %c: tensor<3x2xf64> {step.param}, %d: tensor<3x1xf64> {step.param}, %e: tensor<3x4xf64> {step.param}"),
+    Case(step.SliceOp, "%r = step.slice %c start [1, 1] limit [5, 8] stride [2, 2] : tensor<5x8xf64> -> tensor<2x4xf64>",
+         UNARY_SIGN, "tensor<2x4xf64>", ", %c: tensor<5x8xf64> {step.param}"),
+    Case(step.PadOp, "%r = step.pad %c low [1, 0] high [0, 2] interior [1, 1] : tensor<2x4xf64> -> tensor<4x9xf64>",
+         UNARY_SIGN, "tensor<4x9xf64>", ", %c: tensor<2x4xf64> {step.param}"),
 ]  # fmt: skip
 NOTHING_TO_BREAK = {step.OneHotOp, step.ConstantOp}
 

@@ -478,12 +478,106 @@ def dropout_rows() -> list[Row]:
     return rows
 
 
+def _window_jax(combine: Callable[..., Any], init: float, kernel: tuple[int, int], stride: tuple[int, int],
+                padding: tuple[int, int]) -> Callable[..., Any]:  # fmt: skip
+    """`lax.reduce_window` over the last two dims (the padding filled with `init`): jax's own pooling
+    (its max-pool derivative takes each window's first maximum, on CPU as torch)."""
+
+    def pooled(x: Any) -> Any:
+        lead = x.ndim - 2
+        pads = ((0, 0),) * lead + tuple((p, p) for p in padding)
+        return jax.lax.reduce_window(x, init, combine, (1,) * lead + kernel, (1,) * lead + stride, pads)
+
+    return pooled
+
+
+def _average_jax(kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]) -> Callable[..., Any]:
+    summed = _window_jax(jax.lax.add, 0.0, kernel, stride, padding)
+    return lambda x: summed(x) / (kernel[0] * kernel[1])
+
+
+# (input shape, kernel, stride, padding, values): overlapping windows (kernel 3 at stride 1 and 2),
+# padding, non-square kernels, a rank-3 input, and ties (small integers: repeated maxima in a window)
+POOLS = [
+    ((2, 3, 6, 6), (2, 2), (2, 2), (0, 0), "normal"),
+    ((1, 2, 7, 6), (3, 3), (1, 1), (1, 1), "normal"),
+    ((2, 2, 7, 7), (3, 3), (2, 2), (1, 0), "normal"),
+    ((2, 1, 7, 8), (3, 2), (2, 1), (1, 1), "normal"),
+    ((2, 3, 6, 5), (2, 3), (1, 2), (0, 1), "ties"),
+    ((2, 3, 6, 6), (3, 3), (1, 1), (1, 1), "ties"),
+    ((2, 3, 6, 6), (2, 2), (2, 2), (0, 0), "ties"),
+    ((3, 5, 5), (3, 3), (2, 2), (1, 1), "ties"),
+]
+
+
+def pool_rows() -> list[Row]:
+    """`F.max_pool2d` / `F.avg_pool2d` (count_include_pad) against torch and `lax.reduce_window`."""
+    rows = []
+    for shape, kernel, stride, padding, values in POOLS:
+        out = tuple(torch.nn.functional.max_pool2d(torch.zeros(shape), kernel, stride, padding).shape)
+        a = Arg("a", shape, values=values)
+        name = f"{'x'.join(map(str, shape))}-k{kernel[0]}{kernel[1]}-s{stride[0]}{stride[1]}-p{padding[0]}{padding[1]}-{values}"
+        for op, jax_fn, torch_fn in (
+            ("max_pool2d", _window_jax(jax.lax.max, -jnp.inf, kernel, stride, padding),
+             lambda x, k=kernel, s=stride, p=padding: torch.nn.functional.max_pool2d(x, k, s, p)),
+            ("avg_pool2d", _average_jax(kernel, stride, padding),
+             lambda x, k=kernel, s=stride, p=padding: torch.nn.functional.avg_pool2d(x, k, s, p)),
+        ):  # fmt: skip
+            line = (f"%r = step.{op} %a kernel {list(kernel)} stride {list(stride)} padding {list(padding)} : "
+                    f"{a.type} -> {tensor_type(out)}")  # fmt: skip
+            rows.append(Row(f"{op}-{name}", [a], line, out, jax_fn, torch_fn))
+    # the defaults: stride = kernel, padding 0 (the examples' form)
+    a = Arg("a", (2, 3, 4, 6))
+    rows.append(Row("max_pool2d-defaults", [a], f"%r = step.max_pool2d %a kernel [2, 2] : {a.type} -> {tensor_type((2, 3, 2, 3))}",
+                    (2, 3, 2, 3), _window_jax(jax.lax.max, -jnp.inf, (2, 2), (2, 2), (0, 0)),
+                    lambda x: torch.nn.functional.max_pool2d(x, 2)))  # fmt: skip
+    return rows
+
+
+def concat_rows() -> list[Row]:
+    """`torch.cat` of two and three operands along each axis (one operand read twice)."""
+    rows = []
+    for shapes, axis in [(((2, 3), (4, 3)), 0), (((2, 3, 1), (2, 3, 4), (2, 3, 2)), 2), (((2, 1, 3), (2, 4, 3), (2, 2, 3)), 1)]:
+        args = [Arg(name, shape) for name, shape in zip("abc", shapes)]
+        out = tuple(sum(s[axis] for s in shapes) if d == axis else n for d, n in enumerate(shapes[0]))
+        line = (f"%r = step.concat {', '.join('%' + a.name for a in args)} axis {axis} : "
+                f"({', '.join(a.type for a in args)}) -> {tensor_type(out)}")  # fmt: skip
+        rows.append(Row(f"concat-{len(args)}-axis{axis}", args, line, out,
+                        lambda *xs, axis=axis: jnp.concatenate(xs, axis=axis),
+                        lambda *xs, axis=axis: torch.cat(xs, dim=axis)))  # fmt: skip
+    a, b = Arg("a", (3, 2)), Arg("b", (3, 4))  # an operand twice: its two cotangents add up
+    line = f"%r = step.concat %a, %b, %a axis 1 : ({a.type}, {b.type}, {a.type}) -> {tensor_type((3, 8))}"
+    rows.append(Row("concat-repeated", [a, b], line, (3, 8), lambda a, b: jnp.concatenate([a, b, a], axis=1),
+                    lambda a, b: torch.cat([a, b, a], dim=1)))  # fmt: skip
+    return rows
+
+
+def slice_rows() -> list[Row]:
+    """Static slices, strided and not (torch's `x[s:e:st]`), and the zero padding their derivative writes."""
+    rows = []
+    for shape, start, limit, stride in [((4, 6), (1, 2), (3, 6), (1, 1)), ((5, 8), (0, 1), (5, 8), (2, 3)),
+                                        ((3, 7, 4), (1, 0, 1), (3, 7, 2), (1, 2, 1)), ((6,), (1,), (6,), (4,))]:  # fmt: skip
+        a = Arg("a", shape)
+        out = tuple(-(-(e - s) // st) for s, e, st in zip(start, limit, stride))
+        line = f"%r = step.slice %a start {list(start)} limit {list(limit)} stride {list(stride)} : {a.type} -> {tensor_type(out)}"
+        index = tuple(slice(*bounds) for bounds in zip(start, limit, stride))
+        rows.append(Row(f"slice-{'x'.join(map(str, shape))}-st{''.join(map(str, stride))}", [a], line, out,
+                        lambda x, index=index: x[index], lambda x, index=index: x[index]))  # fmt: skip
+    a = Arg("a", (3, 4))
+    line = f"%r = step.pad %a low [1, 0] high [0, 2] interior [1, 2] : {a.type} -> {tensor_type((6, 12))}"
+    config = ((1, 0, 1), (0, 2, 2))
+    rows.append(Row("pad", [a], line, (6, 12), lambda x: jax.lax.pad(x, 0.0, config),
+                    lambda x: torch.zeros(6, 12, dtype=x.dtype).index_put((torch.arange(1, 6, 2)[:, None], torch.arange(0, 10, 3)), x)))  # fmt: skip
+    return rows
+
+
 ROWS = [
     *binary_rows(), *unary_rows(), *matmul_rows(), *transpose_rows(), *reshape_rows(), *broadcast_rows(),
     *reduction_rows(), *softmax_rows(), *loss_rows(), *constant_convert_rows(), *select_rows(),
     *layer_norm_rows(), *gelu_rows(), *embedding_rows(),
     *conv_rows(),
     *dropout_rows(),
+    *pool_rows(), *concat_rows(), *slice_rows(),
 ]  # fmt: skip
 
 
