@@ -54,14 +54,14 @@ OP_NAMES = (
     "step.neg", "step.log", "step.tanh", "step.sigmoid", "step.relu", "step.sqrt", "step.rsqrt",
     "step.square", "step.abs", "step.matmul", "step.transpose", "step.reshape", "step.broadcast",
     "step.sum", "step.mean", "step.max", "step.softmax", "step.log_softmax", "step.cross_entropy",
-    "step.mse", "step.constant", "step.convert", "step.compare", "step.one_hot", "step.select", "func.return",
+    "step.mse", "step.constant", "step.convert", "step.compare", "step.one_hot", "step.select", "step.dropout", "func.return",
     "func.func", "func.call", "builtin.module", "step.nope", "arith.constant",
 )  # fmt: skip
-TYPES = ("f32", "f16", "bf16", "f64", "i32", "i64", "i1", "index", "tensor<f32>", "tensor<?xf32>",
+TYPES = ("f32", "f16", "bf16", "f64", "i32", "ui32", "i64", "i1", "index", "tensor<f32>", "tensor<?xf32>",
          "tensor<0xf32>", "memref<4xf32>", "none", "tuple<f32>", "vector<4xf32>", "complex<f32>")  # fmt: skip
 SNIPPETS = (
     "<", ">", "(", ")", "[", "]", "{", "}", "%", "@", "#", ":", ",", "=", "->", "x", '"', "\\",
-    "^bb0:", "dense<", "dims [", "perm [", "axis ", "{step.param}", "#step.sgd<lr = 0.1>",
+    "^bb0:", "dense<", "dims [", "perm [", "axis ", "rate ", "tensor<2xui32>", "{step.param}", "#step.sgd<lr = 0.1>",
     "#step.sgd<>", "{step.param = 3}", "{step.state = \"momentum.w\"}", "{step.cotangent}",
     "loc(\"x\":1:2)", "%\"q\"", "@\"\\22\"", "\u00e9", "\u202e", "\t", "\r", "\x0b", "// ",
     "attributes {step.sgd = #step.sgd<lr = -1.0>}", "[" * 40, "<" * 40, "tensor<" * 30,
