@@ -85,8 +85,8 @@ from stepc.ir.dialect import (
 from stepc.ir.interpreter import BINARY, COMPARISONS, UNARY, log_softmax, softmax
 from stepc.ir.narrow import is_tensor
 from stepc.ir.program import args, output_names
-from stepc.ir.values import numpy_dtype
 from stepc.ir.threefry import dropout_scale, keep_mask
+from stepc.ir.values import numpy_dtype
 
 Array = np.ndarray
 

@@ -79,9 +79,9 @@ from stepc.ir.dialect import (
     YieldOp,
 )
 from stepc.ir.narrow import is_tensor
-from stepc.ir.threefry import dropout_scale, keep_mask
 from stepc.ir.program import arg_location, args, output_names, step_function
 from stepc.ir.shapes import fmt
+from stepc.ir.threefry import dropout_scale, keep_mask
 from stepc.ir.values import numpy_dtype
 
 Array = np.ndarray

@@ -27,8 +27,8 @@ import stepc
 from stepc.backends.jax import jax_function
 from stepc.check.contract import random_inputs
 from stepc.ir import threefry
-from stepc.ir.interpreter import run_function
 from stepc.ir.diagnostics import StepcError
+from stepc.ir.interpreter import run_function
 from stepc.ir.parse import load_text, parse_text, verify
 from stepc.ir.program import step_function
 from stepc.passes.lower_to_stablehlo import lowered_clone
