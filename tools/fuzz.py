@@ -57,14 +57,15 @@ OP_NAMES = (
     "step.mse", "step.constant", "step.convert", "step.compare", "step.one_hot", "step.select", "func.return",
     "step.layer_norm", "step.gelu", "step.gelu_grad", "step.embedding", "step.embedding_grad",
     "step.mse", "step.constant", "step.convert", "step.compare", "step.one_hot", "step.select", "step.conv2d", "step.conv2d_input_grad", "step.conv2d_weight_grad", "func.return",
+    "step.mse", "step.constant", "step.convert", "step.compare", "step.one_hot", "step.select", "step.dropout", "func.return",
     "func.func", "func.call", "builtin.module", "step.nope", "arith.constant",
     "step.max_pool2d", "step.avg_pool2d", "step.concat", "step.slice", "step.pad",
 )  # fmt: skip
-TYPES = ("f32", "f16", "bf16", "f64", "i32", "i64", "i1", "index", "tensor<f32>", "tensor<?xf32>",
+TYPES = ("f32", "f16", "bf16", "f64", "i32", "ui32", "i64", "i1", "index", "tensor<f32>", "tensor<?xf32>",
          "tensor<0xf32>", "memref<4xf32>", "none", "tuple<f32>", "vector<4xf32>", "complex<f32>")  # fmt: skip
 SNIPPETS = (
     "<", ">", "(", ")", "[", "]", "{", "}", "%", "@", "#", ":", ",", "=", "->", "x", '"', "\\",
-    "^bb0:", "dense<", "dims [", "perm [", "axis ", "{step.param}", "#step.sgd<lr = 0.1>",
+    "^bb0:", "dense<", "dims [", "perm [", "axis ", "rate ", "tensor<2xui32>", "{step.param}", "#step.sgd<lr = 0.1>",
     "#step.sgd<>", "{step.param = 3}", "{step.state = \"momentum.w\"}", "{step.cotangent}",
     "loc(\"x\":1:2)", "%\"q\"", "@\"\\22\"", "\u00e9", "\u202e", "\t", "\r", "\x0b", "// ",
     "attributes {step.sgd = #step.sgd<lr = -1.0>}", "[" * 40, "<" * 40, "tensor<" * 30,

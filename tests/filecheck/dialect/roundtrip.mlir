@@ -6,7 +6,8 @@
 
 func.func @every_op(%w: tensor<4x3xf32> {step.param},
                     %b: tensor<3xf32> {step.param = #step.sgd<weight_decay = 0.0, momentum = 0.5>},
-                    %x: tensor<8x4xf32>, %labels: tensor<8xi32>, %bx: tensor<2x8x4xf32>) -> tensor<f32>
+                    %x: tensor<8x4xf32>, %labels: tensor<8xi32>, %bx: tensor<2x8x4xf32>,
+                    %key: tensor<2xui32>) -> tensor<f32>
     attributes {step.sgd = #step.sgd<lr = 0.1, momentum = 0.9, dampening = 0.0, weight_decay = 1.0e-4, nesterov = true, maximize = false>} {
   %xw = step.matmul %x, %w : (tensor<8x4xf32>, tensor<4x3xf32>) -> tensor<8x3xf32>
   %h = step.add %xw, %b : (tensor<8x3xf32>, tensor<3xf32>) -> tensor<8x3xf32>
@@ -72,10 +73,11 @@ func.func @every_op(%w: tensor<4x3xf32> {step.param},
   %l3 = step.add %l2, %ms : (tensor<f32>, tensor<f32>) -> tensor<f32>
   %l4 = step.add %l3, %picked : (tensor<f32>, tensor<f32>) -> tensor<f32>
   %loss = step.add %l4, %gs : (tensor<f32>, tensor<f32>) -> tensor<f32>
+  %dropped = step.dropout %h, %key rate 0.1 : (tensor<8x3xf32>, tensor<2xui32>) -> tensor<8x3xf32>
   func.return %loss : tensor<f32>
 }
 
-// CHECK-LABEL: func.func @every_op(%w: tensor<4x3xf32> {step.param}, %b: tensor<3xf32> {step.param = #step.sgd<momentum = 0.5, weight_decay = 0.0>}, %x: tensor<8x4xf32>, %labels: tensor<8xi32>, %bx: tensor<2x8x4xf32>) -> tensor<f32> attributes {step.sgd = #step.sgd<lr = 0.1, momentum = 0.9, dampening = 0.0, weight_decay = 0.0001, nesterov = true, maximize = false>} {
+// CHECK-LABEL: func.func @every_op(%w: tensor<4x3xf32> {step.param}, %b: tensor<3xf32> {step.param = #step.sgd<momentum = 0.5, weight_decay = 0.0>}, %x: tensor<8x4xf32>, %labels: tensor<8xi32>, %bx: tensor<2x8x4xf32>, %key: tensor<2xui32>) -> tensor<f32> attributes {step.sgd = #step.sgd<lr = 0.1, momentum = 0.9, dampening = 0.0, weight_decay = 0.0001, nesterov = true, maximize = false>} {
 // CHECK-NEXT:   %xw = step.matmul %x, %w : (tensor<8x4xf32>, tensor<4x3xf32>) -> tensor<8x3xf32>
 // CHECK-NEXT:   %h = step.add %xw, %b : (tensor<8x3xf32>, tensor<3xf32>) -> tensor<8x3xf32>
 // CHECK-NEXT:   %s = step.sub %h, %b : (tensor<8x3xf32>, tensor<3xf32>) -> tensor<8x3xf32>
@@ -133,3 +135,5 @@ func.func @every_op(%w: tensor<4x3xf32> {step.param},
 // CHECK-NEXT:   %dimg = step.conv2d_input_grad %conv, %ker padding [1, 1] : (tensor<2x3x5x5xf32>, tensor<3x1x2x2xf32>) -> tensor<2x1x4x4xf32>
 // CHECK-NEXT:   %dker = step.conv2d_weight_grad %img, %conv padding [1, 1] : (tensor<2x1x4x4xf32>, tensor<2x3x5x5xf32>) -> tensor<3x1x2x2xf32>
 // CHECK:        func.return %loss : tensor<f32>
+// CHECK:        %dropped = step.dropout %h, %key rate 0.1 : (tensor<8x3xf32>, tensor<2xui32>) -> tensor<8x3xf32>
+// CHECK-NEXT:   func.return %loss : tensor<f32>
