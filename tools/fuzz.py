@@ -56,8 +56,7 @@ OP_NAMES = (
     "step.sum", "step.mean", "step.max", "step.softmax", "step.log_softmax", "step.cross_entropy",
     "step.mse", "step.constant", "step.convert", "step.compare", "step.one_hot", "step.select", "func.return",
     "step.layer_norm", "step.gelu", "step.gelu_grad", "step.embedding", "step.embedding_grad",
-    "step.mse", "step.constant", "step.convert", "step.compare", "step.one_hot", "step.select", "step.conv2d", "step.conv2d_input_grad", "step.conv2d_weight_grad", "func.return",
-    "step.mse", "step.constant", "step.convert", "step.compare", "step.one_hot", "step.select", "step.dropout", "func.return",
+    "step.conv2d", "step.conv2d_input_grad", "step.conv2d_weight_grad", "step.dropout",
     "func.func", "func.call", "builtin.module", "step.nope", "arith.constant",
     "step.max_pool2d", "step.avg_pool2d", "step.concat", "step.slice", "step.pad",
 )  # fmt: skip
