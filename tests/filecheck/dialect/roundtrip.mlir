@@ -72,8 +72,16 @@ func.func @every_op(%w: tensor<4x3xf32> {step.param},
   %l2 = step.add %l1, %back : (tensor<f32>, tensor<f32>) -> tensor<f32>
   %l3 = step.add %l2, %ms : (tensor<f32>, tensor<f32>) -> tensor<f32>
   %l4 = step.add %l3, %picked : (tensor<f32>, tensor<f32>) -> tensor<f32>
-  %loss = step.add %l4, %gs : (tensor<f32>, tensor<f32>) -> tensor<f32>
   %dropped = step.dropout %h, %key rate 0.1 : (tensor<8x3xf32>, tensor<2xui32>) -> tensor<8x3xf32>
+  %mp = step.max_pool2d %bx kernel [2, 2] : tensor<2x8x4xf32> -> tensor<2x4x2xf32>
+  %ap = step.avg_pool2d %bx kernel [3, 2] stride [1, 2] padding [1, 1] : tensor<2x8x4xf32> -> tensor<2x8x3xf32>
+  %cat = step.concat %mp, %mp axis 2 : (tensor<2x4x2xf32>, tensor<2x4x2xf32>) -> tensor<2x4x4xf32>
+  %sl = step.slice %ap start [0, 1, 0] limit [2, 8, 3] stride [1, 2, 2] : tensor<2x8x3xf32> -> tensor<2x4x2xf32>
+  %pd = step.pad %sl low [0, 0, 1] high [0, 0, 1] interior [0, 0, 0] : tensor<2x4x2xf32> -> tensor<2x4x4xf32>
+  %win = step.add %cat, %pd : (tensor<2x4x4xf32>, tensor<2x4x4xf32>) -> tensor<2x4x4xf32>
+  %ws = step.sum %win : tensor<2x4x4xf32> -> tensor<f32>
+  %l5 = step.add %l4, %gs : (tensor<f32>, tensor<f32>) -> tensor<f32>
+  %loss = step.add %l5, %ws : (tensor<f32>, tensor<f32>) -> tensor<f32>
   func.return %loss : tensor<f32>
 }
 
@@ -135,4 +143,9 @@ func.func @every_op(%w: tensor<4x3xf32> {step.param},
 // CHECK-NEXT:   %dimg = step.conv2d_input_grad %conv, %ker padding [1, 1] : (tensor<2x3x5x5xf32>, tensor<3x1x2x2xf32>) -> tensor<2x1x4x4xf32>
 // CHECK-NEXT:   %dker = step.conv2d_weight_grad %img, %conv padding [1, 1] : (tensor<2x1x4x4xf32>, tensor<2x3x5x5xf32>) -> tensor<3x1x2x2xf32>
 // CHECK:        %dropped = step.dropout %h, %key rate 0.1 : (tensor<8x3xf32>, tensor<2xui32>) -> tensor<8x3xf32>
-// CHECK-NEXT:   func.return %loss : tensor<f32>
+// CHECK-NEXT:   %mp = step.max_pool2d %bx kernel [2, 2] : tensor<2x8x4xf32> -> tensor<2x4x2xf32>
+// CHECK-NEXT:   %ap = step.avg_pool2d %bx kernel [3, 2] stride [1, 2] padding [1, 1] : tensor<2x8x4xf32> -> tensor<2x8x3xf32>
+// CHECK-NEXT:   %cat = step.concat %mp, %mp axis 2 : (tensor<2x4x2xf32>, tensor<2x4x2xf32>) -> tensor<2x4x4xf32>
+// CHECK-NEXT:   %sl = step.slice %ap start [0, 1, 0] limit [2, 8, 3] stride [1, 2, 2] : tensor<2x8x3xf32> -> tensor<2x4x2xf32>
+// CHECK-NEXT:   %pd = step.pad %sl low [0, 0, 1] high [0, 0, 1] interior [0, 0, 0] : tensor<2x4x2xf32> -> tensor<2x4x4xf32>
+// CHECK:        func.return %loss : tensor<f32>
