@@ -5,5 +5,5 @@ func.func @f(%x: tensor<2x3x8x8xf32> {step.param}, %w: tensor<4x3x3x3xf32> {step
   func.return %loss : tensor<f32>
 }
 // RUN: not stepc opt %s 2>&1 | filecheck %s
-// CHECK: err-conv-list-length.mlir:3:27: error: {{.*}}step.conv2d stride takes 2 values (one per spatial dim), found \[2, 2, 2\]
+// CHECK: err-conv-list-length.mlir:3:27: error: {{.*}}step.conv2d stride takes 2 values (one per spatial dim), found [2, 2, 2]
 // CHECK-NOT: Traceback

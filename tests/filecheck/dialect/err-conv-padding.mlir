@@ -5,5 +5,5 @@ func.func @f(%x: tensor<2x3x8x8xf32> {step.param}, %w: tensor<4x3x3x3xf32> {step
   func.return %loss : tensor<f32>
 }
 // RUN: not stepc opt %s 2>&1 | filecheck %s
-// CHECK: err-conv-padding.mlir:3:3: error: {{.*}}step.conv2d: conv2d padding must not be negative, found \[1, -1\]
+// CHECK: err-conv-padding.mlir:3:3: error: {{.*}}step.conv2d: conv2d padding must not be negative, found [1, -1]
 // CHECK-NOT: Traceback
