@@ -368,9 +368,14 @@ def check_sgd(fn: func.FuncOp) -> None:
     except Exception as e:
         raise StepcError(str(e), part_location(fn, SGD)) from None
     for arg in params(fn):
-        override = arg.sgd_override
+        override = arg.optimizer_override
         if override is None:
             continue
+        if not isinstance(override, SGDAttr):
+            raise StepcError(
+                f"parameter %{arg.name}: its optimizer fields must be a #{SGD}<...> as the function's, found {override}",
+                arg_location(fn, arg.value),
+            )
         try:
             SGDAttr.check_fields(sgd.resolved(override))
         except Exception as e:
