@@ -344,4 +344,6 @@ def _nan_unless_in_range(outputs: Sequence[Any], labels: Sequence[tuple[Any, int
     )
 
 
-ROLE_GROUP = {Role.PARAM: "params", Role.INPUT: "batch", Role.STATE: "state", Role.COTANGENT: "cotangent"}
+# Run-time optimizer fields (`{step.hyper = "lr"}`) are passed with the batch, by IR name.
+ROLE_GROUP = {Role.PARAM: "params", Role.INPUT: "batch", Role.STATE: "state", Role.COTANGENT: "cotangent",
+              Role.HYPER: "batch"}  # fmt: skip

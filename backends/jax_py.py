@@ -195,7 +195,7 @@ def _call(program, specs, outputs, groups):
     return dict(zip(outputs, jax.jit(program)(*_arrays(specs, groups))))
 
 
-_GROUP = {"param": "params", "input": "batch", "state": "state", "cotangent": "inputs", "any": "inputs"}
+_GROUP = {"param": "params", "input": "batch", "state": "state", "cotangent": "inputs", "any": "inputs", "hyper": "batch"}
 '''
 
 FORWARD = '''
