@@ -22,9 +22,9 @@ from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Operation
 
 from stepc.check.contract import Arrays, Comparison, Contract, bounded_program, dtype_of, random_inputs, run_program
+from stepc.check.fuse_sgd import derived_literal, with_run_time_fields
 from stepc.ir.dialect import SqrtOp
 from stepc.ir.error_bounds import RULES, Bounded, Precision, exact, literal, plus, quotient, times, unit_roundoff
-from stepc.check.fuse_sgd import derived_literal, with_run_time_fields
 from stepc.ir.program import LOSS, STEP_COUNT, Arg, Role, args_of, check_hyper_inputs, grad_key, params, step_function
 from stepc.passes.fuse_adam import AdamHyper, adam_hyperparameters, exp_avg_key, exp_avg_sq_key, max_exp_avg_sq_key
 

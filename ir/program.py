@@ -32,12 +32,14 @@ from stepc.ir.diagnostics import SourceLoc, StepcError, location_of, part_locati
 from stepc.ir.dialect import (
     ACCUMULATE,
     ADAM,
+    ADAM_FIELDS,
     ADAMW,
     COTANGENT,
     HYPER,
     OUTPUT,
     PARAM,
     SGD,
+    SGD_FIELDS,
     STATE,
     AccumulateOp,
     AdamAttr,
@@ -57,8 +59,6 @@ from stepc.ir.dialect import (
     is_i32,
     is_ui32,
     shape_of,
-    ADAM_FIELDS,
-    SGD_FIELDS,
 )
 from stepc.ir.limits import check_memory, human_bytes, memory_limit, tensor_bytes
 from stepc.ir.narrow import is_integer_type, is_tensor
