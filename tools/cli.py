@@ -79,6 +79,14 @@ def _short(text: str, most: int = 40) -> str:
     return text if len(text) <= most else f"{text[:most]}... ({len(text)} characters)"
 
 
+# `stepc run --lr-schedule` (tools/schedule.py computes it; docs/optimizers.md)
+LR_SCHEDULE_HELP = (
+    'a learning-rate schedule fed each step into the program\'s run-time lr (an argument {step.hyper = "lr"}): '
+    "constant | step:step_size=S[,gamma=0.1] (torch StepLR) | cosine[:warmup=W,total=T,start_factor=F,min_lr=M] "
+    "(torch LinearLR(F, 1.0, W) warmup, then CosineAnnealingLR(T - W, M); defaults W=0, T=--steps, F=1/3, M=0); "
+    "each takes lr=BASE (default: the optimizer attribute's lr). Step t (from 0) gets: constant lr; "
+    "step lr*gamma**(t//S); cosine lr*(F+(1-F)*t/W) for t < W, then M+(lr-M)*(1+cos(pi*(t-W)/(T-W)))/2"
+)
 PASS_HELP = "differentiate, seed-scalar-loss, fuse-sgd, lower-to-stablehlo, simplify-stablehlo (and cse, dce, canonicalize; cut-at-logits)"
 
 
@@ -191,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=seed_int, default=0, help="seed of initialization, shuffling, the copy data and the dropout keys: a tensor<2xui32> input gets a "
                    "fresh key each step, SeedSequence([seed, 3, k, step]) for the k-th key (0 to 2**64 - 1)")
     p.add_argument("--init", metavar="FILE.npz", help="initial parameters (default: PyTorch nn.Linear's init)")
+    p.add_argument("--lr-schedule", metavar="SPEC", help=LR_SCHEDULE_HELP)
     p.add_argument("--devices", type=int, default=1, help="data parallel across N devices")
     p.add_argument("--out", metavar="DIR", help="write summary.json, loss.png and params.npz here")
     p.add_argument("--no-check", action="store_true", help="skip the contracts while compiling")
