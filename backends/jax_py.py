@@ -6,7 +6,7 @@ API's functions around it, dicts keyed by IR names:
 
 | the program given is | the module offers |
 | --- | --- |
-| the whole pipeline (`fuse-sgd` ran) | `init_state(params)`, `step(params, state, batch)`, and `grad`, `forward` |
+| the whole pipeline (the optimizer's pass, `fuse-sgd` or `fuse-adam`, ran) | `init_state(params)`, `step(params, state, batch)`, and `grad`, `forward` |
 | after `seed-scalar-loss` | `grad(params, batch)`, and `forward` |
 | the input | `forward(params, batch)` |
 | any | `run(inputs) -> outputs`, the program given, keys as `stepc exec` |

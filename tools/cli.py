@@ -87,7 +87,8 @@ LR_SCHEDULE_HELP = (
     "each takes lr=BASE (default: the optimizer attribute's lr). Step t (from 0) gets: constant lr; "
     "step lr*gamma**(t//S); cosine lr*(F+(1-F)*t/W) for t < W, then M+(lr-M)*(1+cos(pi*(t-W)/(T-W)))/2"
 )
-PASS_HELP = "differentiate, seed-scalar-loss, fuse-sgd, lower-to-stablehlo, simplify-stablehlo (and cse, dce, canonicalize; cut-at-logits)"
+PASS_HELP = ("differentiate, seed-scalar-loss, fuse-sgd (fuse-adam for step.adam/step.adamw; accumulate-gradients and "
+             "clip-grad-norm where asked), lower-to-stablehlo, simplify-stablehlo (and cse, dce, canonicalize; cut-at-logits)")
 
 
 CHECK_MODE_HELP = (
@@ -165,8 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
         "run the compiled step on named .npz inputs",
         "Run the compiled program through JAX on named inputs and write named outputs.\n\n"
         "Keys: arguments by their IR names; after seed-scalar-loss: loss and grad.NAME;\n"
-        "after fuse-sgd (the default): loss, the new NAME of each parameter and momentum.NAME\n"
-        "of each momentum buffer (give them as inputs to continue; absent, it is a first step).",
+        "after the optimizer's pass (fuse-sgd or fuse-adam; the default): loss, the new NAME of each\n"
+        "parameter and the optimizer state (momentum.NAME; exp_avg.NAME, exp_avg_sq.NAME, step ...:\n"
+        "give them as inputs to continue; absent, it is a first step). A run-time optimizer field\n"
+        "(an argument {step.hyper = \"lr\"}) is an input by its IR name.",
     )
     p.add_argument("file", metavar="STEP.ir")
     p.add_argument("--inputs", metavar="IN.npz", required=True, help="named inputs (loaded with allow_pickle=False)")
