@@ -30,7 +30,7 @@ The pipeline runs once; a listener keeps a clone of the program after every pass
 (`Program.stages`), from which each method takes its program by its form (the signature
 conventions of docs/architecture.md): `forward` the input, `grad` the last program returning
 `loss, grad.NAME...` (after seed-scalar-loss), `step` the last one returning new parameters
-(after fuse-sgd: the lowered end of the whole pipeline).
+(after the optimizer's pass, fuse-sgd or fuse-adam: the lowered end of the whole pipeline).
 """
 
 from __future__ import annotations
@@ -63,10 +63,10 @@ from stepc.ir.program import (
     reads_ids,
     step_function,
 )
+from stepc.passes import optimizer_pass
 from stepc.passes.lower_to_stablehlo import lowered_clone
 from stepc.pipeline import PassEvent, Pipeline
 
-FUSE_SGD = "fuse-sgd"
 SEED = "seed-scalar-loss"
 
 
@@ -225,7 +225,7 @@ class Program:
         module = self._module(role)
         if module is None:
             needed = {"forward": "a program as written (one loss)", "grad": f"the pass {SEED}",
-                      "step": f"the pass {FUSE_SGD}"}[role]  # fmt: skip
+                      "step": f"the optimizer's pass {optimizer_pass(self.stages[0][1])}"}[role]  # fmt: skip
             raise StepcError(
                 f"Program.{role} needs {needed}, which this compilation did not produce "
                 f"(passes: {', '.join(self.passes) or 'none'})"
@@ -281,7 +281,8 @@ class Program:
     def step(
         self, params: Mapping[str, Any], state: Mapping[str, Any], batch: Mapping[str, Any]
     ) -> tuple[dict[str, Any], dict[str, Any], Any]:
-        """One SGD step: `(new params, new state, loss)` (the loss at the old parameters)."""
+        """One optimizer step (SGD, Adam, AdamW): `(new params, new state, loss)` (the loss at the
+        old parameters). Run-time optimizer fields (`{step.hyper = "lr"}`) are in `batch`."""
         jf = self.function(Form.STEP)
         outputs = dict(zip(jf.output_names, self._run(Form.STEP, {"params": params, "batch": batch, "state": state})))
         loss = outputs.pop(LOSS)
@@ -345,4 +346,6 @@ def _nan_unless_in_range(outputs: Sequence[Any], labels: Sequence[tuple[Any, int
     )
 
 
-ROLE_GROUP = {Role.PARAM: "params", Role.INPUT: "batch", Role.STATE: "state", Role.COTANGENT: "cotangent"}
+# Run-time optimizer fields (`{step.hyper = "lr"}`) are passed with the batch, by IR name.
+ROLE_GROUP = {Role.PARAM: "params", Role.INPUT: "batch", Role.STATE: "state", Role.COTANGENT: "cotangent",
+              Role.HYPER: "batch"}  # fmt: skip

@@ -6,7 +6,7 @@ API's functions around it, dicts keyed by IR names:
 
 | the program given is | the module offers |
 | --- | --- |
-| the whole pipeline (`fuse-sgd` ran) | `init_state(params)`, `step(params, state, batch)`, and `grad`, `forward` |
+| the whole pipeline (the optimizer's pass, `fuse-sgd` or `fuse-adam`, ran) | `init_state(params)`, `step(params, state, batch)`, and `grad`, `forward` |
 | after `seed-scalar-loss` | `grad(params, batch)`, and `forward` |
 | the input | `forward(params, batch)` |
 | any | `run(inputs) -> outputs`, the program given, keys as `stepc exec` |
@@ -195,7 +195,7 @@ def _call(program, specs, outputs, groups):
     return dict(zip(outputs, jax.jit(program)(*_arrays(specs, groups))))
 
 
-_GROUP = {"param": "params", "input": "batch", "state": "state", "cotangent": "inputs", "any": "inputs"}
+_GROUP = {"param": "params", "input": "batch", "state": "state", "cotangent": "inputs", "any": "inputs", "hyper": "batch"}
 '''
 
 FORWARD = '''

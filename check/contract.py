@@ -31,7 +31,7 @@ from stepc.backends.jax import JaxFunction, x64_enabled
 from stepc.backends.jaxpr_numpy import evaluate
 from stepc.ir.error_bounds import Bounded, evaluate_with_bounds, exact
 from stepc.ir.interpreter import run_function
-from stepc.ir.program import Arg, args, fan_in_scale, label_range, step_function
+from stepc.ir.program import HYPER_RANGES, Arg, Role, args, fan_in_scale, label_range, step_function
 from stepc.ir.values import numpy_dtype
 
 Arrays = dict[str, np.ndarray]
@@ -222,6 +222,9 @@ def random_inputs(fn: func.FuncOp, rng: np.random.Generator, *, scale: float = 1
             out[arg.name] = rng.integers(0, label_range(arg), size=shape).astype(np.int32)
         elif dtype == np.uint32:  # a random key: any two words
             out[arg.name] = rng.integers(0, 2**32, size=shape, dtype=np.uint32)
+        elif arg.role == Role.HYPER:  # a run-time optimizer field: a valid value of it
+            low, high = HYPER_RANGES.get(arg.hyper_field or "", (0.0, 1.0))
+            out[arg.name] = np.asarray(rng.uniform(low, high), dtype=dtype)
         else:
             out[arg.name] = (rng.standard_normal(shape) * scale * fan_in_scale(arg)).astype(dtype)
     return out

@@ -22,9 +22,10 @@ from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Operation
 
 from stepc.check.contract import Arrays, Comparison, Contract, bounded_program, dtype_of, random_inputs, run_program
+from stepc.check.fuse_sgd import derived_literal, with_run_time_fields
 from stepc.ir.dialect import SqrtOp
 from stepc.ir.error_bounds import RULES, Bounded, Precision, exact, literal, plus, quotient, times, unit_roundoff
-from stepc.ir.program import LOSS, STEP_COUNT, Arg, Role, args_of, grad_key, params, step_function
+from stepc.ir.program import LOSS, STEP_COUNT, Arg, Role, args_of, check_hyper_inputs, grad_key, params, step_function
 from stepc.passes.fuse_adam import AdamHyper, adam_hyperparameters, exp_avg_key, exp_avg_sq_key, max_exp_avg_sq_key
 
 # The program's `1 - beta ** step` (tanh, a product, a quotient, each a few ulps) against Python's.
@@ -70,19 +71,24 @@ def adam_equation_bounded(
     ps = Precision.of(scalar)
     weights = exact(param)
     g = Bounded(-grad.value, grad.error, grad.sigma) if hyper.maximize else grad
-    if hyper.weight_decay != 0.0:
+    run_time = hyper.runtime
+    if hyper.weight_decay != 0.0 or "weight_decay" in run_time:
         if hyper.decoupled:
-            weights = times(weights, literal(1.0 - hyper.lr * hyper.weight_decay, dtype), p)
+            decay = derived_literal(1.0 - hyper.lr * hyper.weight_decay, dtype, bool({"lr", "weight_decay"} & run_time))
+            weights = times(weights, decay, p)
         else:
             g = plus(g, times(exact(param), literal(hyper.weight_decay, dtype), p), p)
     exp_avg, exp_avg_sq = exact(state[0]), exact(state[1])
     w = 1.0 - hyper.beta1
+    beta1_at_run_time = "beta1" in run_time
     if w < 0.5:
-        new_exp_avg = plus(exp_avg, times(plus(g, exp_avg, p, -1.0), literal(w, dtype), p), p)
+        new_exp_avg = plus(exp_avg, times(plus(g, exp_avg, p, -1.0), derived_literal(w, dtype, beta1_at_run_time), p), p)
     else:
-        new_exp_avg = plus(g, times(plus(g, exp_avg, p, -1.0), literal(1.0 - w, dtype), p), p, -1.0)
+        weight = derived_literal(1.0 - w, dtype, beta1_at_run_time)
+        new_exp_avg = plus(g, times(plus(g, exp_avg, p, -1.0), weight, p), p, -1.0)
+    one_minus_beta2 = derived_literal(1.0 - hyper.beta2, dtype, "beta2" in run_time)
     new_exp_avg_sq = plus(
-        times(exp_avg_sq, literal(hyper.beta2, dtype), p), times(times(g, literal(1.0 - hyper.beta2, dtype), p), g, p), p
+        times(exp_avg_sq, literal(hyper.beta2, dtype), p), times(times(g, one_minus_beta2, p), g, p), p
     )
     new_state = [new_exp_avg, new_exp_avg_sq]
     second = new_exp_avg_sq
@@ -108,6 +114,7 @@ class AdamFused:
     hyper: dict[str, AdamHyper]
     params: list[Arg]
     state: list[Arg]
+    run_time: dict[str, str]  # field -> the name of its `{step.hyper}` argument
 
 
 class AdamEquationContract(Contract[AdamFused]):
@@ -119,7 +126,8 @@ class AdamEquationContract(Contract[AdamFused]):
     def prepare(self, before: ModuleOp, after: ModuleOp, comparison: Comparison) -> AdamFused:
         fn_before = step_function(before)
         state = args_of(step_function(after), Role.STATE)
-        return AdamFused(before, after, adam_hyperparameters(fn_before), params(fn_before), state)
+        run_time = {name: a.name for name, a in check_hyper_inputs(fn_before).items()}
+        return AdamFused(before, after, adam_hyperparameters(fn_before), params(fn_before), state, run_time)
 
     def trial(self, prepared: AdamFused, rng: np.random.Generator, comparison: Comparison) -> None:
         inputs = random_inputs(step_function(prepared.before), rng)
@@ -157,7 +165,7 @@ class AdamEquationContract(Contract[AdamFused]):
         """Every output the fused program must return, by key, in float64 with its bound."""
         expected: dict[str, Bounded] = {}
         for p in prepared.params:
-            hyper = prepared.hyper[p.name]
+            hyper = with_run_time_fields(prepared.hyper[p.name], prepared.run_time, inputs)
             keys = [exp_avg_key(p.name), exp_avg_sq_key(p.name)]
             if hyper.amsgrad:
                 keys.append(max_exp_avg_sq_key(p.name))

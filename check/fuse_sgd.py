@@ -13,15 +13,26 @@ buffers, `first_step` = 0).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from xdsl.dialects.builtin import ModuleOp
 
 from stepc.check.contract import Arrays, Comparison, Contract, bounded_program, dtype_of, random_inputs, run_program
-from stepc.ir.error_bounds import Bounded, Precision, exact, literal, plus, times
-from stepc.ir.program import FIRST_STEP, LOSS, Arg, Role, args_of, grad_key, momentum_key, params, step_function
+from stepc.ir.error_bounds import Bounded, Precision, exact, literal, plus, times, unit_roundoff
+from stepc.ir.program import (
+    FIRST_STEP,
+    LOSS,
+    Arg,
+    Role,
+    args_of,
+    check_hyper_inputs,
+    grad_key,
+    momentum_key,
+    params,
+    step_function,
+)
 from stepc.passes.fuse_sgd import Hyper, hyperparameters
 
 
@@ -34,18 +45,40 @@ def sgd_equation_bounded(
     p = Precision.of(dtype)
     weights = exact(param)
     d_p = Bounded(-grad.value, grad.error, grad.sigma) if hyper.maximize else grad
-    if hyper.weight_decay != 0.0:
+    if hyper.weight_decay != 0.0 or "weight_decay" in hyper.runtime:
         d_p = plus(d_p, times(weights, literal(hyper.weight_decay, dtype), p), p)
     new_buffer = None
-    if hyper.momentum != 0.0:
+    if hyper.momentum != 0.0 or "momentum" in hyper.runtime:
         if first_step or buffer is None:
             new_buffer = d_p
         else:
             new_buffer = plus(
-                times(exact(buffer), literal(hyper.momentum, dtype), p), times(d_p, literal(1.0 - hyper.dampening, dtype), p), p
+                times(exact(buffer), literal(hyper.momentum, dtype), p),
+                times(d_p, derived_literal(1.0 - hyper.dampening, dtype, "dampening" in hyper.runtime), p),
+                p,
             )
         d_p = plus(d_p, times(new_buffer, literal(hyper.momentum, dtype), p), p) if hyper.nesterov else new_buffer
     return plus(weights, times(d_p, literal(hyper.lr, dtype), p), p, -1.0), new_buffer
+
+
+RUN_TIME_ULPS = 4.0  # a rank-0 value the program derives from a run-time field (`1 - dampening`)
+
+
+def derived_literal(value: float, dtype: np.dtype[Any], at_run_time: bool) -> Bounded:
+    """`value` rounded to `dtype`, as torch's Python float is; computed by the program from a
+    run-time input (in f32, or f64), it is allowed `RUN_TIME_ULPS` more ulps of that type."""
+    out = literal(value, dtype)
+    if not at_run_time:
+        return out
+    scalar = np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
+    extra = RUN_TIME_ULPS * 2.0 * unit_roundoff(scalar) * abs(value)
+    return Bounded(out.value, out.error + extra, out.sigma + extra)
+
+
+def with_run_time_fields(hyper: Any, fields: dict[str, str], inputs: Arrays) -> Any:
+    """A parameter's resolved fields with each run-time one (`fields`: field -> argument name)
+    set to the value the trial feeds its input."""
+    return replace(hyper, **{name: float(inputs[arg]) for name, arg in fields.items()})
 
 
 @dataclass
@@ -57,6 +90,7 @@ class Fused:
     hyper: dict[str, Hyper]
     params: list[Arg]
     state: list[Arg]
+    run_time: dict[str, str]  # field -> the name of its `{step.hyper}` argument
 
 
 class SGDEquationContract(Contract[Fused]):
@@ -68,7 +102,8 @@ class SGDEquationContract(Contract[Fused]):
     def prepare(self, before: ModuleOp, after: ModuleOp, comparison: Comparison) -> Fused:
         fn_before = step_function(before)
         state = args_of(step_function(after), Role.STATE)
-        return Fused(before, after, hyperparameters(fn_before), params(fn_before), state)
+        run_time = {name: a.name for name, a in check_hyper_inputs(fn_before).items()}
+        return Fused(before, after, hyperparameters(fn_before), params(fn_before), state, run_time)
 
     def trial(self, prepared: Fused, rng: np.random.Generator, comparison: Comparison) -> None:
         inputs = random_inputs(step_function(prepared.before), rng)
@@ -105,8 +140,9 @@ class SGDEquationContract(Contract[Fused]):
         expected: dict[str, Bounded] = {}
         for p in prepared.params:
             key = momentum_key(p.name)
+            hyper = with_run_time_fields(prepared.hyper[p.name], prepared.run_time, inputs)
             new_param, new_buffer = sgd_equation_bounded(
-                inputs[p.name], pre[grad_key(p.name)], state.get(key), first_step, prepared.hyper[p.name], dtype_of(p)
+                inputs[p.name], pre[grad_key(p.name)], state.get(key), first_step, hyper, dtype_of(p)
             )
             expected[p.name] = new_param
             if new_buffer is not None:

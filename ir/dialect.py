@@ -629,9 +629,8 @@ STEP_ATTRIBUTES: Mapping[str, StepAttribute] = {
         Position.ARGUMENT, "a parameter, with its own optimizer fields when it has a value",
         "%w: tensor<4x3xf32> {step.param} or {step.param = #step.sgd<weight_decay = 0.0>}",
     ),
-    "step.hyper": StepAttribute(
-        Position.ARGUMENT, "an optimizer field given at run time", '%lr: tensor<f32> {step.hyper = "lr"}',
-        supported=False,
+    HYPER: StepAttribute(
+        Position.ARGUMENT, "an optimizer field given at run time", '%lr: tensor<f64> {step.hyper = "lr"}',
     ),
     # Written by `differentiate`: the cotangent of an output.
     COTANGENT: StepAttribute(

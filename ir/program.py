@@ -32,11 +32,14 @@ from stepc.ir.diagnostics import SourceLoc, StepcError, location_of, part_locati
 from stepc.ir.dialect import (
     ACCUMULATE,
     ADAM,
+    ADAM_FIELDS,
     ADAMW,
     COTANGENT,
+    HYPER,
     OUTPUT,
     PARAM,
     SGD,
+    SGD_FIELDS,
     STATE,
     AccumulateOp,
     AdamAttr,
@@ -65,12 +68,14 @@ from stepc.ir.values import numpy_dtype
 
 class Role(StrEnum):
     """What an argument of a step function is (`{step.param}`, unmarked, `{step.cotangent}`,
-    `{step.state = "KEY"}`)."""
+    `{step.state = "KEY"}`, `{step.hyper = "FIELD"}`: an optimizer field given at run time,
+    neither a parameter nor a batch input, though callers pass it with the batch)."""
 
     PARAM = "param"
     INPUT = "input"
     COTANGENT = "cotangent"
     STATE = "state"
+    HYPER = "hyper"
 
 
 # The keys of a step's results and state: `loss`, `grad.NAME`, `momentum.NAME`, `first_step`.
@@ -142,6 +147,12 @@ class Arg:
         attr = self.attrs.data.get(STATE)
         return attr.data if isinstance(attr, StringAttr) else None
 
+    @property
+    def hyper_field(self) -> str | None:
+        """The optimizer field a `{step.hyper = "lr"}` argument gives at run time."""
+        attr = self.attrs.data.get(HYPER)
+        return attr.data if isinstance(attr, StringAttr) else None
+
 
 def step_function(module: ModuleOp) -> func.FuncOp:
     """The step: the module's first `func.func`, which must have a body (every stage of every
@@ -183,6 +194,8 @@ def args(fn: func.FuncOp) -> list[Arg]:
             role = Role.COTANGENT
         elif STATE in attrs.data:
             role = Role.STATE
+        elif HYPER in attrs.data:
+            role = Role.HYPER
         else:
             role = Role.INPUT
         out.append(Arg(arg_name(value), value, role, attrs))
@@ -273,6 +286,7 @@ def verify_step_function(fn: func.FuncOp) -> None:
     if not any(a.role == Role.PARAM for a in all_args):
         raise StepcError("a step needs at least one parameter: mark one argument {step.param}", where)
     if check_adam_optimizer(fn):
+        check_hyper_inputs(fn)
         check_names(all_args, fn)
         check_memory(fn)
         check_accumulation(fn)
@@ -286,11 +300,14 @@ def verify_step_function(fn: func.FuncOp) -> None:
         raise StepcError(
             "the function needs an optimizer: attributes {step.sgd = #step.sgd<lr = 0.1>}", where
         )
-    if "lr" not in sgd.fields():
+    if "lr" not in sgd.fields() and "lr" not in check_hyper_inputs(fn):
         raise StepcError(
-            "#step.sgd on the function must give lr (the learning rate has no default)", part_location(fn, SGD)
+            "#step.sgd on the function must give lr (the learning rate has no default), or an argument "
+            '%lr: tensor<f64> {step.hyper = "lr"} give it at run time',
+            part_location(fn, SGD),
         )
     check_sgd(fn)
+    check_hyper_inputs(fn)
     check_names(all_args, fn)
     check_memory(fn)
     check_accumulation(fn)
@@ -334,7 +351,7 @@ def check_names(all_args: list[Arg], fn: func.FuncOp) -> None:
                 loc,
             )
         seen[arg.name] = arg
-        user_named = arg.role in (Role.PARAM, Role.INPUT)  # state and cotangents carry stepc's own keys
+        user_named = arg.role in (Role.PARAM, Role.INPUT, Role.HYPER)  # state and cotangents carry stepc's own keys
         if user_named and (arg.name in RESERVED_KEY or arg.name.startswith(RESERVED_PREFIXES)):
             raise StepcError(
                 f"argument %{arg.name}: 'loss', 'grad.NAME' and 'momentum.NAME' are the keys of stepc's outputs; "
@@ -368,9 +385,14 @@ def check_sgd(fn: func.FuncOp) -> None:
     except Exception as e:
         raise StepcError(str(e), part_location(fn, SGD)) from None
     for arg in params(fn):
-        override = arg.sgd_override
+        override = arg.optimizer_override
         if override is None:
             continue
+        if not isinstance(override, SGDAttr):
+            raise StepcError(
+                f"parameter %{arg.name}: its optimizer fields must be a #{SGD}<...> as the function's, found {override}",
+                arg_location(fn, arg.value),
+            )
         try:
             SGDAttr.check_fields(sgd.resolved(override))
         except Exception as e:
@@ -441,6 +463,89 @@ def check_adam_optimizer(fn: func.FuncOp) -> bool:
         except Exception as e:
             raise StepcError(f"parameter %{arg.name}: {e}", arg_location(fn, arg.value)) from None
     return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Run-time optimizer fields: `{step.hyper = "lr"}`
+
+# A valid range of each float field, for the random values the contracts feed a hyper input.
+HYPER_RANGES: Mapping[str, tuple[float, float]] = {
+    "lr": (0.01, 0.5), "momentum": (0.0, 0.95), "dampening": (0.0, 0.9), "weight_decay": (0.0, 0.1),
+    "beta1": (0.0, 0.95), "beta2": (0.5, 0.999), "eps": (1e-8, 1e-2),
+}  # fmt: skip
+
+
+def optimizer_float_fields(attr: OptimizerAttr) -> list[str]:
+    """The float fields of an optimizer attribute's kind: those a hyper input can give."""
+    table = SGD_FIELDS if isinstance(attr, SGDAttr) else ADAM_FIELDS
+    return [name for name, kind in table if kind is float]
+
+
+def hyper_inputs(fn: func.FuncOp) -> dict[str, Arg]:
+    """The `{step.hyper = "FIELD"}` arguments by field (unchecked: see `check_hyper_inputs`)."""
+    return {field: a for a in args(fn) if a.role == Role.HYPER and (field := a.hyper_field) is not None}
+
+
+def check_hyper_inputs(fn: func.FuncOp) -> dict[str, Arg]:
+    """The run-time optimizer fields, by field, located errors for: a value that is no field
+    name, a field the function's optimizer has not (or a boolean one), an argument that is not
+    a rank-0 float tensor, or a parameter too, two arguments for one field, and a parameter
+    attribute setting a field given at run time (it replaces the field for every parameter)."""
+    found = function_optimizer(fn)
+    out: dict[str, Arg] = {}
+    for arg in args(fn):
+        marker = arg.attrs.data.get(HYPER)
+        if marker is None:
+            continue
+        loc = arg_location(fn, arg.value)
+        if not isinstance(marker, StringAttr):
+            raise StepcError(
+                f'step.hyper on %{arg.name} takes the name of an optimizer field ({{step.hyper = "lr"}}), found {marker}',
+                loc,
+            )
+        field_name = marker.data
+        if arg.role != Role.HYPER:
+            raise StepcError(
+                f"%{arg.name} is a {arg.role} and cannot also be the run-time '{field_name}' (step.hyper): "
+                "a run-time optimizer field is an argument of its own",
+                loc,
+            )
+        if found is None:
+            raise StepcError(f"%{arg.name} gives the optimizer field '{field_name}' at run time, but the function has no optimizer", loc)
+        key, attr = found
+        fields = optimizer_float_fields(attr)
+        if field_name not in fields:
+            flag = " (a boolean field, fixed at compile time)" if field_name in attr.resolved() else ""
+            raise StepcError(
+                f"step.hyper = \"{field_name}\" on %{arg.name}: #{key} has no float field '{field_name}'{flag}; "
+                f"its float fields are {', '.join(fields)}",
+                loc,
+            )
+        t = arg.type
+        if t.get_shape() != () or not is_float(t.get_element_type()):
+            raise StepcError(
+                f"the run-time '{field_name}' %{arg.name} must be a rank-0 float tensor (tensor<f64>: torch's "
+                f"hyperparameters are Python floats), found {t}",
+                loc,
+            )
+        if field_name in out:
+            raise StepcError(
+                f"%{arg.name} and %{out[field_name].name} both give the optimizer field '{field_name}' at run time",
+                loc,
+            )
+        out[field_name] = arg
+    for p in params(fn):
+        override = p.optimizer_override
+        if override is None:
+            continue
+        taken = sorted(set(override.fields()) & set(out))
+        if taken:
+            raise StepcError(
+                f"parameter %{p.name}: its {override} sets {taken[0]}, which %{out[taken[0]].name} gives at run time "
+                "for every parameter",
+                arg_location(fn, p.value),
+            )
+    return out
 
 
 def accumulate_count(fn: func.FuncOp) -> int | None:

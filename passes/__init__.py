@@ -146,6 +146,12 @@ def requested_passes(names: Sequence[str], module: ModuleOp) -> list[str]:
     return out
 
 
+def optimizer_pass(module: ModuleOp) -> str:
+    """The optimizer pass the default pipeline runs on `module` (`fuse-sgd`, or the pass of its
+    optimizer attribute in `OPTIMIZER_PASSES`)."""
+    return requested_passes([FUSE_SGD], module)[0]
+
+
 def requested_cut(names: Sequence[str], last: str) -> list[str] | None:
     """The default pipeline `names` cut after `last` when `last` is one of `REQUESTED_PASSES`
     (the passes before its place, then it: explicit, it runs whatever the program asks), or an

@@ -47,11 +47,13 @@ program's gradients (run with the reference interpreter), for a first and a late
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from xdsl.context import Context
 from xdsl.dialects import func
-from xdsl.dialects.builtin import DictionaryAttr, Float32Type, ModuleOp, StringAttr, TensorType
+from xdsl.dialects.builtin import DictionaryAttr, Float32Type, Float64Type, ModuleOp, StringAttr, TensorType
 from xdsl.ir import Attribute, BlockArgument, Operation, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.rewriter import InsertPoint, Rewriter
@@ -68,6 +70,7 @@ from stepc.ir.program import (
     Role,
     arg_attrs,
     args,
+    check_hyper_inputs,
     check_sgd,
     entry_block,
     function_sgd,
@@ -94,26 +97,34 @@ class Hyper:
     weight_decay: float
     nesterov: bool
     maximize: bool
+    # The fields given at run time by `{step.hyper = "FIELD"}` arguments: their values above
+    # are torch's constructor arguments only (NaN for an unwritten lr), never used.
+    runtime: frozenset[str] = field(default=frozenset())
 
     @staticmethod
-    def of(fields: dict[str, float | bool]) -> Hyper:
+    def of(fields: dict[str, float | bool], runtime: frozenset[str] = frozenset()) -> Hyper:
         return Hyper(
-            lr=float(fields["lr"]),
+            lr=float(fields.get("lr", math.nan)),
             momentum=float(fields["momentum"]),
             dampening=float(fields["dampening"]),
             weight_decay=float(fields["weight_decay"]),
             nesterov=bool(fields["nesterov"]),
             maximize=bool(fields["maximize"]),
+            runtime=runtime,
         )
+
+    def nonzero(self, name: str) -> bool:
+        """Whether a field may be non-zero: a run-time one may always be."""
+        return name in self.runtime or getattr(self, name) != 0.0
 
     @property
     def has_buffer(self) -> bool:
-        return self.momentum != 0.0
+        return self.nonzero("momentum")
 
     @property
     def needs_first_step(self) -> bool:
         """A zero buffer does not give torch's first step: the program needs `first_step`."""
-        return self.has_buffer and self.dampening != 0.0
+        return self.has_buffer and self.nonzero("dampening")
 
 
 def hyperparameters(fn: func.FuncOp) -> dict[str, Hyper]:
@@ -121,12 +132,13 @@ def hyperparameters(fn: func.FuncOp) -> dict[str, Hyper]:
     sgd = function_sgd(fn)
     if sgd is None:
         raise error_at(fn, "fuse-sgd needs the function's optimizer: attributes {step.sgd = #step.sgd<lr = 0.1>}")
-    if "lr" not in sgd.fields():
+    runtime = frozenset(check_hyper_inputs(fn))
+    if "lr" not in sgd.fields() and "lr" not in runtime:
         raise StepcError(
             "#step.sgd on the function must give lr (the learning rate has no default)", part_location(fn, SGD)
         )
     check_sgd(fn)
-    return {p.name: Hyper.of(sgd.resolved(p.sgd_override)) for p in params(fn)}
+    return {p.name: Hyper.of(sgd.resolved(p.sgd_override), runtime) for p in params(fn)}
 
 
 def state_layout(fn: func.FuncOp) -> list[tuple[str, TensorType[Attribute]]]:
@@ -162,27 +174,83 @@ class UpdateBuilder(LocatedBuilder):
         return self.emit(SubOp(a, b))
 
 
+class OptimizerFields(Protocol):
+    """One parameter's resolved optimizer fields (`Hyper`, `fuse_adam.AdamHyper`)."""
+
+    @property
+    def runtime(self) -> frozenset[str]: ...
+
+
+def scalar_type(element: Attribute, given: Attribute | None = None) -> Attribute:
+    """The type rank-0 optimizer values derived from run-time fields are computed in: f64 when
+    the parameter or the run-time input is f64 (torch computes them in Python floats), else f32."""
+    return Float64Type() if isinstance(element, Float64Type) or isinstance(given, Float64Type) else Float32Type()
+
+
+class RunTimeFields:
+    """The `{step.hyper = "FIELD"}` arguments as rank-0 values of each element type, converted
+    once at the top of the function (`value`), and `1 - FIELD` (`one_minus`), computed in
+    `scalar_type` and converted (torch's `1 - dampening` is a Python float)."""
+
+    def __init__(self, arguments: dict[str, BlockArgument], emitter: UpdateBuilder):
+        self.arguments = arguments
+        self.emitter = emitter
+        self.cache: dict[tuple[str, str, Attribute], SSAValue] = {}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.arguments
+
+    def _converted(self, x: SSAValue, element: Attribute) -> SSAValue:
+        return x if element_of(x) == element else self.emitter.emit(ConvertOp(x, make_tensor((), element)))
+
+    def value(self, name: str, element: Attribute) -> SSAValue:
+        key = ("value", name, element)
+        if key not in self.cache:
+            self.cache[key] = self._converted(self.arguments[name], element)
+        return self.cache[key]
+
+    def one_minus(self, name: str, element: Attribute) -> SSAValue:
+        key = ("one_minus", name, element)
+        if key not in self.cache:
+            e = self.emitter
+            x = self.value(name, scalar_type(element, element_of(self.arguments[name])))
+            self.cache[key] = self._converted(e.sub(e.constant(1.0, x), x), element)
+        return self.cache[key]
+
+    def factor(self, hyper: OptimizerFields, name: str, element: Attribute) -> float | SSAValue:
+        """A field as a factor of `UpdateBuilder.scale`: its value, or the run-time input."""
+        return self.value(name, element) if name in hyper.runtime else float(getattr(hyper, name))
+
+
 class _FirstStep:
     """The rank-0 factors of a buffer update in a program that reads `first_step`, made once
     per (element type, momentum, dampening) at the top of the function: `keep * momentum` and
     `first_step + keep * (1 - dampening)`, with `keep = 1 - first_step` (0 or 1, so both are
     exact: `momentum` and `1 - dampening` on a later step, 0 and 1 on a first step)."""
 
-    def __init__(self, flag: BlockArgument, emitter: UpdateBuilder):
+    def __init__(self, flag: BlockArgument, emitter: UpdateBuilder, runtime: RunTimeFields):
         self.flag = flag
         self.emitter = emitter
-        self.cache: dict[tuple[Attribute, float, float], tuple[SSAValue, SSAValue]] = {}
+        self.runtime = runtime
+        self.cache: dict[tuple[Attribute, float | str, float | str], tuple[SSAValue, SSAValue]] = {}
 
-    def factors(self, element: Attribute, momentum: float, dampening: float) -> tuple[SSAValue, SSAValue]:
-        key = (element, momentum, dampening)
+    def factors(self, element: Attribute, hyper: Hyper) -> tuple[SSAValue, SSAValue]:
+        """`keep * momentum` and `first_step + keep * (1 - dampening)` in `element` (a run-time
+        field read from its input; its key in the cache is its name)."""
+        momentum_key = "momentum" if "momentum" in hyper.runtime else hyper.momentum
+        dampening_key = "dampening" if "dampening" in hyper.runtime else hyper.dampening
+        key = (element, momentum_key, dampening_key)
         if key not in self.cache:
             e = self.emitter
             first: SSAValue = self.flag
             if element != FIRST_STEP_TYPE.get_element_type():
                 first = e.emit(ConvertOp(first, make_tensor((), element)))
             keep = e.sub(e.constant(1.0, first), first)
-            momentum_factor = e.scale(keep, momentum)
-            gradient_factor = e.add(first, e.scale(keep, 1.0 - dampening))
+            momentum_factor = e.scale(keep, self.runtime.factor(hyper, "momentum", element))
+            undamped: float | SSAValue = (
+                self.runtime.one_minus("dampening", element) if "dampening" in hyper.runtime else 1.0 - hyper.dampening
+            )
+            gradient_factor = e.add(first, e.scale(keep, undamped))
             self.cache[key] = (momentum_factor, gradient_factor)
         return self.cache[key]
 
@@ -194,21 +262,24 @@ def _update(
     hyper: Hyper,
     buffer: SSAValue | None,
     first_step: _FirstStep | None,
+    runtime: RunTimeFields,
 ) -> tuple[SSAValue, SSAValue | None]:
-    """torch's `_single_tensor_sgd` for one parameter: the new parameter and buffer."""
+    """torch's `_single_tensor_sgd` for one parameter: the new parameter and buffer (a run-time
+    field read from its input: `runtime.factor`)."""
+    element = element_of(param)
     d_p = e.emit(NegOp(grad)) if hyper.maximize else grad
-    if hyper.weight_decay != 0.0:
-        d_p = e.add(d_p, e.scale(param, hyper.weight_decay))
+    if hyper.nonzero("weight_decay"):
+        d_p = e.add(d_p, e.scale(param, runtime.factor(hyper, "weight_decay", element)))
     new_buffer = None
     if buffer is not None:
+        momentum = runtime.factor(hyper, "momentum", element)
         if first_step is not None:  # the program reads the flag: every buffer obeys it
-            element = element_of(param)
-            momentum_factor, gradient_factor = first_step.factors(element, hyper.momentum, hyper.dampening)
+            momentum_factor, gradient_factor = first_step.factors(element, hyper)
             new_buffer = e.add(e.scale(buffer, momentum_factor), e.scale(d_p, gradient_factor))
         else:  # a zero buffer makes the first step exact: momentum * 0 + d_p == d_p
-            new_buffer = e.add(e.scale(buffer, hyper.momentum), d_p)
-        d_p = e.add(d_p, e.scale(new_buffer, hyper.momentum)) if hyper.nesterov else new_buffer
-    return e.sub(param, e.scale(d_p, hyper.lr)), new_buffer
+            new_buffer = e.add(e.scale(buffer, momentum), d_p)
+        d_p = e.add(d_p, e.scale(new_buffer, momentum)) if hyper.nesterov else new_buffer
+    return e.sub(param, e.scale(d_p, runtime.factor(hyper, "lr", element))), new_buffer
 
 
 def _check_input_form(fn: func.FuncOp, pass_name: str = "fuse-sgd") -> list[Arg]:
@@ -258,14 +329,19 @@ def fuse_sgd(fn: func.FuncOp) -> None:
         return arg
 
     buffers = {p.name: add_state(momentum_key(p.name), p.type, p.value) for p in ps if hyper[p.name].has_buffer}
+    top = UpdateBuilder(InsertPoint.at_start(block), location=fn.location)
+    runtime = RunTimeFields({name: a.value for name, a in check_hyper_inputs(fn).items()}, top)
+    for p in ps:  # every run-time field at the top, in each element type, where each update can read it
+        for name in sorted(hyper[p.name].runtime):
+            runtime.value(name, p.type.get_element_type())
     first_step = None
     if any(h.needs_first_step for h in hyper.values()):
         flag = add_state(FIRST_STEP, FIRST_STEP_TYPE, ps[0].value)
-        first_step = _FirstStep(flag, UpdateBuilder(InsertPoint.at_start(block), location=fn.location))
+        first_step = _FirstStep(flag, top, runtime)
         for p in ps:
             h = hyper[p.name]
             if h.has_buffer:
-                first_step.factors(p.type.get_element_type(), h.momentum, h.dampening)
+                first_step.factors(p.type.get_element_type(), h)
 
     new_params: list[SSAValue] = []
     new_buffers: list[SSAValue] = []
@@ -274,7 +350,8 @@ def fuse_sgd(fn: func.FuncOp) -> None:
         owner = grad.owner
         point = InsertPoint.after(owner) if isinstance(owner, Operation) else InsertPoint.before(ret)
         new_param, new_buffer = _update(
-            UpdateBuilder(point, location=p.value.location), p.value, grad, hyper[p.name], buffers.get(p.name), first_step
+            UpdateBuilder(point, location=p.value.location), p.value, grad, hyper[p.name], buffers.get(p.name), first_step,
+            runtime,
         )
         new_params.append(new_param)
         if new_buffer is not None:

@@ -183,7 +183,7 @@ def test_until_stops_the_api_clearly() -> None:
     _, inputs = example_inputs("linreg")
     params, batch = split(prog, inputs)
     prog.grad(params, batch)
-    with pytest.raises(StepcError, match=r"Program.step needs the pass fuse-sgd"):
+    with pytest.raises(StepcError, match=r"Program.step needs the optimizer.s pass fuse-sgd"):
         prog.step(params, {}, batch)
 
 

@@ -409,16 +409,16 @@ def test_optimizer_mutation_score(fast_contract: None, monkeypatch: pytest.Monke
 
     real_power = fuse_adam._BiasCorrections._one_minus_power  # pyright: ignore[reportPrivateUsage]
 
-    def no_correction(self, beta, element):  # type: ignore[no-untyped-def]
-        return self.emitter.constant(1.0, real_power(self, beta, element))
+    def no_correction(self, hyper, beta, element):  # type: ignore[no-untyped-def]
+        return self.emitter.constant(1.0, real_power(self, hyper, beta, element))
 
-    def step_before_increment(self, beta, element):  # type: ignore[no-untyped-def]
+    def step_before_increment(self, hyper, beta, element):  # type: ignore[no-untyped-def]
         # `beta ** (step - 1)`: the correction of the previous step (the counter read before `+= 1`)
         saved = self.new_step
         self.new_step = self.emitter.sub(saved, self.emitter.constant(1.0, saved))
         self.steps.clear()
         try:
-            return real_power(self, beta, element)
+            return real_power(self, hyper, beta, element)
         finally:
             self.new_step = saved
             self.steps.clear()
@@ -449,3 +449,53 @@ def test_optimizer_mutation_score(fast_contract: None, monkeypatch: pytest.Monke
     assert not missed, f"mutants the contracts did not catch: {missed}"
     for name, expected_pass, message in results:
         assert message is not None and f"contract of pass {expected_pass}" in message, (name, message)
+
+
+# Run-time optimizer fields (`{step.hyper}`): the same programs with their fields as inputs.
+ADAM_HYPER = ADAM_CLIPPED.replace(
+    "%labels: tensor<4xi32>)",
+    '%labels: tensor<4xi32>, %lr: tensor<f64> {step.hyper = "lr"}, %beta1: tensor<f64> {step.hyper = "beta1"}, '
+    '%beta2: tensor<f64> {step.hyper = "beta2"}, %wd: tensor<f32> {step.hyper = "weight_decay"})',
+).replace("#step.adamw<weight_decay = 0.0>", "#step.adamw<eps = 1.0e-6>")
+SGD_HYPER = ADAM_HYPER.replace("#step.adamw<eps = 1.0e-6>", "#step.sgd<nesterov = false>").replace(
+    "step.adamw = #step.adamw<lr = 0.01, amsgrad = true>", "step.sgd = #step.sgd<momentum = 0.9>"
+).replace('"beta1"', '"momentum"').replace('"beta2"', '"dampening"')
+
+
+def test_run_time_field_mutants_unmutated_pass(fast_contract: None) -> None:
+    assert caught_in_pipeline(ADAM_HYPER, "adam-hyper", "full") is None
+    assert caught_in_pipeline(SGD_HYPER, "sgd-hyper", "full") is None
+
+
+@pytest.mark.parametrize("program, expected_pass", [(ADAM_HYPER, "fuse-adam"), (SGD_HYPER, "fuse-sgd")])
+def test_run_time_field_mutation_score(fast_contract: None, program: str, expected_pass: str) -> None:
+    """A run-time field read as the attribute's constant, `1 - FIELD` read as `FIELD`, and a
+    run-time weight decay dropped: each caught by the optimizer's contract."""
+    from stepc.passes import fuse_sgd
+
+    real_value = fuse_sgd.RunTimeFields.value
+
+    def constant_lr(self, name, element):  # type: ignore[no-untyped-def]
+        value = real_value(self, name, element)
+        return self.emitter.constant(0.01, value) if name == "lr" else value
+
+    def no_complement(self, name, element):  # type: ignore[no-untyped-def]
+        return real_value(self, name, element)
+
+    def no_decay(self, name, element):  # type: ignore[no-untyped-def]
+        value = real_value(self, name, element)
+        return self.emitter.constant(0.0, value) if name == "weight_decay" else value
+
+    mutants = [("run-time lr read as the constant 0.01", "value", constant_lr),
+               ("1 - FIELD read as FIELD", "one_minus", no_complement),
+               ("run-time weight decay dropped", "value", no_decay)]  # fmt: skip
+    missed = []
+    for name, method, mutant in mutants:
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(fuse_sgd.RunTimeFields, method, mutant)
+            message = caught_in_pipeline(program, "hyper", "full")
+        if message is None:
+            missed.append(name)
+        else:
+            assert f"contract of pass {expected_pass}" in message, (name, message)
+    assert not missed, f"mutants the contracts did not catch: {missed}"

@@ -79,7 +79,16 @@ def _short(text: str, most: int = 40) -> str:
     return text if len(text) <= most else f"{text[:most]}... ({len(text)} characters)"
 
 
-PASS_HELP = "differentiate, seed-scalar-loss, fuse-sgd, lower-to-stablehlo, simplify-stablehlo (and cse, dce, canonicalize; cut-at-logits)"
+# `stepc run --lr-schedule` (tools/schedule.py computes it; docs/optimizers.md)
+LR_SCHEDULE_HELP = (
+    'a learning-rate schedule fed each step into the program\'s run-time lr (an argument {step.hyper = "lr"}): '
+    "constant | step:step_size=S[,gamma=0.1] (torch StepLR) | cosine[:warmup=W,total=T,start_factor=F,min_lr=M] "
+    "(torch LinearLR(F, 1.0, W) warmup, then CosineAnnealingLR(T - W, M); defaults W=0, T=--steps, F=1/3, M=0); "
+    "each takes lr=BASE (default: the optimizer attribute's lr). Step t (from 0) gets: constant lr; "
+    "step lr*gamma**(t//S); cosine lr*(F+(1-F)*t/W) for t < W, then M+(lr-M)*(1+cos(pi*(t-W)/(T-W)))/2"
+)
+PASS_HELP = ("differentiate, seed-scalar-loss, fuse-sgd (fuse-adam for step.adam/step.adamw; accumulate-gradients and "
+             "clip-grad-norm where asked), lower-to-stablehlo, simplify-stablehlo (and cse, dce, canonicalize; cut-at-logits)")
 
 
 CHECK_MODE_HELP = (
@@ -157,8 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
         "run the compiled step on named .npz inputs",
         "Run the compiled program through JAX on named inputs and write named outputs.\n\n"
         "Keys: arguments by their IR names; after seed-scalar-loss: loss and grad.NAME;\n"
-        "after fuse-sgd (the default): loss, the new NAME of each parameter and momentum.NAME\n"
-        "of each momentum buffer (give them as inputs to continue; absent, it is a first step).",
+        "after the optimizer's pass (fuse-sgd or fuse-adam; the default): loss, the new NAME of each\n"
+        "parameter and the optimizer state (momentum.NAME; exp_avg.NAME, exp_avg_sq.NAME, step ...:\n"
+        "give them as inputs to continue; absent, it is a first step). A run-time optimizer field\n"
+        "(an argument {step.hyper = \"lr\"}) is an input by its IR name.",
     )
     p.add_argument("file", metavar="STEP.ir")
     p.add_argument("--inputs", metavar="IN.npz", required=True, help="named inputs (loaded with allow_pickle=False)")
@@ -191,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=seed_int, default=0, help="seed of initialization, shuffling, the copy data and the dropout keys: a tensor<2xui32> input gets a "
                    "fresh key each step, SeedSequence([seed, 3, k, step]) for the k-th key (0 to 2**64 - 1)")
     p.add_argument("--init", metavar="FILE.npz", help="initial parameters (default: PyTorch nn.Linear's init)")
+    p.add_argument("--lr-schedule", metavar="SPEC", help=LR_SCHEDULE_HELP)
     p.add_argument("--devices", type=int, default=1, help="data parallel across N devices")
     p.add_argument("--out", metavar="DIR", help="write summary.json, loss.png and params.npz here")
     p.add_argument("--no-check", action="store_true", help="skip the contracts while compiling")

@@ -122,7 +122,7 @@ def jax_module(module: ModuleOp, source: str) -> str:
 
 
 def earlier_programs(source: str, form: Form) -> dict[str, ModuleOp]:
-    """The input program and (for a step) the program just before fuse-sgd (the gradient the
+    """The input program and (for a step) the program just before the optimizer's pass (the gradient the
     step consumes), from the source file (no contracts); none when the source cannot be read
     again (stdin)."""
     if source == "-" or not Path(source).is_file():

@@ -94,6 +94,8 @@ class Signature:
     # `step.accumulate = K`: each step takes K micro-batches of `batch_size` rows, stacked along a
     # leading axis of K (`stacked`); None without the attribute (one batch per step, unstacked)
     accumulate: int | None = None
+    # Run-time optimizer fields (`{step.hyper = "lr"}`): (field, argument), fed by the run, not the data
+    hypers: tuple[tuple[str, TensorSpec], ...] = ()
 
     @property
     def examples_per_step(self) -> int:
@@ -112,6 +114,7 @@ def signature(module: ModuleOp) -> Signature:
     params: list[TensorSpec] = []
     inputs: list[TensorSpec] = []
     keys: list[TensorSpec] = []
+    hypers: list[tuple[str, TensorSpec]] = []
     for arg in args(fn):
         spec = TensorSpec(
             arg.name,
@@ -123,6 +126,8 @@ def signature(module: ModuleOp) -> Signature:
         )
         if arg.role == Role.PARAM:
             params.append(spec)
+        elif arg.role == Role.HYPER and arg.hyper_field is not None:
+            hypers.append((arg.hyper_field, spec))
         elif arg.role == Role.INPUT and spec.dtype == np.uint32:
             if spec.shape != KEY_SHAPE:
                 raise StepcError(
@@ -153,7 +158,7 @@ def signature(module: ModuleOp) -> Signature:
             )
     head = classifier_head(fn)
     return Signature(fn.sym_name.data, tuple(params), tuple(inputs), batch, where, tuple(keys),
-                     head.labels if head is not None else None, check_accumulation(fn))  # fmt: skip
+                     head.labels if head is not None else None, check_accumulation(fn), tuple(hypers))  # fmt: skip
 
 
 def _element_text(dtype: np.dtype) -> str:

@@ -37,11 +37,12 @@ from stepc.ir.program import (
     shape_text,
     step_function,
 )
-from stepc.passes import LOWERING_PASSES
+from stepc.passes import LOWERING_PASSES, OPTIMIZER_PASSES, optimizer_pass
 from stepc.pipeline import PassEvent, Pipeline
 from stepc.tools.files import LISTED, NpzArchive, atomic_write_npz, check_finite, name_list, npz_writer
 
 FUSE_SGD = "fuse-sgd"
+OPTIMIZER_PASS_NAMES = frozenset({FUSE_SGD, *(name for _, name in OPTIMIZER_PASSES)})
 
 
 def run(args_: argparse.Namespace) -> int:
@@ -52,10 +53,10 @@ def run(args_: argparse.Namespace) -> int:
         pipeline = Pipeline.default(
             until=args_.until, lower=True, check=not args_.no_check, check_mode=args_.check_mode
         )
-        if args_.steps > 1 and FUSE_SGD not in pipeline.names:
+        if args_.steps > 1 and not OPTIMIZER_PASS_NAMES & set(pipeline.names_for(source)):
             raise StepcError(
                 f"--steps {args_.steps} feeds each step's parameters into the next: it needs the whole pipeline "
-                f"(through {FUSE_SGD}), not --until {args_.until}"
+                f"(through {optimizer_pass(source)}, the optimizer's pass), not --until {args_.until}"
             )
         before_lowering: list[ModuleOp] = []
 

@@ -57,7 +57,8 @@ class DataParallel:
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         # K stacked micro-batches (`step.accumulate`): each micro-batch's rows are sharded
         rows = NamedSharding(self.mesh, PartitionSpec("batch") if spec.accumulate is None else PartitionSpec(None, "batch"))
-        self.batch = {**{s.name: rows for s in spec.inputs}, **{s.name: self.replicated for s in spec.keys}}
+        self.batch = {**{s.name: rows for s in spec.inputs}, **{s.name: self.replicated for s in spec.keys},
+                      **{s.name: self.replicated for _, s in spec.hypers}}  # fmt: skip
         self._jax = jax
 
     def put_replicated(self, tree: Any) -> Any:

@@ -26,6 +26,7 @@ from stepc.ir.diagnostics import StepcError
 from stepc.ir.parse import load_text, read_source
 from stepc.tools import data as train_data
 from stepc.tools import loop as train_loop
+from stepc.tools import schedule as train_schedule
 
 FORCE_DEVICES = "--xla_force_host_platform_device_count"
 
@@ -88,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     force_host_devices(args.devices)
     data = train_data.load_data(args.data, spec, args.seed)
     steps = train_data.resolve_steps(args.steps, args.epochs, data.n_train, spec.examples_per_step)
+    schedule = train_schedule.run_schedule(args.lr_schedule, module, spec, steps)
     params = train_data.load_params(args.init, spec) if args.init else train_data.default_init(module, args.seed)
     devices = train_loop.pick_devices(args.devices)
 
@@ -100,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
     batches = train_data.with_keys(train_data.batches(data.train, spec.batch_size, args.seed), spec.keys, args.seed)
     if spec.accumulate is not None:
         batches = train_data.stacked(batches, spec.accumulate)
+    if schedule is not None:
+        batches = train_schedule.with_rates(batches, spec, schedule)
     if len(devices) > 1:
         placement = train_loop.DataParallel(devices, spec)
         step = placement.jit_step(program.step)
@@ -149,6 +153,10 @@ def run(args: argparse.Namespace) -> int:
         "train_seconds": round(result.seconds, 4),
         "steps_per_second": round(result.steps / result.seconds, 2) if result.seconds > 0 else None,
     }
+    if schedule is not None:
+        summary["lr_schedule"] = schedule.text
+        summary["first_lr"] = schedule(0)
+        summary["last_lr"] = schedule(max(result.steps - 1, 0))
     lines = []
     if logits_fn is not None and cut is not None:
         head = cut[1]

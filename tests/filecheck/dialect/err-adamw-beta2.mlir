@@ -1,0 +1,8 @@
+func.func @f(%w: tensor<4x3xf32> {step.param}, %x: tensor<8x4xf32>) -> tensor<f32>
+    attributes {step.adamw = #step.adamw<beta2 = -0.5>} {
+  %loss = step.sum %w : tensor<4x3xf32> -> tensor<f32>
+  func.return %loss : tensor<f32>
+}
+// RUN: not stepc opt %s 2>&1 | filecheck %s
+// CHECK: err-adamw-beta2.mlir:2:17: error: invalid AdamW beta2: -0.5 (must be in [0, 1), as in torch.optim.AdamW)
+// CHECK-NOT: Traceback
