@@ -77,6 +77,12 @@ def test_digits_refuse_a_program_that_does_not_fit():
         train_data.load_data(None, train_data.signature(load(LINREG)))
 
 
+def test_digits_refuse_a_language_model_and_name_the_copy_task():
+    module = load("examples/transformer_lm.ir")
+    with pytest.raises(StepcError, match=r"does not fit the batch inputs of @transformer_lm.*--data copy"):
+        train_data.load_data(None, train_data.signature(module))
+
+
 def test_default_init_is_pytorch_linear(mlp):
     torch = pytest.importorskip("torch")
     params = train_data.default_init(mlp, seed=0)

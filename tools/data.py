@@ -421,7 +421,9 @@ def _digits(spec: Signature) -> Dataset:
             f"the digits data set (64 pixel features and a label 0..9 per image) does not fit the batch inputs of "
             f"@{spec.name} ({', '.join(f'%{s.name}: {s.type_text}' for s in spec.inputs)}); it needs one float input "
             "of 64 values per example and one label input (i32 per example, or 10 floats one-hot). "
-            "Give --data FILE.npz keyed by the input names",
+            "Give --data FILE.npz keyed by the input names"
+            + (" (or --data copy: the bundled next-token task, for a language model over i32 tokens and targets)"
+               if sum(s.dtype == np.int32 and len(s.example_shape) == 1 for s in spec.inputs) == 2 else ""),
             spec.loc,
         )
     if label_input.classes is not None and label_input.classes < 10:
