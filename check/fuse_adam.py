@@ -14,7 +14,6 @@ one (random moments, `exp_avg_sq` and `max_exp_avg_sq` non-negative, `step` a ra
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
@@ -22,10 +21,10 @@ from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Operation
 
 from stepc.check.contract import Arrays, Comparison, Contract, bounded_program, dtype_of, random_inputs, run_program
-from stepc.check.fuse_sgd import derived_literal, with_run_time_fields
+from stepc.check.fuse_sgd import Fused, derived_literal, with_run_time_fields
 from stepc.ir.dialect import SqrtOp
 from stepc.ir.error_bounds import RULES, Bounded, Precision, exact, literal, plus, quotient, times, unit_roundoff
-from stepc.ir.program import LOSS, STEP_COUNT, Arg, Role, args_of, check_hyper_inputs, grad_key, params, step_function
+from stepc.ir.program import LOSS, STEP_COUNT, Arg, grad_key, step_function
 from stepc.passes.fuse_adam import AdamHyper, adam_hyperparameters, exp_avg_key, exp_avg_sq_key, max_exp_avg_sq_key
 
 # The program's `1 - beta ** step` (tanh, a product, a quotient, each a few ulps) against Python's.
@@ -105,31 +104,16 @@ def adam_equation_bounded(
     return new_param, new_state
 
 
-@dataclass
-class AdamFused:
-    """The programs, each parameter's resolved Adam arguments, and the state the pass added."""
-
-    before: ModuleOp
-    after: ModuleOp
-    hyper: dict[str, AdamHyper]
-    params: list[Arg]
-    state: list[Arg]
-    run_time: dict[str, str]  # field -> the name of its `{step.hyper}` argument
-
-
-class AdamEquationContract(Contract[AdamFused]):
+class AdamEquationContract(Contract[Fused[AdamHyper]]):
     """New parameters and state = `adam_equation_bounded` of the pre-pass gradients, first and later step."""
 
     name = "Adam equation"
     draws_per_trial = 2
 
-    def prepare(self, before: ModuleOp, after: ModuleOp, comparison: Comparison) -> AdamFused:
-        fn_before = step_function(before)
-        state = args_of(step_function(after), Role.STATE)
-        run_time = {name: a.name for name, a in check_hyper_inputs(fn_before).items()}
-        return AdamFused(before, after, adam_hyperparameters(fn_before), params(fn_before), state, run_time)
+    def prepare(self, before: ModuleOp, after: ModuleOp, comparison: Comparison) -> Fused[AdamHyper]:
+        return Fused.of(before, after, adam_hyperparameters)
 
-    def trial(self, prepared: AdamFused, rng: np.random.Generator, comparison: Comparison) -> None:
+    def trial(self, prepared: Fused[AdamHyper], rng: np.random.Generator, comparison: Comparison) -> None:
         inputs = random_inputs(step_function(prepared.before), rng)
         pre = bounded_program(prepared.before, inputs)
         for first_step in (True, False):
@@ -160,7 +144,7 @@ class AdamEquationContract(Contract[AdamFused]):
 
     @staticmethod
     def _expected(
-        prepared: AdamFused, inputs: Arrays, state: Arrays, pre: dict[str, Bounded], step: int
+        prepared: Fused[AdamHyper], inputs: Arrays, state: Arrays, pre: dict[str, Bounded], step: int
     ) -> dict[str, Bounded]:
         """Every output the fused program must return, by key, in float64 with its bound."""
         expected: dict[str, Bounded] = {}

@@ -13,10 +13,12 @@ buffers, `first_step` = 0).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
+from xdsl.dialects import func
 from xdsl.dialects.builtin import ModuleOp
 
 from stepc.check.contract import Arrays, Comparison, Contract, bounded_program, dtype_of, random_inputs, run_program
@@ -81,31 +83,40 @@ def with_run_time_fields(hyper: Any, fields: dict[str, str], inputs: Arrays) -> 
     return replace(hyper, **{name: float(inputs[arg]) for name, arg in fields.items()})
 
 
+H = TypeVar("H")
+
+
 @dataclass
-class Fused:
-    """The programs, each parameter's resolved SGD arguments, and the state the pass added."""
+class Fused(Generic[H]):
+    """The programs, each parameter's resolved optimizer arguments (`Hyper` for SGD, `AdamHyper`
+    for Adam), and the state the pass added: what an optimizer's equation contract prepares."""
 
     before: ModuleOp
     after: ModuleOp
-    hyper: dict[str, Hyper]
+    hyper: dict[str, H]
     params: list[Arg]
     state: list[Arg]
     run_time: dict[str, str]  # field -> the name of its `{step.hyper}` argument
 
+    @staticmethod
+    def of(before: ModuleOp, after: ModuleOp, resolve: Callable[[func.FuncOp], dict[str, H]]) -> Fused[H]:
+        """`before` -> `after` of a fusion pass, each parameter's arguments as `resolve` reads them."""
+        fn_before = step_function(before)
+        state = args_of(step_function(after), Role.STATE)
+        run_time = {name: a.name for name, a in check_hyper_inputs(fn_before).items()}
+        return Fused(before, after, resolve(fn_before), params(fn_before), state, run_time)
 
-class SGDEquationContract(Contract[Fused]):
+
+class SGDEquationContract(Contract[Fused[Hyper]]):
     """New parameters and buffers = `sgd_equation_bounded` of the pre-pass gradients, first and later step."""
 
     name = "SGD equation"
     draws_per_trial = 2
 
-    def prepare(self, before: ModuleOp, after: ModuleOp, comparison: Comparison) -> Fused:
-        fn_before = step_function(before)
-        state = args_of(step_function(after), Role.STATE)
-        run_time = {name: a.name for name, a in check_hyper_inputs(fn_before).items()}
-        return Fused(before, after, hyperparameters(fn_before), params(fn_before), state, run_time)
+    def prepare(self, before: ModuleOp, after: ModuleOp, comparison: Comparison) -> Fused[Hyper]:
+        return Fused.of(before, after, hyperparameters)
 
-    def trial(self, prepared: Fused, rng: np.random.Generator, comparison: Comparison) -> None:
+    def trial(self, prepared: Fused[Hyper], rng: np.random.Generator, comparison: Comparison) -> None:
         inputs = random_inputs(step_function(prepared.before), rng)
         pre = bounded_program(prepared.before, inputs)
         for first_step in (True, False):
@@ -134,7 +145,7 @@ class SGDEquationContract(Contract[Fused]):
 
     @staticmethod
     def _expected(
-        prepared: Fused, inputs: Arrays, state: Arrays, pre: dict[str, Bounded], first_step: bool
+        prepared: Fused[Hyper], inputs: Arrays, state: Arrays, pre: dict[str, Bounded], first_step: bool
     ) -> dict[str, Bounded]:
         """Every output the fused program must return, by key, in float64 with its bound."""
         expected: dict[str, Bounded] = {}

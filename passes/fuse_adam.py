@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 
 from xdsl.context import Context
 from xdsl.dialects import func
-from xdsl.dialects.builtin import DictionaryAttr, Float32Type, Float64Type, ModuleOp, StringAttr, TensorType
+from xdsl.dialects.builtin import Float32Type, Float64Type, ModuleOp, TensorType
 from xdsl.ir import Attribute, BlockArgument, Operation, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.rewriter import InsertPoint, Rewriter
@@ -76,10 +76,8 @@ from stepc.ir.program import (
     EXP_AVG_SQ_PREFIX,
     LOSS,
     MAX_EXP_AVG_SQ_PREFIX,
-    STATE,
     STEP_COUNT,
     arg_attrs,
-    args,
     check_adam_optimizer,
     check_hyper_inputs,
     entry_block,
@@ -94,6 +92,7 @@ from stepc.passes.fuse_sgd import (  # the optimizer passes share their input fo
     UpdateBuilder,
     _check_input_form,  # pyright: ignore[reportPrivateUsage]
     scalar_type,
+    state_adder,
 )
 
 PASS_NAME = "fuse-adam"
@@ -318,15 +317,7 @@ def fuse_adam(fn: func.FuncOp) -> None:
     assert isinstance(ret, func.ReturnOp)
     loss, *grads = ret.arguments
     attrs = arg_attrs(fn)
-    taken = {a.name for a in args(fn)}
-
-    def add_state(key: str, t: Attribute, like: BlockArgument) -> BlockArgument:
-        if key in taken:
-            raise error_at(fn, f"argument %{key} has the name of the state {PASS_NAME} adds; rename it")
-        arg = block.insert_arg(t, len(block.args), like.location)
-        arg.name_hint = key
-        attrs.append(DictionaryAttr({STATE: StringAttr(key)}))
-        return arg
+    add_state = state_adder(fn, attrs, PASS_NAME)
 
     state = {p.name: [add_state(key, p.type, p.value) for key in state_keys(p.name, hyper[p.name])] for p in ps}
     step = add_state(STEP_COUNT, STEP_TYPE, ps[0].value)

@@ -48,6 +48,7 @@ program's gradients (run with the reference interpreter), for a first and a late
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -309,6 +310,26 @@ def _check_input_form(fn: func.FuncOp, pass_name: str = "fuse-sgd") -> list[Arg]
     return ps
 
 
+def state_adder(
+    fn: func.FuncOp, attrs: list[DictionaryAttr], pass_name: str
+) -> Callable[[str, Attribute, BlockArgument], BlockArgument]:
+    """`add_state(key, type, like)`: a new state argument of `fn` named `key` (placed at `like`'s
+    location), its `{step.state = key}` appended to `attrs`; a name the program already uses is
+    an error."""
+    block = entry_block(fn)
+    taken = {a.name for a in args(fn)}
+
+    def add_state(key: str, t: Attribute, like: BlockArgument) -> BlockArgument:
+        if key in taken:
+            raise error_at(fn, f"argument %{key} has the name of the state {pass_name} adds; rename it")
+        arg = block.insert_arg(t, len(block.args), like.location)
+        arg.name_hint = key  # the state key is the argument's name, as parameters' names are their keys
+        attrs.append(DictionaryAttr({STATE: StringAttr(key)}))
+        return arg
+
+    return add_state
+
+
 def fuse_sgd(fn: func.FuncOp) -> None:
     """Replace `fn`'s gradient results by the SGD update of each parameter (in place)."""
     ps = _check_input_form(fn)
@@ -318,15 +339,7 @@ def fuse_sgd(fn: func.FuncOp) -> None:
     assert isinstance(ret, func.ReturnOp)
     loss, *grads = ret.arguments
     attrs = arg_attrs(fn)
-    taken = {a.name for a in args(fn)}
-
-    def add_state(key: str, t: Attribute, like: BlockArgument) -> BlockArgument:
-        if key in taken:
-            raise error_at(fn, f"argument %{key} has the name of the state fuse-sgd adds; rename it")
-        arg = block.insert_arg(t, len(block.args), like.location)
-        arg.name_hint = key  # the state key is the argument's name, as parameters' names are their keys
-        attrs.append(DictionaryAttr({STATE: StringAttr(key)}))
-        return arg
+    add_state = state_adder(fn, attrs, "fuse-sgd")
 
     buffers = {p.name: add_state(momentum_key(p.name), p.type, p.value) for p in ps if hyper[p.name].has_buffer}
     top = UpdateBuilder(InsertPoint.at_start(block), location=fn.location)
