@@ -476,7 +476,9 @@ def _constant(op: Operation, a: list[Bounded], p: Precision) -> Bounded:
     data = np.asarray(op.values, dtype=np.float64)
     exact_value = np.broadcast_to(data[0], shape) if data.size == 1 else data.reshape(shape)
     stored = exact_value.astype(_dtype(op.result.type)).astype(np.float64)
-    off = np.abs(stored - exact_value)  # the rounding of the literal, exactly
+    with np.errstate(invalid="ignore"):
+        off = np.where(stored == exact_value, 0.0, np.abs(stored - exact_value))  # the literal's rounding, exactly
+    # (where equal, 0: an infinity is stored exactly, and inf - inf would read as no bound)
     return Bounded(exact_value.copy(), off, off.copy())
 
 
@@ -644,9 +646,15 @@ def _log_softmax_on(x: Bounded, p: Precision, axis: int = 1) -> Bounded:
     n = x.value.shape[axis]
     # Each step's result is in the op's type (u: a 16-bit lowering rounds every intermediate),
     # and so is the sum's accumulator.
-    term = p.u * np.abs(shifted) + 2.0 * TRANSCENDENTAL_ULPS * p.u
-    lse = np.abs(y - shifted)  # |log sum exp(x - max)|
-    own = 2.0 * TRANSCENDENTAL_ULPS * p.u * lse + p.rounding(y, 1.0) + p.u * np.abs(shifted)
+    # An exact -inf (a masked score: `step.select` of a -inf constant) is exactly -inf after any
+    # rounding, its exp exactly 0: it adds nothing to the sum and its own result is an exact -inf.
+    masked = np.isneginf(x.value) & (x.error == 0) & (x.sigma == 0)
+    finite_shift = np.where(masked, 0.0, shifted)
+    term = np.where(masked, 0.0, p.u * np.abs(finite_shift) + 2.0 * TRANSCENDENTAL_ULPS * p.u)
+    with np.errstate(invalid="ignore"):
+        lse = np.where(masked, 0.0, np.abs(y - shifted))  # |log sum exp(x - max)|
+    own = np.where(masked, 0.0, 2.0 * TRANSCENDENTAL_ULPS * p.u * lse + p.rounding(np.where(masked, 0.0, y), 1.0)
+                   + p.u * np.abs(finite_shift))  # fmt: skip
 
     def log_of(relative: Array) -> Array:
         with np.errstate(divide="ignore", invalid="ignore"):
