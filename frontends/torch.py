@@ -28,10 +28,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
+import io
+import logging
 import os
 import re
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,13 +101,19 @@ class UserLine:
     code: str
 
     def loc(self) -> SourceLoc:
+        """The line, its column at the first character of its code (the file's own text)."""
+        code = self.code
         try:
             with open(self.file, encoding="utf-8") as f:
-                remember_source(self.file, f.read())
+                text = f.read()
+            remember_source(self.file, text)
+            lines = text.split("\n")
+            if 1 <= self.line <= len(lines):
+                code = lines[self.line - 1]
         except OSError:
             pass
-        stripped = self.code.lstrip()
-        return SourceLoc(self.file, self.line, len(self.code) - len(stripped) + 1, max(1, len(stripped.rstrip())))
+        stripped = code.lstrip()
+        return SourceLoc(self.file, self.line, len(code) - len(stripped) + 1, max(1, len(stripped.rstrip())))
 
     def comment(self) -> str:
         shown = os.path.relpath(self.file)
@@ -372,9 +382,18 @@ def _export(model: torch.nn.Module, loss_fn: Callable[..., Any], batch: Mapping[
     table = torch.export.default_decompositions()
     for op in KEPT:
         table.pop(op, None)
+    quiet = logging.getLogger("torch")  # export logs its graph and guards at WARNING on failure
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    chatter = io.StringIO()  # on failure export also prints its graph; the error below says what matters
     try:
-        exported = torch.export.export(wrapper, (), kwargs=dict(batch), strict=False)
-        return exported.run_decompositions(table)
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch's own deprecations, not the user's
+            exported = torch.export.export(wrapper, (), kwargs=dict(batch), strict=False)
+        _refuse_stop_gradient(exported)
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return exported.run_decompositions(table)
     except StepcError:
         raise
     except Exception as error:  # torch's own: data-dependent control flow, dynamic shapes, unsupported Python
@@ -386,6 +405,37 @@ def _export(model: torch.nn.Module, loss_fn: Callable[..., Any], batch: Mapping[
             ("stepc imports a step whose ops do not depend on the values of the data (no Python `if` on a "
              "tensor's value, no shape read from data): rewrite it with torch.where, or compute it outside the loss",),
         ) from None  # fmt: skip
+    finally:
+        quiet.setLevel(level)
+
+
+def _refuse_stop_gradient(exported: Any) -> None:
+    """`detach()` or `torch.no_grad()` on a value computed from the parameters is a located error:
+    the step language has no stop-gradient op, and decomposed to core ATen such a value is an
+    `alias` whose gradient would silently flow. (Checked before decomposing, where torch still
+    writes `aten.detach` and the no-grad region.)"""
+    from torch.export.graph_signature import InputKind
+
+    live: set[Any] = set()
+    parameters = {s.arg.name for s in exported.graph_signature.input_specs if s.kind == InputKind.PARAMETER}
+    for node in exported.graph.nodes:
+        if node.op == "placeholder":
+            if node.name in parameters:
+                live.add(node)
+            continue
+        reads = [a for a in node.all_input_nodes if a in live]
+        if not reads:
+            continue
+        live.add(node)
+        grad_off = node.target is getattr(torch.ops.higher_order, "wrap_with_set_grad_enabled", None) and not node.args[0]
+        if node.target is torch.ops.aten.detach.default or grad_off:
+            where = _user_line_of_stack(node.meta.get("stack_trace"))
+            what = "torch.no_grad()" if grad_off else "detach()"
+            raise StepcError(
+                f"{what} of a value computed from the parameters: the step language has no stop-gradient, so stepc "
+                "cannot import it (compute that value outside the loss and pass it in the batch)",
+                where.loc() if where else None,
+            )
 
 
 def _function_name(model: torch.nn.Module) -> str:
@@ -529,8 +579,8 @@ def _translate(
         raise StepcError(f"loss_fn must return a scalar float tensor computed from the parameters; it returned "
                          f"{_describe(loss)}")  # fmt: skip
     header = [
-        f"Imported from PyTorch by stepc.from_torch: {type(model).__module__}.{type(model).__qualname__}, "
-        f"loss {getattr(loss_fn, '__qualname__', type(loss_fn).__name__)}, optimizer {opt.kind}.",
+        f"Imported from PyTorch by stepc.from_torch: model {_where_defined(type(model))}, "
+        f"loss {_where_defined(loss_fn)}, optimizer {opt.kind}.",
         "Parameter names are torch's (`stepc.frontends.torch.ir_name`); `// FILE:LINE` comments give each op's source.",
     ]
     return writer.text(loss, opt.function_attr, header), names, inputs, dropout
@@ -560,6 +610,17 @@ def _reads_program_values(*values: Any) -> bool:
     return False
 
 
+def _where_defined(thing: Any) -> str:
+    """`SmallCNN (models.py:40)`: a class's or function's name and where it is written."""
+    name = getattr(thing, "__qualname__", type(thing).__qualname__)
+    try:
+        file = inspect.getsourcefile(thing)
+        line = inspect.getsourcelines(thing)[1]
+    except (TypeError, OSError):
+        return name
+    return f"{name} ({os.path.basename(file or '?')}:{line})"
+
+
 def _module_of(node: Any) -> str:
     """` [blocks.1.attn: Attention]`: the innermost module the node runs in, if any."""
     stack = node.meta.get("nn_module_stack") or {}
@@ -581,12 +642,10 @@ def _describe(value: Any) -> str:
 
 def _located(node: Any, where: UserLine | None, reason: str) -> StepcError:
     op = str(node.target)
-    origin = node.meta.get("torch_fn")
-    called = f" (from {origin[1]})" if isinstance(origin, tuple) and len(origin) > 1 else ""
     notes: tuple[str | Note, ...] = ()
     if where is None:
         notes = ("torch.export kept no stack for this node",)
-    return StepcError(f"cannot import {op}{called}: {reason}", where.loc() if where else None, notes)
+    return StepcError(f"cannot import {op}: {reason}", where.loc() if where else None, notes)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from stepc.frontends.writer import FLOAT_TYPES, IRWriter, Value, float_text, tensor_type
 
@@ -764,11 +765,17 @@ def _cross_entropy(ctx: Context, a: Entry, target: Entry, weight: Entry = None, 
     if weight is not None:
         raise ImportError_("cross_entropy with class weights")
     (x,) = ctx.floats(a)
-    t = ctx.value(target)
+    target = _one_hot_constant(target, x)
+    t = ctx.value(target, x.dtype if isinstance(target, torch.Tensor) else None)
     w = ctx.w
     if t.is_float:  # class probabilities, one row per example
+        if len(x.shape) != 2:
+            raise ImportError_("cross_entropy with class probabilities over more than (N, C) logits")
         t = ctx.value(target, x.dtype)
         logp = w.unary("log_softmax", x, extra=" axis 1")
+        if label_smoothing:  # torch: the target mixed with the uniform distribution
+            eps = float(label_smoothing)
+            t = w.binary("add", w.binary("mul", t, ctx.value(1.0 - eps, x.dtype)), ctx.value(eps / x.shape[1], x.dtype))
         per_row = w.reduce("sum", w.binary("mul", t, logp), [1])
         loss = w.unary("neg", w.reduce("mean", per_row, None))
         rows = math.prod(per_row.shape)
@@ -786,13 +793,26 @@ def _cross_entropy(ctx: Context, a: Entry, target: Entry, weight: Entry = None, 
     return _reduced(ctx, loss, reduction, rows, "cross_entropy")
 
 
+def _one_hot_constant(target: Entry, logits: Value) -> Entry:
+    """Constant class indices (labels written in the loss) as a constant one-hot float tensor."""
+    if isinstance(target, torch.Tensor) and not target.is_floating_point():
+        if len(logits.shape) != 2:
+            raise ImportError_("constant class indices over more than (N, C) logits")
+        return F.one_hot(target.long(), logits.shape[1]).to(torch.float64)
+    return target
+
+
 def _nll(ctx: Context, a: Entry, target: Entry, weight: Entry, reduction: int) -> Value:
     if weight is not None:
         raise ImportError_("nll_loss with class weights")
     (x,) = ctx.floats(a)
-    x, t = _rows(ctx, x, ctx.value(target))
     w = ctx.w
-    one_hot = w.op("one_hot", f"step.one_hot {t.ref}", f"{t.type} -> {tensor_type(x.shape, x.dtype)}", x.shape, x.dtype)
+    target = _one_hot_constant(target, x)
+    if isinstance(target, torch.Tensor):
+        one_hot = ctx.value(target, x.dtype)
+    else:
+        x, t = _rows(ctx, x, ctx.value(target))
+        one_hot = w.op("one_hot", f"step.one_hot {t.ref}", f"{t.type} -> {tensor_type(x.shape, x.dtype)}", x.shape, x.dtype)
     picked = w.reduce("sum", w.binary("mul", x, one_hot), [1])
     loss = w.unary("neg", w.reduce("mean", picked, None))
     return _reduced(ctx, loss, reduction, x.shape[0], "nll_loss")

@@ -34,6 +34,7 @@ update, and StableHLO. After every pass its contract is checked on random inputs
   stepc exec examples/linreg.ir --inputs in.npz -o out.npz
   stepc run examples/mlp_digits.ir --steps 500 --out runs/digits
   stepc opt examples/linreg.ir -p differentiate,dce    # run passes, print the result
+  stepc import examples/pytorch/models.py:cnn -o cnn.ir   # a PyTorch model, loss and optimizer
 
 The language: docs/language.md. Each subcommand has its own --help.
 """
@@ -226,6 +227,25 @@ def build_parser() -> argparse.ArgumentParser:
     add_check_mode(p)
     p.add_argument("--verify-only", action="store_true", help="parse and verify ops without the step-function rules")
     p.set_defaults(handler="stepc.tools.opt_cmd:run")
+
+    p = add(
+        "import",
+        "import a PyTorch model, its loss and its optimizer as step IR (checked)",
+        "Import a PyTorch training step as a step program. FUNCTION() returns\n"
+        "(model, loss_fn, batch, optimizer): loss_fn(model, batch) gives the scalar loss, batch is a dict of\n"
+        "example tensors (they fix the shapes), optimizer a torch.optim.SGD, Adam or AdamW over the model's\n"
+        "parameters. The import is checked like a pass (its loss and gradients against autograd on a float64\n"
+        "copy of the model) and prints its row; an op stepc cannot import is an error at your line.\n\n"
+        "  stepc import examples/pytorch/models.py:cnn -o cnn.ir\n"
+        "  stepc compile cnn.ir\n\n"
+        "Needs PyTorch (pip install 'stepc[torch]'). See docs/importing.md.",
+    )
+    p.add_argument("target", metavar="FILE.py:FUNCTION", help="the Python file and the function in it to call")
+    p.add_argument("-o", "--output", metavar="STEP.ir", help="write the program here (atomically) instead of stdout")
+    p.add_argument("--no-check", action="store_true", help="skip the import's check")
+    p.add_argument("--trials", type=positive_int, default=2, help="random draws of the check (default: 2)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the check's draws (default: 0)")
+    p.set_defaults(handler="stepc.tools.import_cmd:run")
     return parser
 
 
