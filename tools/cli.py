@@ -151,11 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
         "<= 1 holds), the bound's tightness, the verdict, the time and where it ran (full or\n"
         "reduced shapes). See docs/contracts.md.\n\n"
         "  stepc check step.ir\n"
-        "  stepc check --pass differentiate BEFORE.mlir AFTER.mlir   # one pass's contract\n\n"
+        "  stepc check --pass differentiate BEFORE.mlir AFTER.mlir   # one pass's contract\n"
+        "  stepc check --artifact step.mlir step.ir                  # an artifact against its source\n\n"
         "Exit status 0 when every contract holds, 1 otherwise.",
     )
     p.add_argument("files", metavar="FILE", nargs="+", help="STEP.ir, or BEFORE AFTER with --pass")
     p.add_argument("--pass", dest="pass_name", metavar="NAME", help="check one pass's contract between two programs")
+    p.add_argument("--artifact", metavar="OUT", help="re-check that OUT (stepc compile --emit stablehlo or jax-py) was "
+                   "compiled from STEP.ir by this pipeline and still passes: its header's source hash, versions and "
+                   "passes, every contract again, and its text against a fresh compilation")
     p.add_argument("--trials", type=positive_int, default=5, help="random inputs per contract (default 5, at least 1)")
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the random inputs (0 to 2**64 - 1)")
     add_check_mode(p)
