@@ -21,7 +21,7 @@ result type; `convert` casts as NumPy's `astype` (round to nearest even, truncat
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -483,17 +483,20 @@ def _shape(t: Attribute) -> tuple[int, ...]:
 # Running a step function
 
 
-def run_function(module_or_func: ModuleOp | func.FuncOp, inputs: Mapping[str, Any]) -> dict[str, Array]:
+def run_function(
+    module_or_func: ModuleOp | func.FuncOp, inputs: Mapping[str, Any], listeners: Sequence[Interpreter.Listener] = ()
+) -> dict[str, Array]:
     """Run a step function on named inputs; the outputs keyed by `output_names(fn)`.
 
     Inputs are keyed by argument name and converted to each argument's dtype when NumPy's
     `same_kind` casting allows (float64 data for an f32 argument, int64 labels for i32);
     missing or unknown keys, wrong shapes and lossy kinds (floats for i32) are `StepcError`s.
+    `listeners` (xDSL's `Interpreter.Listener`) see every op run, those of regions included.
     """
     fn = step_function(module_or_func) if isinstance(module_or_func, ModuleOp) else module_or_func
     arguments = _check_inputs(fn, inputs)
     module = fn.parent_op()
-    interpreter = Interpreter(module if isinstance(module, ModuleOp) else ModuleOp([]))
+    interpreter = Interpreter(module if isinstance(module, ModuleOp) else ModuleOp([]), listeners=tuple(listeners))
     interpreter.register_implementations(FuncFunctions())
     interpreter.register_implementations(StepFunctions())
     with np.errstate(all="ignore"):  # log(-1) is NaN, 1/0 is inf, as in PyTorch: no warnings

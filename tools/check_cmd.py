@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from xdsl.dialects.builtin import ModuleOp
 
@@ -21,10 +22,15 @@ from stepc.ir.parse import load, parse_text, read_source, verify
 from stepc.ir.program import step_function, verify_any_stage
 from stepc.passes import get_all_passes
 from stepc.pipeline import PassEvent, Pipeline
+from stepc.tools import compile_cmd, evidence
 
 
 def run(args: argparse.Namespace) -> int:
     mode = getattr(args, "check_mode", "auto")
+    if getattr(args, "artifact", None) is not None:
+        if args.pass_name:
+            raise StepcError("--artifact and --pass check different things: give one")
+        return check_artifact(args.artifact, args.files)
     if args.pass_name:
         return check_pass(args.pass_name, args.files, trials=args.trials, seed=args.seed, mode=mode)
     status = 0
@@ -96,3 +102,67 @@ def read_program(path: str) -> ModuleOp:
     verify_any_stage(module)
     check_memory(step_function(module))
     return module
+
+
+def check_artifact(path: str, files: list[str]) -> int:
+    """`stepc check --artifact OUT STEP.ir`: OUT (a `stepc compile --emit stablehlo|jax-py`
+    output) was compiled from STEP.ir by this pipeline and still passes: its header's source
+    hash, versions and passes are those of compiling STEP.ir again with the options it records,
+    every contract holds again, and the text after the header is the compilation's, line for
+    line. Exit 0, or a StepcError naming each thing that differs."""
+    if len(files) != 1:
+        raise StepcError(f"--artifact {path} takes one program, the STEP.ir it was compiled from; found {len(files)}")
+    source = files[0]
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise StepcError(f"--artifact {path}: cannot read it: {getattr(e, 'strerror', None) or e}") from None
+    recorded, _, body = evidence.split(text, path)
+    options = _compile_options(recorded.options, path)
+    try:
+        compiled, now = compile_cmd.build(argparse.Namespace(file=source, no_check=False, dump_dir=None, **options))
+    except StepcError as e:
+        raise StepcError(f"{path} no longer passes: compiling {source} again with {recorded.options} fails: "
+                         f"{e.message}", e.loc, e.notes) from None  # fmt: skip
+    assert now is not None
+    _, _, compiled_body = evidence.split(compiled, "the compilation")
+    problems = evidence.differences(recorded, now)
+    if not problems:  # the text is compared only for the same source and pipeline: else it differs anyway
+        header_lines = len(text.split("\n")) - len(body.split("\n"))
+        diff = evidence.first_difference(body.split("\n"), compiled_body.split("\n"))
+        if diff is not None:
+            line, theirs, ours = diff
+            problems.append(f"the text differs from the compilation of {source} at line {line + header_lines}: "
+                            f"the artifact has {theirs.strip()[:120]!r}, compiling gives {ours.strip()[:120]!r}")  # fmt: skip
+    if problems:
+        raise StepcError(f"{path} is not what this pipeline compiles from {source}: {problems[0]}", None,
+                         tuple(problems[1:]))  # fmt: skip
+    print(f"{path}: compiled from {source} (sha256 {now.source_sha256}) by this pipeline ({now.versions}; "
+          f"{recorded.options}); the same text as compiling it now, and every contract holds:")  # fmt: skip
+    for row in now.contracts:
+        print(f"  {row}")
+    return 0
+
+
+def _compile_options(recorded: str, path: str) -> dict[str, object]:
+    """The `stepc compile` options an artifact's header records (`--emit E --until P --trials N
+    --check-mode M`)."""
+    words = recorded.split()
+    options: dict[str, object] = {"emit": None, "until": None, "trials": 3, "check_mode": "auto"}
+    index = 0
+    try:
+        while index < len(words):
+            word = words[index]
+            if word == "--no-check":
+                index += 1
+                continue
+            key = word.removeprefix("--").replace("-", "_")
+            if key not in options:
+                raise ValueError(word)
+            options[key] = int(words[index + 1]) if key == "trials" else words[index + 1]
+            index += 2
+    except (ValueError, IndexError):
+        raise StepcError(f"{path}: its stepc header's 'compile:' line is not stepc compile's options: {recorded!r}") from None
+    if options["emit"] not in evidence.PREFIXES:
+        raise StepcError(f"{path}: its stepc header records --emit {options['emit']}, not stablehlo or jax-py")
+    return options

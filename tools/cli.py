@@ -152,11 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
         "<= 1 holds), the bound's tightness, the verdict, the time and where it ran (full or\n"
         "reduced shapes). See docs/contracts.md.\n\n"
         "  stepc check step.ir\n"
-        "  stepc check --pass differentiate BEFORE.mlir AFTER.mlir   # one pass's contract\n\n"
+        "  stepc check --pass differentiate BEFORE.mlir AFTER.mlir   # one pass's contract\n"
+        "  stepc check --artifact step.mlir step.ir                  # an artifact against its source\n\n"
         "Exit status 0 when every contract holds, 1 otherwise.",
     )
     p.add_argument("files", metavar="FILE", nargs="+", help="STEP.ir, or BEFORE AFTER with --pass")
     p.add_argument("--pass", dest="pass_name", metavar="NAME", help="check one pass's contract between two programs")
+    p.add_argument("--artifact", metavar="OUT", help="re-check that OUT (stepc compile --emit stablehlo or jax-py) was "
+                   "compiled from STEP.ir by this pipeline and still passes: its header's source hash, versions and "
+                   "passes, every contract again, and its text against a fresh compilation")
     p.add_argument("--trials", type=positive_int, default=5, help="random inputs per contract (default 5, at least 1)")
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the random inputs (0 to 2**64 - 1)")
     add_check_mode(p)
@@ -188,9 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
         "train: the main job",
         "Train the step on a data set with a progress bar; report the loss and test accuracy.\n\n"
         "  stepc run examples/mlp_digits.ir --steps 500 --out runs/digits\n"
-        "  stepc run step.ir --data mydata.npz --epochs 3 --devices 8",
+        "  stepc run step.ir --data mydata.npz --epochs 3 --devices 8\n"
+        "  stepc run step.ir --steps 10000 --out runs/r --checkpoint-every 500\n"
+        "  stepc run --resume runs/r        # after a kill or Ctrl-C: the same parameters as a run never stopped\n\n"
+        "A loss, parameter or optimizer state that stops being finite stops the run (exit 1): the step is\n"
+        "re-run in the reference interpreter, and the error points at the first op whose value stops being\n"
+        "finite (FILE:LINE:COL, forward value or derivative), keeping the last finite parameters.",
     )
-    p.add_argument("file", metavar="STEP.ir")
+    p.add_argument("file", metavar="STEP.ir", nargs="?", help="the program ('-' reads stdin); none with --resume")
     p.add_argument(
         "--data",
         metavar="NAME|FILE.npz",
@@ -205,7 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", metavar="FILE.npz", help="initial parameters (default: PyTorch nn.Linear's init)")
     p.add_argument("--lr-schedule", metavar="SPEC", help=LR_SCHEDULE_HELP)
     p.add_argument("--devices", type=int, default=1, help="data parallel across N devices")
-    p.add_argument("--out", metavar="DIR", help="write summary.json, loss.png and params.npz here")
+    p.add_argument("--out", metavar="DIR", help="write summary.json, loss.png and params.npz here, and run.json (the "
+                   "run's arguments) and checkpoint.npz (at Ctrl-C, every --checkpoint-every steps), to --resume from")
+    p.add_argument("--checkpoint-every", metavar="N", type=positive_int, help="write a checkpoint to --out DIR every N "
+                   "steps and at the end (atomically: the previous one is kept until the new one is whole)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run whose --out was DIR from its checkpoint (or its "
+                   "start), with the arguments it was started with (DIR/run.json); give no STEP.ir or options")
+    p.add_argument("--check-numerics", action="store_true", help="check every step's new parameters and optimizer "
+                   "state for NaN and inf, not only its loss (its cost per step is reported)")
     p.add_argument("--no-check", action="store_true", help="skip the contracts while compiling")
     add_check_mode(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -12,7 +12,7 @@ from xdsl.dialects.builtin import ModuleOp
 
 from stepc.backends.jax_py import emit_module
 from stepc.ir.diagnostics import StepcError
-from stepc.ir.parse import load
+from stepc.ir.parse import load, load_text, read_source
 from stepc.ir.printing import program_text
 from stepc.ir.program import Form, program_form
 from stepc.ir.stablehlo import is_lowered
@@ -20,6 +20,7 @@ from stepc.ir.stablehlo import module_text as stablehlo_text
 from stepc.passes import ACCUMULATE_GRADIENTS
 from stepc.passes.lower_to_stablehlo import lowered_clone
 from stepc.pipeline import LOWERING, PassEvent, Pipeline
+from stepc.tools.evidence import PREFIXES, Evidence, compile_options, contract_row, sha256_text, versions
 from stepc.tools.files import atomic_write
 
 
@@ -82,13 +83,36 @@ def configure(args: argparse.Namespace, lower: bool) -> Pipeline:
 
 def run(args: argparse.Namespace) -> int:
     output = output_path(args.output)
-    module = load(args.file)
-    lower = args.emit != "step" or args.until == LOWERING
-    pipeline = configure(args, lower)
-    pipeline.run(module)
-    text = jax_module(module, args.file) if args.emit == "jax-py" else module_text(module)
+    text, _ = build(args)
     write_output(output, text, protect=(args.file,))
     return 0
+
+
+def build(args: argparse.Namespace) -> tuple[str, Evidence | None]:
+    """The text `stepc compile` writes, and for `--emit stablehlo` and `--emit jax-py` the
+    evidence its header carries (`tools/evidence.py`): the source's hash, the versions, the
+    options, the passes run and each contract's row."""
+    source_text, name = read_source(args.file)
+    module = load_text(source_text, name)
+    lower = args.emit != "step" or args.until == LOWERING
+    pipeline = configure(args, lower)
+    passes: list[str] = []
+    rows: list[str] = []
+
+    def collect(event: PassEvent) -> None:
+        if event.index:
+            passes.append(event.name)
+        if event.report is not None:
+            rows.append(contract_row(event.report))
+
+    pipeline.listeners.append(collect)
+    pipeline.run(module)
+    text = jax_module(module, args.file) if args.emit == "jax-py" else module_text(module)
+    if args.emit not in PREFIXES:
+        return text, None
+    options = compile_options(args.emit, args.until, args.trials, args.check_mode, checked=not args.no_check)
+    evidence = Evidence(name, sha256_text(source_text), versions(), options, passes, rows)
+    return evidence.header(args.emit) + text, evidence
 
 
 def output_path(option: str | None) -> str | None:

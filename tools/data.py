@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from xdsl.dialects import func
@@ -644,19 +645,76 @@ def _read_npz(path: str | Path, what: str) -> Arrays:
 # Batches and the number of steps
 
 
-def batches(data: Arrays, batch_size: int, seed: int) -> Iterator[Arrays]:
+def batches(data: Arrays, batch_size: int, seed: int) -> BatchStream:
     """Shuffled minibatches forever: each epoch a fresh permutation; the last partial batch of
-    an epoch is dropped (the step's batch size is static)."""
-    n = len(next(iter(data.values())))
-    per_epoch = n // batch_size
-    if per_epoch == 0:
-        raise StepcError(f"{n} training examples, fewer than the step's batch size {batch_size}")
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 2]))
-    while True:
-        order = _permutation(rng, n)
-        for i in range(per_epoch):
-            rows = order[i * batch_size : (i + 1) * batch_size]
-            yield {k: v[rows] for k, v in data.items()}
+    an epoch is dropped (the step's batch size is static). See `BatchStream`."""
+    return BatchStream(data, batch_size, seed)
+
+
+class BatchStream:
+    """The minibatches of `batches`, with the position a checkpoint records and resumes from.
+
+    Epoch `e`'s order is the `e`-th permutation drawn from one generator seeded by
+    `SeedSequence([seed, 2])`. `position()` is the number of batches drawn and the generator's
+    state at the start of the epoch the next batch comes from; `BatchStream(..., position=p)`
+    continues exactly where the stream that gave `p` stood (the same batches in the same order),
+    without drawing the earlier epochs again."""
+
+    def __init__(self, data: Arrays, batch_size: int, seed: int, position: Mapping[str, Any] | None = None):
+        self.data = data
+        self.batch_size = batch_size
+        self.n = len(next(iter(data.values())))
+        self.per_epoch = self.n // batch_size
+        if self.per_epoch == 0:
+            raise StepcError(f"{self.n} training examples, fewer than the step's batch size {batch_size}")
+        self.rng = np.random.default_rng(np.random.SeedSequence([seed, 2]))
+        self.drawn = 0  # batches yielded so far
+        self.order: np.ndarray | None = None  # the current epoch's permutation
+        self.epoch_state: Mapping[str, Any] = self.rng.bit_generator.state  # before the current epoch's permutation
+        if position is not None:
+            self._restore(position)
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self) -> Arrays:
+        within = self.drawn % self.per_epoch
+        if within == 0 or self.order is None:
+            self.epoch_state = self.rng.bit_generator.state
+            self.order = _permutation(self.rng, self.n)
+        rows = self.order[within * self.batch_size : (within + 1) * self.batch_size]
+        self.drawn += 1
+        return {k: v[rows] for k, v in self.data.items()}
+
+    def position(self) -> dict[str, Any]:
+        """Where the stream stands: `batches` drawn, the `epoch` and `batch_in_epoch` of the next
+        one, and `shuffle_rng`, the generator's state (NumPy's `bit_generator.state`) before
+        that epoch's permutation; plain JSON."""
+        starting = self.drawn % self.per_epoch == 0  # the next epoch's permutation is not drawn yet
+        return {
+            "batches": self.drawn,
+            "epoch": self.drawn // self.per_epoch,
+            "batch_in_epoch": self.drawn % self.per_epoch,
+            "examples": self.n,
+            "batch_size": self.batch_size,
+            "shuffle_rng": dict(self.rng.bit_generator.state if starting else self.epoch_state),
+        }
+
+    def _restore(self, position: Mapping[str, Any]) -> None:
+        try:
+            drawn = int(position["batches"])
+            if (position["examples"], position["batch_size"]) != (self.n, self.batch_size) or drawn < 0:
+                raise ValueError(f"it was taken on {position['examples']} examples in batches of {position['batch_size']}")
+            self.rng.bit_generator.state = dict(position["shuffle_rng"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise StepcError(
+                f"the checkpoint's data position does not fit the data ({self.n} examples in batches of "
+                f"{self.batch_size}): {e}"
+            ) from None
+        self.drawn = drawn
+        if drawn % self.per_epoch:  # resuming within an epoch: its permutation, drawn again
+            self.epoch_state = self.rng.bit_generator.state
+            self.order = _permutation(self.rng, self.n)
 
 
 def step_key(seed: int, key_index: int, step: int) -> np.ndarray:

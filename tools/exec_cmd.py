@@ -23,6 +23,7 @@ from xdsl.dialects.builtin import ModuleOp
 
 from stepc.backends.jax import JaxFunction, jax_function, x64_enabled
 from stepc.ir.diagnostics import StepcError
+from stepc.ir.nonfinite import Stages, first_non_finite
 from stepc.ir.parse import load
 from stepc.ir.program import (
     Role,
@@ -58,18 +59,18 @@ def run(args_: argparse.Namespace) -> int:
                 f"--steps {args_.steps} feeds each step's parameters into the next: it needs the whole pipeline "
                 f"(through {optimizer_pass(source)}, the optimizer's pass), not --until {args_.until}"
             )
-        before_lowering: list[ModuleOp] = []
+        before_lowering: list[tuple[str, ModuleOp]] = []
 
-        def keep_last_step_program(event: PassEvent) -> None:
+        def keep_step_programs(event: PassEvent) -> None:
             if event.name not in LOWERING_PASSES:
-                before_lowering[:] = [event.module.clone()]
+                before_lowering.append((event.name, event.module.clone()))
 
-        pipeline.listeners.append(keep_last_step_program)
+        pipeline.listeners.append(keep_step_programs)
         pipeline.run(source)
         jf = jax_function(source)
-        step_program = before_lowering[-1] if before_lowering else source
+        step_program = before_lowering[-1][1] if before_lowering else source
         arrays = validate_inputs(jf, step_program, archive)
-    outputs = run_steps(jf, arrays, args_.steps)
+    outputs = run_steps(jf, arrays, args_.steps, stages=Stages.of(before_lowering))
     # member by member: an output named like one of np.savez's own arguments (`file`) is kept
     if args_.output == "-":  # as `-` for a program: stdout, the archive's bytes
         archive_bytes = io.BytesIO()
@@ -142,16 +143,40 @@ def validate_inputs(jf: JaxFunction, step_program: Any, archive: NpzArchive) -> 
     return out
 
 
-def run_steps(jf: JaxFunction, arrays: dict[str, np.ndarray], steps: int) -> dict[str, np.ndarray]:
-    """Run the program `steps` times, feeding each step's parameters and state into the next."""
+def run_steps(jf: JaxFunction, arrays: dict[str, np.ndarray], steps: int, stages: Stages | None = None) -> dict[str, np.ndarray]:
+    """Run the program `steps` times, feeding each step's parameters and state into the next.
+
+    An output that is not finite (the loss, a gradient, a new parameter or state) is an error
+    pointing at the op where the step's values stop being finite: the step is re-run in the
+    reference interpreter on `stages` (`ir.nonfinite`)."""
     carried = [s for s in jf.specs if s.role in (Role.PARAM, Role.STATE)]
     with x64_enabled(jf.needs_x64):
         program = jax.jit(jf.fn)
         outputs: dict[str, np.ndarray] = {}
-        for _ in range(steps):
+        for index in range(steps):
             results = program(*(arrays[s.key] for s in jf.specs))
             outputs = {name: np.asarray(v) for name, v in zip(jf.output_names, results)}
+            if stages is not None:
+                check_outputs_finite(outputs, stages, arrays, index + 1, steps)
             for spec in carried:
                 if spec.key in outputs:
                     arrays[spec.key] = outputs[spec.key]
     return outputs
+
+
+def check_outputs_finite(outputs: dict[str, np.ndarray], stages: Stages, inputs: dict[str, np.ndarray], step: int,
+                         steps: int) -> None:  # fmt: skip
+    """A located StepcError when an output of step `step` is not finite (see `run_steps`)."""
+    bad = [k for k, v in outputs.items() if (v.dtype.kind == "f" or v.dtype.name == "bfloat16")
+           and not np.all(np.isfinite(v.astype(np.float64)))]  # fmt: skip
+    if not bad:
+        return
+    which = f"step {step} of --steps {steps}" if steps > 1 else "step 1"
+    what = f"{name_list(bad, quote=True)} {'is' if len(bad) == 1 else 'are'} not finite"
+    finding = first_non_finite(stages, inputs)
+    if finding is None:
+        raise StepcError(f"{which}: {what}; re-run in the reference interpreter, every value of the step is finite "
+                         "(the non-finite value is the compiled program's alone); no output written")  # fmt: skip
+    raise StepcError(f"{which}: {finding.message()}", finding.loc, (
+        f"{what}; re-running the step in the reference interpreter (stepc.ir.interpreter) finds the op above first",
+        "no output written"))  # fmt: skip

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,11 +34,13 @@ from stepc.ir.diagnostics import StepcError
 from stepc.ir.program import Head, classifier_head, step_function
 from stepc.passes.cut_at_logits import CutAtLogits
 from stepc.passes.lower_to_stablehlo import lowered_clone
+from stepc.tools.checkpoint import CHECKPOINT, RECORD
 from stepc.tools.data import Arrays, Signature
 from stepc.tools.files import check_output_dir, npz_writer, write_together
 from stepc.tools.plot import loss_chart
 
-RUN_FILES = ("summary.json", "params.npz", "loss.png")  # what --out DIR receives
+RUN_FILES = ("summary.json", "params.npz", "loss.png")  # the outputs --out DIR receives at the end
+RESUME_FILES = (RECORD, CHECKPOINT)  # the arguments of the run and its checkpoint (`tools/checkpoint.py`)
 
 # ---------------------------------------------------------------------------------------------
 # Data parallel placement
@@ -213,47 +217,163 @@ class Progress:
 
 
 @dataclass
+class Fault:
+    """The step (counted from 1) whose results are not finite, and what it started from: the
+    last parameters and state known to be finite, and its batch."""
+
+    step: int
+    params: Any
+    state: Any
+    batch: Any
+    what: str  # "the loss is nan", "the updated parameters or optimizer state are not finite"
+
+
+@dataclass
 class TrainResult:
     params: Any
     state: Any
-    losses: list[float]
+    losses: list[float]  # one per step done, those of earlier sessions (a resumed run) first
     seconds: float
     first_step_seconds: float
-    stopped: str | None = None  # why the run ended early (a non-finite loss), else None
+    stopped: str | None = None  # why the run ended early (a non-finite value), else None
+    fault: Fault | None = None  # the step that made a non-finite value
+    interrupted: bool = False  # stopped by Ctrl-C (between two steps)
+    start: int = 0  # the steps done before this session
+    numerics_seconds: float = 0.0  # the time `--check-numerics` took, in all
 
     @property
     def steps(self) -> int:
         return len(self.losses)
 
 
-def train(step: Callable[..., Any], params: Any, state: Any, batch_stream: Iterator[Any], steps: int,
-          progress: Progress | None = None) -> TrainResult:
-    """Run `steps` steps of `params, state, loss = step(params, state, batch)`.
+Saver = Callable[[int, Any, Any, list[float]], None]  # (steps done, host params, host state, losses)
 
-    The loss of each step is read back at once; a non-finite loss stops the run with a
-    message naming the step (counted from 1), and the result keeps the parameters that step
-    started from (the last ones with a finite loss) rather than its update.
+
+def finite_on_host(*trees: Mapping[str, Any]) -> bool:
+    """Whether every float array of the dicts is finite (read back to the host)."""
+    for tree in trees:
+        for value in tree.values():
+            a = np.asarray(value)
+            if (a.dtype.kind == "f" or a.dtype.name == "bfloat16") and not np.all(np.isfinite(a.astype(np.float64))):
+                return False
+    return True
+
+
+def host(tree: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v) for k, v in tree.items()}
+
+
+def numerics_check() -> Callable[[Any, Any], Any]:
+    """`--check-numerics`: a jitted `all(isfinite)` over the new parameters and state (the
+    gradients' running averages and the updates made from them), one boolean read back."""
+
+    def all_finite(params: Any, state: Any) -> Any:
+        leaves = [x for x in jax.tree_util.tree_leaves((params, state)) if jax.numpy.issubdtype(x.dtype, jax.numpy.floating)]
+        return jax.numpy.all(jax.numpy.stack([jax.numpy.all(jax.numpy.isfinite(x)) for x in leaves])) if leaves else True
+
+    return jax.jit(all_finite)
+
+
+def train(step: Callable[..., Any], params: Any, state: Any, batch_stream: Iterator[Any], steps: int,
+          progress: Progress | None = None, *, start: int = 0, losses: Sequence[float] = (),
+          snapshot: Saver | None = None, every: int | None = None, numerics: Callable[[Any, Any], Any] | None = None,
+          stop: Callable[[], bool] | None = None) -> TrainResult:  # fmt: skip
+    """Run steps `start + 1` to `steps` of `params, state, loss = step(params, state, batch)`.
+
+    The loss of each step is read back at once. A non-finite loss stops the run; so does, with
+    `numerics` (`--check-numerics`), a non-finite new parameter or state; the result's `fault`
+    names the step and keeps what it started from (the last finite parameters) rather than its
+    update. Without `numerics` an update that is not finite shows in the next step's loss (or
+    when parameters are read back: a checkpoint, the end): the fault is then that update's step,
+    whose inputs are kept for it (one step back). `snapshot(done, params, state, losses)` (a checkpoint) is called
+    every `every` steps and at the end, with finite host copies; `stop()` true ends the run
+    between two steps (Ctrl-C), the result `interrupted`.
     """
-    losses: list[float] = []
-    start = time.perf_counter()
-    first = 0.0
-    for i in range(steps):
-        new_params, new_state, loss = step(params, state, next(batch_stream))
+    losses = list(losses)
+    began = time.perf_counter()
+    first = checking = 0.0
+    done = start
+    previous: tuple[Any, Any, Any] | None = None  # the last step's inputs: its update may be what broke
+
+    def result(**more: Any) -> TrainResult:
+        if progress:
+            progress.close()
+        return TrainResult(params, state, losses, time.perf_counter() - began, first, start=start,
+                           numerics_seconds=checking, **more)  # fmt: skip
+
+    def update_fault() -> TrainResult:
+        """The last update made a non-finite parameter: step `done` is the fault."""
+        nonlocal params, state, done
+        assert previous is not None
+        fault = Fault(done, *previous, "the updated parameters or optimizer state are not finite")
+        params, state = previous[0], previous[1]
+        losses.pop()
+        done -= 1
+        return result(stopped=f"{fault.what} at step {fault.step}; kept the parameters from before it", fault=fault)
+
+    while done < steps:
+        if stop is not None and stop():
+            return result(interrupted=True)
+        batch = next(batch_stream)
+        new_params, new_state, loss = step(params, state, batch)
         value = float(loss)
-        if i == 0:
-            first = time.perf_counter() - start
-        if not math.isfinite(value):
-            if progress:
-                progress.close()
-            return TrainResult(params, state, losses, time.perf_counter() - start, first,
-                               stopped=f"the loss is {value} at step {i + 1}; kept the parameters from before it")
+        if done == start:
+            first = time.perf_counter() - began
+        finite = math.isfinite(value)
+        if finite and numerics is not None:
+            tick = time.perf_counter()
+            finite = bool(numerics(new_params, new_state))
+            checking += time.perf_counter() - tick
+        if not finite:
+            if numerics is None and previous is not None and not finite_on_host(params, state):
+                return update_fault()
+            what = f"the loss is {value}" if not math.isfinite(value) else "the updated parameters or optimizer state are not finite"
+            fault = Fault(done + 1, params, state, batch, what)
+            return result(stopped=f"{what} at step {fault.step}; kept the parameters from before it", fault=fault)
+        previous = (params, state, batch) if numerics is None else None
         params, state = new_params, new_state
         losses.append(value)
+        done += 1
         if progress:
-            progress.update(i + 1, value)
-    if progress:
-        progress.close()
-    return TrainResult(params, state, losses, time.perf_counter() - start, first)
+            progress.update(done, value)
+        if snapshot is not None and ((every and done % every == 0) or done == steps):
+            host_params, host_state = host(params), host(state)
+            if numerics is None and previous is not None and not finite_on_host(host_params, host_state):
+                return update_fault()
+            snapshot(done, host_params, host_state, losses)
+    if numerics is None and previous is not None and snapshot is None and not finite_on_host(params, state):
+        return update_fault()
+    return result()
+
+
+class StopRequests:
+    """Ctrl-C during training: the first asks the loop to stop after the step running (so that
+    a checkpoint of a whole step can be written); a second stops at once (KeyboardInterrupt).
+    A context manager installing the SIGINT handler (main thread only); call it for the flag."""
+
+    def __init__(self, message: str = ""):
+        self.requested = False
+        self.message = message
+        self._previous: Any = None
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        if self.message:
+            print(f"\n{self.message}", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 # ---------------------------------------------------------------------------------------------

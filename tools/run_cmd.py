@@ -14,19 +14,27 @@ to split its batch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
+from stepc.backends.jax import x64_enabled
 from stepc.ir.diagnostics import StepcError
+from stepc.ir.nonfinite import Stages, first_non_finite
 from stepc.ir.parse import load_text, read_source
+from stepc.ir.program import Form
+from stepc.tools import checkpoint as checkpoints
 from stepc.tools import data as train_data
 from stepc.tools import loop as train_loop
 from stepc.tools import schedule as train_schedule
+from stepc.tools.checkpoint import CHECKPOINT, RECORD, Checkpoint, RunRecord
+from stepc.tools.cli import build_parser
 
 FORCE_DEVICES = "--xla_force_host_platform_device_count"
 
@@ -73,24 +81,47 @@ def run(args: argparse.Namespace) -> int:
     """Everything a user can get wrong is found before the expensive part (starting JAX with N
     devices, compiling, training): the options, `--out` (writable, no directory where a file
     goes), the program (read once: a path, or `-` for stdin), the device count against the
-    batch, the data's headers against the program."""
+    batch, the data's headers against the program.
+
+    With `--out DIR` the run records its arguments (`DIR/run.json`) before training and keeps a
+    checkpoint (`DIR/checkpoint.npz`: every `--checkpoint-every N` steps, at the end, and at
+    Ctrl-C); `--resume DIR` continues it from both (`tools/checkpoint.py`)."""
     started = time.perf_counter()
+    record = resumed_record(args) if args.resume is not None else None
+    if record is None and args.file is None:
+        raise StepcError("stepc run: give STEP.ir, the program to train (or --resume DIR to continue a run)")
     if args.seed < 0:
         raise StepcError(f"--seed must be a non-negative integer, found {args.seed}")
-    protect = tuple(p for p in (args.file, args.data, args.init) if p)
+    if args.checkpoint_every is not None and args.out is None:
+        raise StepcError(f"--checkpoint-every {args.checkpoint_every}: give --out DIR, where the checkpoints go")
+    protect = tuple(p for p in (args.file, args.data, args.init) if p and p != "-")
     if args.out is not None:
-        train_loop.check_output_dir(args.out, train_loop.RUN_FILES, protect=protect, option="--out")
-    text, name = read_source(args.file)
+        train_loop.check_output_dir(args.out, train_loop.RUN_FILES + train_loop.RESUME_FILES, protect=protect,
+                                    option="--out")  # fmt: skip
+    text, name = (record.program_text, record.program_name) if record is not None else read_source(args.file)
     module = load_text(text, name)
     spec = train_data.signature(module)
     if args.devices > 1 and jax_started():
         train_loop.pick_devices(args.devices)  # JAX is up: how many devices there are is known at no cost
     train_loop.check_batch_split(args.devices, spec)
     force_host_devices(args.devices)
+    if record is not None:
+        check_unchanged(record)
     data = train_data.load_data(args.data, spec, args.seed)
     steps = train_data.resolve_steps(args.steps, args.epochs, data.n_train, spec.examples_per_step)
     schedule = train_schedule.run_schedule(args.lr_schedule, module, spec, steps)
-    params = train_data.load_params(args.init, spec) if args.init else train_data.default_init(module, args.seed)
+    if args.out is not None and record is None:
+        record = RunRecord.start(text, name, recorded_options(args, steps))
+        checkpoints.remove_stale(args.out)
+        record.write(args.out, protect=protect)
+    checkpoint = None
+    if args.resume is not None and record is not None:
+        checkpoints.remove_temporaries(args.resume)
+        checkpoint = checkpoints.read_checkpoint(args.resume, record.run_id)
+    if checkpoint is not None:
+        params = checkpoint.params
+    else:
+        params = train_data.load_params(args.init, spec) if args.init else train_data.default_init(module, args.seed)
     devices = train_loop.pick_devices(args.devices)
 
     compile_start = time.perf_counter()
@@ -99,35 +130,74 @@ def run(args: argparse.Namespace) -> int:
     logits_fn = train_loop.logits_function(cut[0]) if cut is not None else None
     compile_seconds = time.perf_counter() - compile_start
 
-    batches = train_data.with_keys(train_data.batches(data.train, spec.batch_size, args.seed), spec.keys, args.seed)
+    start = checkpoint.step if checkpoint is not None else 0
+    micro = train_data.BatchStream(data.train, spec.batch_size, args.seed, checkpoint.position if checkpoint else None)
+    per_step = spec.accumulate or 1
+    if micro.drawn != start * per_step:
+        raise StepcError(f"--resume {args.resume}: the checkpoint of step {start} has drawn {micro.drawn} batches, "
+                         f"not {start * per_step}")  # fmt: skip
+    batches: Any = train_data.with_keys(micro, spec.keys, args.seed, first_step=micro.drawn)
     if spec.accumulate is not None:
         batches = train_data.stacked(batches, spec.accumulate)
     if schedule is not None:
-        batches = train_schedule.with_rates(batches, spec, schedule)
+        batches = train_schedule.with_rates(batches, spec, schedule, first_step=start)
+    needs_x64 = program.function(Form.STEP).needs_x64
     if len(devices) > 1:
         placement = train_loop.DataParallel(devices, spec)
         step = placement.jit_step(program.step)
         params_on_device = placement.put_replicated(params)
-        state = placement.put_replicated(program.init_state(params_on_device))
+        with x64_enabled(needs_x64):
+            state = placement.put_replicated(checkpoint.state if checkpoint else program.init_state(params_on_device))
         stream = (placement.put_batch(b) for b in batches)
     else:
         step = jax.jit(program.step)
         params_on_device = jax.device_put(params, devices[0])
         # committed like the step's outputs, or the second step would compile again
-        state = jax.device_put(program.init_state(params_on_device), devices[0])
+        with x64_enabled(needs_x64):
+            state = jax.device_put(checkpoint.state if checkpoint else program.init_state(params_on_device), devices[0])
         stream = batches
 
     if not args.quiet:
         test = f", {data.n_test} held out" if data.test is not None else ""
-        micro = f" ({spec.accumulate} micro-batches of {spec.batch_size})" if spec.accumulate is not None else ""
+        micro_text = f" ({spec.accumulate} micro-batches of {spec.batch_size})" if spec.accumulate is not None else ""
+        resumed = f", resumed after step {start}" if args.resume is not None else ""
         print(
             f"training @{spec.name} on {data.name} ({data.n_train} examples{test}), batch {spec.examples_per_step}"
-            f"{micro}, {steps} steps on {len(devices)} device{'s' if len(devices) > 1 else ''}",
+            f"{micro_text}, {steps} steps on {len(devices)} device{'s' if len(devices) > 1 else ''}{resumed}",
             file=sys.stderr,
         )
+    earlier_seconds = checkpoint.train_seconds if checkpoint is not None else 0.0
+    session_start = time.perf_counter()
+
+    def take_checkpoint(done: int, host_params: dict[str, Any], host_state: dict[str, Any], losses: list[float]) -> None:
+        assert args.out is not None and record is not None
+        position = micro.position()
+        if position["batches"] != done * per_step:
+            raise AssertionError(f"a checkpoint at step {done} with {position['batches']} batches drawn")
+        seconds = earlier_seconds + time.perf_counter() - session_start
+        checkpoints.write_checkpoint(args.out, Checkpoint(done, host_params, host_state, list(losses), position,
+                                                          record.run_id, round(seconds, 4)), protect=protect)  # fmt: skip
+
     progress = train_loop.Progress(steps, enabled=not args.quiet)
-    result = train_loop.train(step, params_on_device, state, stream, steps, progress)
+    if checkpoint is not None and checkpoint.losses:
+        progress.update(start, checkpoint.losses[-1])
+    numerics = train_loop.numerics_check() if args.check_numerics else None
+    stop_message = f"stopping after this step, then writing a checkpoint to {args.out} (Ctrl-C again stops at once)"
+    with train_loop.StopRequests(stop_message) if args.out is not None else contextlib.nullcontext() as stop:
+        result = train_loop.train(
+            step, params_on_device, state, stream, steps, progress, start=start,
+            losses=checkpoint.losses if checkpoint is not None else (),
+            snapshot=take_checkpoint if args.checkpoint_every is not None else None, every=args.checkpoint_every,
+            numerics=numerics, stop=stop,
+        )  # fmt: skip
+    if result.interrupted:
+        if args.out is not None:
+            take_checkpoint(result.steps, train_loop.host(result.params), train_loop.host(result.state), result.losses)
+            print(f"interrupted after step {result.steps}: checkpoint written to {Path(args.out) / CHECKPOINT}; "
+                  f"continue with: stepc run --resume {args.out}", file=sys.stderr)  # fmt: skip
+        raise KeyboardInterrupt
     final_params = {k: _host(v) for k, v in result.params.items()}
+    session_steps = result.steps - result.start
 
     summary: dict[str, Any] = {
         "program": name,
@@ -151,13 +221,21 @@ def run(args: argparse.Namespace) -> int:
         "compile_seconds": round(compile_seconds, 4),
         "first_step_seconds": round(result.first_step_seconds, 4),
         "train_seconds": round(result.seconds, 4),
-        "steps_per_second": round(result.steps / result.seconds, 2) if result.seconds > 0 else None,
+        "steps_per_second": round(session_steps / result.seconds, 2) if result.seconds > 0 else None,
+        "resumed_after_step": start if args.resume is not None else None,
+        "checkpoint_every": args.checkpoint_every,
     }
+    lines = []
+    if numerics is not None:
+        per_step_ms = 1000 * result.numerics_seconds / max(session_steps + (result.fault is not None), 1)
+        share = result.numerics_seconds / result.seconds if result.seconds > 0 else 0.0
+        summary["check_numerics_seconds"] = round(result.numerics_seconds, 6)
+        summary["check_numerics_ms_per_step"] = round(per_step_ms, 6)
+        lines.append(f"--check-numerics: {per_step_ms:.3f} ms a step, {100 * share:.1f}% of the training time")
     if schedule is not None:
         summary["lr_schedule"] = schedule.text
         summary["first_lr"] = schedule(0)
         summary["last_lr"] = schedule(max(result.steps - 1, 0))
-    lines = []
     if logits_fn is not None and cut is not None:
         head = cut[1]
         evaluate = _host_logits(logits_fn)
@@ -182,10 +260,89 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         written = train_loop.write_run(args.out, summary, final_params, result.losses, protect=protect)
         print(f"wrote {', '.join(written)} to {args.out}")
-    if result.stopped:
-        written_to = f"; written to {args.out}" if args.out is not None else ""
-        raise StepcError(f"training stopped: {result.stopped}{written_to}")
+    if result.fault is not None:
+        raise fault_error(result.fault, program, args.out, args.checkpoint_every)
     return 0
+
+
+def fault_error(fault: train_loop.Fault, program: Any, out: str | None, every: int | None) -> StepcError:
+    """The error of a run stopped by a non-finite value: the step re-run in the reference
+    interpreter (`ir.nonfinite`), pointing at the op where a value first stops being finite."""
+    inputs = {**train_loop.host(fault.params), **train_loop.host(fault.state), **train_loop.host(fault.batch)}
+    finding = first_non_finite(Stages.of(program.stages), inputs)
+    kept = f"kept the parameters from before step {fault.step}"
+    if out is not None:
+        kept += f" (params.npz in {out}"
+        kept += "; the last checkpoint, of finite values, is kept)" if every is not None else ")"
+    if finding is None:
+        return StepcError(
+            f"training stopped at step {fault.step}: {fault.what}; re-run in the reference interpreter, every value "
+            f"of that step is finite (the non-finite value is the compiled program's alone); {kept}"
+        )
+    notes = (f"{fault.what} at step {fault.step}; re-running that step in the reference interpreter "
+             "(stepc.ir.interpreter) finds the op above first", kept)  # fmt: skip
+    return StepcError(f"training stopped at step {fault.step}: {finding.message()}", finding.loc, notes)
+
+
+# Options `--resume DIR` takes from DIR/run.json: given again, they are an error
+RECORDED_OPTIONS = ("file", "data", "steps", "epochs", "seed", "init", "lr_schedule", "devices", "no_check",
+                    "check_mode", "checkpoint_every", "check_numerics", "out")  # fmt: skip
+
+
+def recorded_options(args: argparse.Namespace, steps: int) -> dict[str, Any]:
+    """The options of a run as `--resume` takes them again: files by absolute path and hash,
+    the number of steps resolved (from `--epochs` too)."""
+    options: dict[str, Any] = {
+        "data": args.data, "steps": steps, "seed": args.seed, "init": args.init, "lr_schedule": args.lr_schedule,
+        "devices": args.devices, "no_check": args.no_check, "check_mode": args.check_mode,
+        "checkpoint_every": args.checkpoint_every, "check_numerics": args.check_numerics,
+    }  # fmt: skip
+    for key in ("data", "init"):
+        path = args.__dict__[key]
+        if path is not None and path not in (train_data.DIGITS, train_data.COPY) and Path(path).is_file():
+            options[key] = str(Path(path).resolve())
+            options[f"{key}_sha256"] = checkpoints.sha256_of_file(path)
+    return options
+
+
+def resumed_record(args: argparse.Namespace) -> RunRecord:
+    """`--resume DIR`: the run's record, its options put into `args` (which may give none of
+    them again: they would be silently different otherwise)."""
+    defaults = vars(_run_defaults())
+    given = [name for name in RECORDED_OPTIONS if getattr(args, name) != defaults[name]]
+    if given:
+        shown = ", ".join("STEP.ir" if n == "file" else "--" + n.replace("_", "-") for n in given)
+        raise StepcError(f"--resume {args.resume} continues the run with the arguments it was started with "
+                         f"(recorded in {Path(args.resume) / RECORD}): leave out {shown}")  # fmt: skip
+    if not Path(args.resume).is_dir():
+        raise StepcError(f"--resume {args.resume}: no such directory (give the --out DIR of the run to continue)")
+    record = RunRecord.read(args.resume)
+    options = record.options
+    for key in ("data", "steps", "seed", "init", "lr_schedule", "devices", "no_check", "check_mode",
+                "checkpoint_every", "check_numerics"):  # fmt: skip
+        setattr(args, key, options.get(key, defaults[key]))
+    args.epochs = None
+    args.file = None
+    args.out = args.resume
+    return record
+
+
+def check_unchanged(record: RunRecord) -> None:
+    """The data and `--init` files of a resumed run are the ones it started with."""
+    for key in ("data", "init"):
+        path, digest = record.options.get(key), record.options.get(f"{key}_sha256")
+        if path is None or digest is None:
+            continue
+        if not Path(path).is_file():
+            raise StepcError(f"--resume: the run's --{key} file {path} is gone (a resumed run reads the same file)")
+        if checkpoints.sha256_of_file(path) != digest:
+            raise StepcError(f"--resume: the run's --{key} file {path} changed since the run started "
+                             f"(sha256 {digest[:16]}... then); a resumed run must read the same file")  # fmt: skip
+
+
+def _run_defaults() -> argparse.Namespace:
+    """The defaults of `stepc run`'s options, as its parser has them."""
+    return build_parser().parse_args(["run", "--resume", "DIR"])
 
 
 def _host(value: Any) -> Any:
