@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib
 import inspect
 import io
 import logging
@@ -250,7 +251,8 @@ class _Loss(torch.nn.Module):
         object.__setattr__(self, "_loss_fn", loss_fn)  # not a submodule, even when an nn.Module
 
     def forward(self, **batch: torch.Tensor) -> Any:
-        return self._loss_fn(self.model, batch)
+        loss_fn: Callable[..., Any] = self.__dict__["_loss_fn"]
+        return loss_fn(self.model, batch)
 
 
 PREFIX = "model."
@@ -376,7 +378,7 @@ def _export(model: torch.nn.Module, loss_fn: Callable[..., Any], batch: Mapping[
     wrapper = _Loss(model, loss_fn)
     # torch.export keeps the frames of `forward` methods and of registered anchors: the loss
     # function's own lines (a plain function) are kept by registering it.
-    anchor = getattr(torch.fx.proxy, "_register_stack_trace_anchor", None)
+    anchor = getattr(importlib.import_module("torch.fx.proxy"), "_register_stack_trace_anchor", None)
     if anchor is not None:
         anchor(loss_fn)
     table = torch.export.default_decompositions()

@@ -193,13 +193,15 @@ def _rsub(ctx: Context, a: Entry, b: Entry, *, alpha: float = 1) -> Value:
 @rule(aten.mul.Tensor, aten.mul.Scalar)
 def _mul(ctx: Context, a: Entry, b: Entry) -> Value:
     """`step.mul`"""
-    return ctx.w.binary("mul", *ctx.floats(a, b))
+    x, y = ctx.floats(a, b)
+    return ctx.w.binary("mul", x, y)
 
 
 @rule(aten.div.Tensor, aten.div.Scalar)
 def _div(ctx: Context, a: Entry, b: Entry) -> Value:
     """`step.div` (true division; `rounding_mode` is refused)"""
-    return ctx.w.binary("div", *ctx.floats(a, b))
+    x, y = ctx.floats(a, b)
+    return ctx.w.binary("div", x, y)
 
 
 @rule(aten.div.Tensor_mode, aten.div.Scalar_mode)
@@ -220,13 +222,15 @@ def _reciprocal(ctx: Context, a: Entry) -> Value:
 @rule(aten.maximum.default)
 def _maximum(ctx: Context, a: Entry, b: Entry) -> Value:
     """`step.maximum`"""
-    return ctx.w.binary("maximum", *ctx.floats(a, b))
+    x, y = ctx.floats(a, b)
+    return ctx.w.binary("maximum", x, y)
 
 
 @rule(aten.minimum.default)
 def _minimum(ctx: Context, a: Entry, b: Entry) -> Value:
     """`step.minimum`"""
-    return ctx.w.binary("minimum", *ctx.floats(a, b))
+    x, y = ctx.floats(a, b)
+    return ctx.w.binary("minimum", x, y)
 
 
 @rule(aten.clamp_min.default, aten.clamp_max.default, aten.clamp.default)

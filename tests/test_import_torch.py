@@ -266,7 +266,7 @@ def test_the_import_check_fails_on_a_wrong_rule(monkeypatch):
     """The contract can fail: a table whose tanh writes a sigmoid is caught."""
     monkeypatch.setitem(torch_ops.RULES, torch.ops.aten.tanh.default, torch_ops._unary("sigmoid", "wrong"))
     model = nn.Sequential(nn.Linear(4, 3), nn.Tanh())
-    with pytest.raises(StepcError, match="the import .* does not hold"):
+    with pytest.raises(StepcError, match=r"the import .* does not hold"):
         from_torch(model, _mse, BATCH, torch.optim.SGD(model.parameters(), lr=0.1))
 
 

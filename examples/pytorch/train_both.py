@@ -14,7 +14,7 @@ import torch
 import stepc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import models  # noqa: E402
+import models
 
 
 def main(name: str = "transformer") -> None:
