@@ -19,16 +19,19 @@ from stepc.check.contract import format_table
 from stepc.ir.diagnostics import SourceLoc, StepcError, remember_source
 from stepc.tools.files import atomic_write
 
+try:  # torch is optional: only this command needs it (the `torch` extra)
+    from stepc.frontends.torch import from_torch
+except ModuleNotFoundError as missing:
+    if missing.name != "torch":
+        raise
+    from_torch = None
+
 
 def run(args: argparse.Namespace) -> int:
     path, function = _split_target(args.target)
+    if from_torch is None:
+        raise StepcError("stepc import needs PyTorch: pip install 'stepc[torch]'")
     made = _call(path, function)
-    try:
-        from stepc.frontends.torch import from_torch
-    except ModuleNotFoundError as error:
-        if error.name == "torch":
-            raise StepcError("stepc import needs PyTorch: pip install 'stepc[torch]'") from None
-        raise
     model, loss_fn, batch, optimizer = made
     filename = args.output or f"{os.path.splitext(os.path.basename(path))[0]}.{function}.ir"
     imported = from_torch(model, loss_fn, batch, optimizer, check=not args.no_check, trials=args.trials,
