@@ -48,7 +48,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from stepc.api import Program, compile_text
 from stepc.check.contract import Comparison, ContractReport, bounded_program, random_inputs, run_with_numpy
 from stepc.frontends.torch_ops import DTYPES, IGNORED, KEPT, RANDOM, RULES, Context, ImportError_, Unusable
-from stepc.frontends.writer import IRWriter, Value, float_text
+from stepc.frontends.writer import IRWriter, Value, float_text, ir_value_name, source_name
 from stepc.ir.diagnostics import Note, SourceLoc, StepcError, remember_source
 from stepc.ir.error_bounds import Bounded
 from stepc.ir.program import step_function
@@ -57,7 +57,6 @@ from stepc.ir.threefry import keep_mask
 # ---------------------------------------------------------------------------------------------
 # Names
 
-_DIGIT_FIRST = re.compile(r"_*\d")
 _TORCH_NAME = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
 
 
@@ -71,12 +70,12 @@ def ir_name(name: str) -> str:
             f"the name {name!r} cannot be an IR value name: stepc imports names made of letters, digits "
             "and '_', joined by dots (rename the submodule, parameter or batch key)"
         )
-    return "_" + name if _DIGIT_FIRST.match(name) else name
+    return ir_value_name(name)
 
 
 def torch_name(name: str) -> str:
     """The inverse of `ir_name`."""
-    return name[1:] if _DIGIT_FIRST.match(name) and name.startswith("_") else name
+    return source_name(name)
 
 
 # ---------------------------------------------------------------------------------------------

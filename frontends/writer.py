@@ -43,6 +43,23 @@ class Value:
         return self.dtype in FLOAT_TYPES
 
 
+_DIGIT_FIRST = re.compile(r"_*\d")
+
+
+def ir_value_name(name: str) -> str:
+    """The IR value name of an imported name (a torch parameter, a JAX key path, a batch key):
+    the name itself, dots and all, with one `_` put in front of a name that starts with a digit
+    after any underscores (`0.weight` -> `_0.weight`, `_1.bias` -> `__1.bias`). The importers
+    first refuse names with characters other than letters, digits, `_` and `.`; for those,
+    `source_name(ir_value_name(n)) == n`, and distinct names stay distinct."""
+    return "_" + name if _DIGIT_FIRST.match(name) else name
+
+
+def source_name(name: str) -> str:
+    """The inverse of `ir_value_name`."""
+    return name[1:] if _DIGIT_FIRST.match(name) and name.startswith("_") else name
+
+
 def tensor_type(shape: Sequence[int], dtype: str) -> str:
     return "tensor<" + "".join(f"{d}x" for d in shape) + dtype + ">"
 
