@@ -139,6 +139,11 @@ def test_a_failing_run_after_training_leaves_the_earlier_run_whole(tmp_path: Pat
     monkeypatch.setattr(train_loop, "loss_chart", broken_chart)
     status, _, err = run_cli(["run", LINREG, "--data", data, *FAST, "--out", out])
     assert_user_error(status, err, "picture")
+    # The earlier run's outputs are whole; beside them, the failed run's record (run.json,
+    # written before training so that a run killed at any moment can be resumed).
+    record = out / "run.json"
+    assert record.exists() and json.loads(record.read_text())["program"]["name"] == str(LINREG)
+    record.unlink()
     assert_earlier_run(out)
 
 
@@ -148,7 +153,7 @@ def test_a_new_run_replaces_every_file(tmp_path: Path, data: Path) -> None:
     (out / "notes.txt").write_text("mine")
     status, _, err = run_cli(["run", LINREG, "--data", data, *FAST, "--out", out])
     assert status == 0, err
-    assert sorted(p.name for p in out.iterdir()) == ["loss.png", "notes.txt", "params.npz", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["loss.png", "notes.txt", "params.npz", "run.json", "summary.json"]
     assert json.loads((out / "summary.json").read_text())["steps"] == 2
     assert (out / "notes.txt").read_text() == "mine"
 

@@ -213,7 +213,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "fresh key each step, SeedSequence([seed, 3, k, step]) for the k-th key (0 to 2**64 - 1)")
     p.add_argument("--init", metavar="FILE.npz", help="initial parameters (default: PyTorch nn.Linear's init)")
     p.add_argument("--lr-schedule", metavar="SPEC", help=LR_SCHEDULE_HELP)
-    p.add_argument("--devices", type=int, default=1, help="data parallel across N devices")
+    p.add_argument("--devices", type=int, default=1, help="data parallel across N devices (in a multi-process run: "
+                   "each process's; the batch is split over all of them)")
+    p.add_argument("--shard", choices=("data", "fsdp"), default="data", help="with several devices: data (default: "
+                   "parameters and optimizer state replicated, the batch split) or fsdp (also the parameters and their "
+                   "state sharded over their first dim, where it divides by the devices: ZeRO-3 through XLA's partitioner)")
+    p.add_argument("--coordinator", metavar="HOST:PORT", help="join a multi-process JAX job (jax.distributed) whose "
+                   "process 0 listens here; with --num-processes and --process-id. Every process runs the same command; "
+                   "each feeds its share of every batch, process 0 writes --out and the checkpoints")
+    p.add_argument("--num-processes", metavar="N", type=positive_int, help="the processes of the job")
+    p.add_argument("--process-id", metavar="I", type=int, help="this process's rank, 0 to N-1")
     p.add_argument("--out", metavar="DIR", help="write summary.json, loss.png and params.npz here, and run.json (the "
                    "run's arguments) and checkpoint.npz (at Ctrl-C, every --checkpoint-every steps), to --resume from")
     p.add_argument("--checkpoint-every", metavar="N", type=positive_int, help="write a checkpoint to --out DIR every N "

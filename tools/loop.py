@@ -47,33 +47,70 @@ RESUME_FILES = (RECORD, CHECKPOINT)  # the arguments of the run and its checkpoi
 
 
 class DataParallel:
-    """`--devices N`: the batch sharded along its first dimension over a 1-D mesh of N
-    devices (`NamedSharding(mesh, P("batch"))`; with `step.accumulate`, along the rows of each
-    micro-batch, `P(None, "batch")`); parameters, state and random keys replicated.
-    XLA's SPMD partitioner inserts the all-reduce of the gradients; the step itself is unchanged."""
+    """`--devices N` (and every process's devices in a multi-process run): the batch sharded
+    along its first dimension over a 1-D mesh (`NamedSharding(mesh, P("batch"))`; with
+    `step.accumulate`, along the rows of each micro-batch, `P(None, "batch")`), random keys and
+    run-time optimizer fields replicated. Parameters and optimizer state are replicated
+    (`shard="data"`), or, with `shard="fsdp"`, sharded along the same axis over their first
+    dimension wherever it divides by the mesh size (ZeRO-3 / FSDP: each device holds a slice of
+    every large parameter and of its state; XLA's SPMD partitioner all-gathers a parameter where
+    the step reads it and reduce-scatters its gradient). The step itself is unchanged.
 
-    def __init__(self, devices: list[Any], spec: Signature):
+    Arrays are placed with `jax.make_array_from_callback`, so in a multi-process run each
+    process transfers only the slices its own devices hold (of the global batch, which every
+    process draws alike, and of the parameters)."""
+
+    def __init__(self, devices: list[Any], spec: Signature, shard: str = "data"):
         from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+        if shard not in ("data", "fsdp"):
+            raise StepcError(f"--shard must be data or fsdp, found {shard!r}")
         self.devices = devices
+        self.shard = shard
         check_batch_split(len(devices), spec)
         self.mesh = Mesh(np.array(devices), ("batch",))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
+        self._sliced = NamedSharding(self.mesh, PartitionSpec("batch"))
         # K stacked micro-batches (`step.accumulate`): each micro-batch's rows are sharded
         rows = NamedSharding(self.mesh, PartitionSpec("batch") if spec.accumulate is None else PartitionSpec(None, "batch"))
         self.batch = {**{s.name: rows for s in spec.inputs}, **{s.name: self.replicated for s in spec.keys},
                       **{s.name: self.replicated for _, s in spec.hypers}}  # fmt: skip
         self._jax = jax
 
-    def put_replicated(self, tree: Any) -> Any:
-        return self._jax.device_put(tree, self.replicated)
+    def sharding(self, value: Any) -> Any:
+        """Where a parameter or state tensor lives: replicated, or (fsdp) sliced over its first dim."""
+        shape = np.shape(value)
+        if self.shard == "fsdp" and len(shape) >= 1 and shape[0] % len(self.devices) == 0:
+            return self._sliced
+        return self.replicated
+
+    def shardings(self, tree: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: self.sharding(v) for k, v in tree.items()}
+
+    def _put(self, value: Any, sharding: Any) -> Any:
+        if self._jax.process_count() == 1:
+            return self._jax.device_put(value, sharding)
+        array = np.asarray(value)
+        return self._jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+    def put(self, tree: Mapping[str, Any]) -> dict[str, Any]:
+        """Parameters or optimizer state, placed as `sharding` says."""
+        return {k: self._put(v, self.sharding(v)) for k, v in tree.items()}
+
+    def put_replicated(self, tree: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: self._put(v, self.replicated) for k, v in tree.items()}
 
     def put_batch(self, batch: Arrays) -> Any:
-        return {k: self._jax.device_put(v, self.batch[k]) for k, v in batch.items()}
+        return {k: self._put(v, self.batch[k]) for k, v in batch.items()}
 
-    def jit_step(self, step: Callable[..., Any]) -> Callable[..., Any]:
-        r = self.replicated
-        return self._jax.jit(step, in_shardings=(r, r, self.batch), out_shardings=(r, r, r))
+    def jit_step(self, step: Callable[..., Any], params: Mapping[str, Any], state: Mapping[str, Any]) -> Callable[..., Any]:
+        """The step jitted with the placement's shardings in and out (the next step takes its
+        outputs as they are)."""
+        p, s = self.shardings(params), self.shardings(state)
+        return self._jax.jit(step, in_shardings=(p, s, self.batch), out_shardings=(p, s, self.replicated))
+
+    def sharded_count(self, tree: Mapping[str, Any]) -> int:
+        return sum(1 for v in tree.values() if self.sharding(v) is self._sliced)
 
 
 def check_batch_split(n: int, spec: Signature) -> None:
@@ -249,18 +286,30 @@ class TrainResult:
 Saver = Callable[[int, Any, Any, list[float]], None]  # (steps done, host params, host state, losses)
 
 
+def to_host(value: Any) -> np.ndarray:
+    """An array read back to this process: in a multi-process run, an array sharded over other
+    processes' devices is gathered from them (a collective: every process calls it alike)."""
+    if isinstance(value, jax.Array) and not value.is_fully_addressable and not value.is_fully_replicated:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(value, tiled=True))
+    if isinstance(value, jax.Array) and not value.is_fully_addressable:  # replicated: any local copy
+        return np.asarray(value.addressable_data(0))
+    return np.asarray(value)
+
+
 def finite_on_host(*trees: Mapping[str, Any]) -> bool:
     """Whether every float array of the dicts is finite (read back to the host)."""
     for tree in trees:
         for value in tree.values():
-            a = np.asarray(value)
+            a = to_host(value)
             if (a.dtype.kind == "f" or a.dtype.name == "bfloat16") and not np.all(np.isfinite(a.astype(np.float64))):
                 return False
     return True
 
 
 def host(tree: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    return {k: np.asarray(v) for k, v in tree.items()}
+    return {k: to_host(v) for k, v in tree.items()}
 
 
 def numerics_check() -> Callable[[Any, Any], Any]:
@@ -316,13 +365,13 @@ def train(step: Callable[..., Any], params: Any, state: Any, batch_stream: Itera
             return result(interrupted=True)
         batch = next(batch_stream)
         new_params, new_state, loss = step(params, state, batch)
-        value = float(loss)
+        value = float(to_host(loss))
         if done == start:
             first = time.perf_counter() - began
         finite = math.isfinite(value)
         if finite and numerics is not None:
             tick = time.perf_counter()
-            finite = bool(numerics(new_params, new_state))
+            finite = bool(to_host(numerics(new_params, new_state)))
             checking += time.perf_counter() - tick
         if not finite:
             if numerics is None and previous is not None and not finite_on_host(params, state):

@@ -101,10 +101,14 @@ def run(args: argparse.Namespace) -> int:
     text, name = (record.program_text, record.program_name) if record is not None else read_source(args.file)
     module = load_text(text, name)
     spec = train_data.signature(module)
-    if args.devices > 1 and jax_started():
+    processes = check_processes(args)
+    if args.devices > 1 and jax_started() and processes == 1:
         train_loop.pick_devices(args.devices)  # JAX is up: how many devices there are is known at no cost
-    train_loop.check_batch_split(args.devices, spec)
+    train_loop.check_batch_split(args.devices * processes, spec)
     force_host_devices(args.devices)
+    if processes > 1:
+        join_processes(args)
+    main = jax.process_index() == 0 if processes > 1 else True  # writes --out, prints, shows progress
     if record is not None:
         check_unchanged(record)
     data = train_data.load_data(args.data, spec, args.seed)
@@ -112,17 +116,19 @@ def run(args: argparse.Namespace) -> int:
     schedule = train_schedule.run_schedule(args.lr_schedule, module, spec, steps)
     if args.out is not None and record is None:
         record = RunRecord.start(text, name, recorded_options(args, steps))
-        checkpoints.remove_stale(args.out)
-        record.write(args.out, protect=protect)
+        if main:
+            checkpoints.remove_stale(args.out)
+            record.write(args.out, protect=protect)
     checkpoint = None
     if args.resume is not None and record is not None:
-        checkpoints.remove_temporaries(args.resume)
+        if main:
+            checkpoints.remove_temporaries(args.resume)
         checkpoint = checkpoints.read_checkpoint(args.resume, record.run_id)
     if checkpoint is not None:
         params = checkpoint.params
     else:
         params = train_data.load_params(args.init, spec) if args.init else train_data.default_init(module, args.seed)
-    devices = train_loop.pick_devices(args.devices)
+    devices = jax.devices() if processes > 1 else train_loop.pick_devices(args.devices)
 
     compile_start = time.perf_counter()
     program = train_loop.compile_step(text, name, check=not args.no_check, check_mode=args.check_mode)
@@ -142,12 +148,15 @@ def run(args: argparse.Namespace) -> int:
     if schedule is not None:
         batches = train_schedule.with_rates(batches, spec, schedule, first_step=start)
     needs_x64 = program.function(Form.STEP).needs_x64
+    placement = None
     if len(devices) > 1:
-        placement = train_loop.DataParallel(devices, spec)
-        step = placement.jit_step(program.step)
-        params_on_device = placement.put_replicated(params)
+        placement = train_loop.DataParallel(devices, spec, args.shard)
         with x64_enabled(needs_x64):
-            state = placement.put_replicated(checkpoint.state if checkpoint else program.init_state(params_on_device))
+            host_state = checkpoint.state if checkpoint else train_loop.host(program.init_state(params))
+        step = placement.jit_step(program.step, params, host_state)
+        params_on_device = placement.put(params)
+        with x64_enabled(needs_x64):
+            state = placement.put(host_state)
         stream = (placement.put_batch(b) for b in batches)
     else:
         step = jax.jit(program.step)
@@ -157,13 +166,14 @@ def run(args: argparse.Namespace) -> int:
             state = jax.device_put(checkpoint.state if checkpoint else program.init_state(params_on_device), devices[0])
         stream = batches
 
-    if not args.quiet:
+    if not args.quiet and main:
         test = f", {data.n_test} held out" if data.test is not None else ""
         micro_text = f" ({spec.accumulate} micro-batches of {spec.batch_size})" if spec.accumulate is not None else ""
         resumed = f", resumed after step {start}" if args.resume is not None else ""
         print(
             f"training @{spec.name} on {data.name} ({data.n_train} examples{test}), batch {spec.examples_per_step}"
-            f"{micro_text}, {steps} steps on {len(devices)} device{'s' if len(devices) > 1 else ''}{resumed}",
+            f"{micro_text}, {steps} steps on {len(devices)} device{'s' if len(devices) > 1 else ''}"
+            f"{placement_text(placement, params, processes)}{resumed}",
             file=sys.stderr,
         )
     earlier_seconds = checkpoint.train_seconds if checkpoint is not None else 0.0
@@ -175,10 +185,12 @@ def run(args: argparse.Namespace) -> int:
         if position["batches"] != done * per_step:
             raise AssertionError(f"a checkpoint at step {done} with {position['batches']} batches drawn")
         seconds = earlier_seconds + time.perf_counter() - session_start
+        if not main:  # process 0 writes; the others have gathered the same values
+            return
         checkpoints.write_checkpoint(args.out, Checkpoint(done, host_params, host_state, list(losses), position,
                                                           record.run_id, round(seconds, 4)), protect=protect)  # fmt: skip
 
-    progress = train_loop.Progress(steps, enabled=not args.quiet)
+    progress = train_loop.Progress(steps, enabled=not args.quiet and main)
     if checkpoint is not None and checkpoint.losses:
         progress.update(start, checkpoint.losses[-1])
     numerics = train_loop.numerics_check() if args.check_numerics else None
@@ -196,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"interrupted after step {result.steps}: checkpoint written to {Path(args.out) / CHECKPOINT}; "
                   f"continue with: stepc run --resume {args.out}", file=sys.stderr)  # fmt: skip
         raise KeyboardInterrupt
-    final_params = {k: _host(v) for k, v in result.params.items()}
+    final_params = train_loop.host(result.params)
     session_steps = result.steps - result.start
 
     summary: dict[str, Any] = {
@@ -223,6 +235,9 @@ def run(args: argparse.Namespace) -> int:
         "train_seconds": round(result.seconds, 4),
         "steps_per_second": round(session_steps / result.seconds, 2) if result.seconds > 0 else None,
         "resumed_after_step": start if args.resume is not None else None,
+        "processes": processes,
+        "shard": args.shard if placement is not None else None,
+        "sharded_tensors": placement.sharded_count(params) if placement is not None else 0,
         "checkpoint_every": args.checkpoint_every,
     }
     lines = []
@@ -257,12 +272,53 @@ def run(args: argparse.Namespace) -> int:
     print(f"{result.steps} steps in {result.seconds:.2f} s, final loss {final}")
     for line in lines:
         print(line)
-    if args.out is not None:
+    if args.out is not None and main:
         written = train_loop.write_run(args.out, summary, final_params, result.losses, protect=protect)
         print(f"wrote {', '.join(written)} to {args.out}")
     if result.fault is not None:
         raise fault_error(result.fault, program, args.out, args.checkpoint_every)
     return 0
+
+
+def check_processes(args: argparse.Namespace) -> int:
+    """`--coordinator HOST:PORT --num-processes N --process-id I`: all three or none (the number
+    of processes, 1 without them), checked before JAX starts."""
+    given = [args.coordinator is not None, args.num_processes is not None, args.process_id is not None]
+    if not any(given):
+        return 1
+    if not all(given):
+        raise StepcError("a multi-process run needs --coordinator HOST:PORT, --num-processes N and --process-id I, all three")
+    host, sep, port = args.coordinator.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise StepcError(f"--coordinator must be HOST:PORT (a port from 1 to 65535), found {args.coordinator!r}")
+    if args.num_processes < 1 or not 0 <= args.process_id < args.num_processes:
+        raise StepcError(f"--process-id must lie in [0, {args.num_processes}) for --num-processes {args.num_processes}, "
+                         f"found {args.process_id}")  # fmt: skip
+    return args.num_processes
+
+
+def join_processes(args: argparse.Namespace) -> None:
+    """Join the JAX multi-process job (`jax.distributed.initialize`) before any backend starts;
+    on CPU the processes' collectives go through gloo. Each process then sees every process's
+    devices (`jax.devices()`), `--devices` of them its own."""
+    if jax_started():
+        raise StepcError("a multi-process run must join its job before JAX starts its backends (run it as its own process)")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # the CPU devices' collectives
+    try:
+        jax.distributed.initialize(args.coordinator, num_processes=args.num_processes, process_id=args.process_id,
+                                   initialization_timeout=int(os.environ.get("STEPC_JOIN_TIMEOUT", "300")))  # fmt: skip
+    except Exception as error:  # the coordinator unreachable, a process id taken twice, a timeout
+        raise StepcError(f"could not join the multi-process job at {args.coordinator} as process {args.process_id} of "
+                         f"{args.num_processes}: {type(error).__name__}: {str(error).splitlines()[0][:300]}") from None
+
+
+def placement_text(placement: train_loop.DataParallel | None, params: Any, processes: int) -> str:
+    if placement is None:
+        return ""
+    where = f" in {processes} processes" if processes > 1 else ""
+    if placement.shard == "fsdp":
+        return f"{where} (fsdp: {placement.sharded_count(params)} of {len(params)} parameters sharded)"
+    return where
 
 
 def fault_error(fault: train_loop.Fault, program: Any, out: str | None, every: int | None) -> StepcError:
@@ -285,7 +341,7 @@ def fault_error(fault: train_loop.Fault, program: Any, out: str | None, every: i
 
 
 # Options `--resume DIR` takes from DIR/run.json: given again, they are an error
-RECORDED_OPTIONS = ("file", "data", "steps", "epochs", "seed", "init", "lr_schedule", "devices", "no_check",
+RECORDED_OPTIONS = ("file", "data", "steps", "epochs", "seed", "init", "lr_schedule", "devices", "shard", "no_check",
                     "check_mode", "checkpoint_every", "check_numerics", "out")  # fmt: skip
 
 
@@ -294,7 +350,7 @@ def recorded_options(args: argparse.Namespace, steps: int) -> dict[str, Any]:
     the number of steps resolved (from `--epochs` too)."""
     options: dict[str, Any] = {
         "data": args.data, "steps": steps, "seed": args.seed, "init": args.init, "lr_schedule": args.lr_schedule,
-        "devices": args.devices, "no_check": args.no_check, "check_mode": args.check_mode,
+        "devices": args.devices, "shard": args.shard, "no_check": args.no_check, "check_mode": args.check_mode,
         "checkpoint_every": args.checkpoint_every, "check_numerics": args.check_numerics,
     }  # fmt: skip
     for key in ("data", "init"):
@@ -318,7 +374,7 @@ def resumed_record(args: argparse.Namespace) -> RunRecord:
         raise StepcError(f"--resume {args.resume}: no such directory (give the --out DIR of the run to continue)")
     record = RunRecord.read(args.resume)
     options = record.options
-    for key in ("data", "steps", "seed", "init", "lr_schedule", "devices", "no_check", "check_mode",
+    for key in ("data", "steps", "seed", "init", "lr_schedule", "devices", "shard", "no_check", "check_mode",
                 "checkpoint_every", "check_numerics"):  # fmt: skip
         setattr(args, key, options.get(key, defaults[key]))
     args.epochs = None
@@ -343,10 +399,6 @@ def check_unchanged(record: RunRecord) -> None:
 def _run_defaults() -> argparse.Namespace:
     """The defaults of `stepc run`'s options, as its parser has them."""
     return build_parser().parse_args(["run", "--resume", "DIR"])
-
-
-def _host(value: Any) -> Any:
-    return np.asarray(value)
 
 
 def _host_logits(logits_fn: Any) -> Any:
