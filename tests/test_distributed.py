@@ -118,7 +118,7 @@ def test_multi_process_run_equals_one_process(one_device, tmp_path, processes, e
     out = tmp_path / "job"
     procs = [
         stepc("run", MLP, *STEPS, *extra, "--out", out, "--coordinator", f"localhost:{port}",
-              "--num-processes", processes, "--process-id", i, "--checkpoint-every", 3)  # fmt: skip
+              "--num-processes", processes, "--process-id", i, "--checkpoint-every", 3)
         for i in range(processes)
     ]
     printed = [finish(p) for p in procs]
