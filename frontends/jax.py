@@ -50,7 +50,17 @@ from jax.extend import core as jax_core
 from stepc.api import Program, compile_text
 from stepc.backends.jax import x64_enabled
 from stepc.check.contract import Comparison, ContractReport, bounded_program, random_inputs, run_with_numpy
-from stepc.frontends.writer import FLOAT_TYPES, IRWriter, Value, ir_value_name, numpy_dtype, source_name, tensor_type
+from stepc.frontends.writer import (
+    FLOAT_TYPES,
+    BatchInput,
+    IRWriter,
+    Value,
+    ir_value_name,
+    numpy_dtype,
+    source_name,
+    step_batch,
+    tensor_type,
+)
 from stepc.ir.diagnostics import SourceLoc, StepcError, remember_source
 from stepc.ir.error_bounds import Bounded
 from stepc.ir.program import step_function
@@ -848,14 +858,6 @@ def optimizer_attribute(text: str) -> tuple[str, str]:
 # The import
 
 
-@dataclass(frozen=True)
-class BatchInput:
-    path: str  # the batch leaf's key path
-    name: str  # its IR name
-    shape: tuple[int, ...]
-    dtype: str
-
-
 @dataclass(eq=False)
 class Imported:
     """An imported training step: its text, its names, and conversions of JAX values."""
@@ -882,26 +884,7 @@ class Imported:
     def batch(self, batch: Any) -> dict[str, np.ndarray]:
         """A batch (the pytree `loss_fn` takes) as the step's batch dict: each leaf under its IR
         name as NumPy, integer labels and ids as int32 (values outside [0, 2**31) refused)."""
-        leaves = _leaves(batch, "the batch")
-        expected = {i.path for i in self.inputs}
-        missing, extra = sorted(expected - set(leaves)), sorted(set(leaves) - expected)
-        if missing or extra:
-            raise StepcError(f"the batch's keys differ from the imported program's: missing {missing}, unexpected {extra}")
-        out: dict[str, np.ndarray] = {}
-        for spec in self.inputs:
-            array = np.asarray(leaves[spec.path])
-            if tuple(array.shape) != spec.shape:
-                raise StepcError(f"batch '{spec.path}' has shape {tuple(array.shape)}; the program was imported with {spec.shape}")
-            if spec.dtype == "i32":
-                if array.size and (array.min() < 0 or array.max() >= 2**31):
-                    bad = int(array.min()) if array.min() < 0 else int(array.max())
-                    raise StepcError(f"batch '{spec.path}' holds {bad}: labels and ids must lie in [0, 2**31)")
-                out[spec.name] = array.astype(np.int32)
-            elif spec.dtype == "ui32":
-                out[spec.name] = array.astype(np.uint32)
-            else:
-                out[spec.name] = array
-        return out
+        return step_batch(self.inputs, _leaves(batch, "the batch"))
 
     def compile(self, **options: Any) -> Program:
         """The program compiled as `stepc.compile_text` compiles it (same options)."""

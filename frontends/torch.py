@@ -48,7 +48,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from stepc.api import Program, compile_text
 from stepc.check.contract import Comparison, ContractReport, bounded_program, random_inputs, run_with_numpy
 from stepc.frontends.torch_ops import DTYPES, IGNORED, KEPT, RANDOM, RULES, Context, ImportError_, Unusable
-from stepc.frontends.writer import IRWriter, Value, float_text, ir_value_name, source_name
+from stepc.frontends.writer import BatchInput, IRWriter, Value, float_text, ir_value_name, source_name, step_batch
 from stepc.ir.diagnostics import Note, SourceLoc, StepcError, remember_source
 from stepc.ir.error_bounds import Bounded
 from stepc.ir.program import step_function
@@ -263,14 +263,6 @@ class DropoutSite:
     rate: float
 
 
-@dataclass(frozen=True)
-class BatchInput:
-    key: str  # the batch dict's key
-    name: str  # its IR name
-    shape: tuple[int, ...]
-    dtype: str
-
-
 @dataclass(eq=False)
 class Imported:
     """An imported training step: its text, its names, and conversions of torch values."""
@@ -303,24 +295,8 @@ class Imported:
         torch's generator (so `torch.manual_seed` repeats them)."""
         if not isinstance(batch, Mapping):
             raise TypeError(f"the batch is a dict of tensors, found {type(batch).__name__}")
-        expected = {i.key for i in self.inputs}
-        missing = sorted(expected - set(batch))
-        extra = sorted(set(batch) - expected)
-        if missing or extra:
-            raise StepcError(f"the batch's keys differ from the imported program's: missing {missing}, unexpected {extra}")
-        out: dict[str, np.ndarray] = {}
-        for spec in self.inputs:
-            value = batch[spec.key]
-            array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-            if tuple(array.shape) != spec.shape:
-                raise StepcError(f"batch '{spec.key}' has shape {tuple(array.shape)}; the program was imported with {spec.shape}")
-            if spec.dtype == "i32":
-                if array.size and (array.min() < 0 or array.max() >= 2**31):
-                    bad = int(array.min()) if array.min() < 0 else int(array.max())
-                    raise StepcError(f"batch '{spec.key}' holds {bad}: labels and ids must lie in [0, 2**31)")
-                out[spec.name] = array.astype(np.int32)
-            else:
-                out[spec.name] = array
+        values = {k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        out = step_batch(self.inputs, values)
         for site in self.dropout:
             if keys is not None and site.key in keys:
                 out[site.key] = np.asarray(keys[site.key], dtype=np.uint32)

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -58,6 +59,44 @@ def ir_value_name(name: str) -> str:
 def source_name(name: str) -> str:
     """The inverse of `ir_value_name`."""
     return name[1:] if _DIGIT_FIRST.match(name) and name.startswith("_") else name
+
+
+@dataclass(frozen=True)
+class BatchInput:
+    """A batch input of an imported program: the key it has in the framework's batch (a dict
+    key, a pytree key path), its IR name, shape and element type."""
+
+    key: str
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+def step_batch(inputs: Sequence[BatchInput], values: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """A framework's batch (`values` by key, arrays or tensors as NumPy) as the step's batch dict:
+    the keys the import saw, each of its shape, integer labels and ids as int32 (values outside
+    [0, 2**31) refused: the program's own check then holds them to their classes or rows)."""
+    from stepc.ir.diagnostics import StepcError
+
+    expected = {i.key for i in inputs}
+    missing, extra = sorted(expected - set(values)), sorted(set(values) - expected)
+    if missing or extra:
+        raise StepcError(f"the batch's keys differ from the imported program's: missing {missing}, unexpected {extra}")
+    out: dict[str, np.ndarray] = {}
+    for spec in inputs:
+        array = np.asarray(values[spec.key])
+        if tuple(array.shape) != spec.shape:
+            raise StepcError(f"batch '{spec.key}' has shape {tuple(array.shape)}; the program was imported with {spec.shape}")
+        if spec.dtype == "i32":
+            if array.size and (array.min() < 0 or array.max() >= 2**31):
+                bad = int(array.min()) if array.min() < 0 else int(array.max())
+                raise StepcError(f"batch '{spec.key}' holds {bad}: labels and ids must lie in [0, 2**31)")
+            out[spec.name] = array.astype(np.int32)
+        elif spec.dtype == "ui32":
+            out[spec.name] = array.astype(np.uint32)
+        else:
+            out[spec.name] = array
+    return out
 
 
 def tensor_type(shape: Sequence[int], dtype: str) -> str:
