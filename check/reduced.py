@@ -185,6 +185,25 @@ def window_sizes(module: ModuleOp) -> set[int]:
     return kept
 
 
+def attribute_sizes(module: ModuleOp) -> set[int]:
+    """The sizes an op holds in an integer attribute (a slice's starts and limits, a pad's
+    widths: the pieces of a `split`), with every dimension of that op's operands and results:
+    renaming the types alone would leave them inconsistent, so the reduced check keeps these
+    sizes at full size and shrinks the others (the batch, above all)."""
+    kept: set[int] = set()
+    for op in module.walk():
+        held: set[int] = set()
+        for attr in (*op.properties.values(), *op.attributes.values()):
+            if isinstance(attr, (DenseArrayBase, ArrayAttr)) or attr.name.startswith("stablehlo."):
+                held.update(int(n) for n in _INTEGER.findall(_TENSOR.sub("", str(attr))) if int(n) > SMALL)
+        if held:
+            kept |= held
+            for value in (*op.operands, *op.results):
+                if is_tensor(value.type):
+                    kept.update(shlo.shape_of_any(value))
+    return kept
+
+
 def shrink_text(text: str, sizes: dict[int, int]) -> str:
     def one(m: re.Match[str]) -> str:
         dims = [str(sizes.get(int(d), int(d))) for d in m.group(1).split("x") if d]
@@ -399,7 +418,9 @@ class ContractRunner:
         small_before, self._small = self._small, None
         if small_before is None:  # the first pass, or the one after a fallback: print and shrink
             before_text, after_text = text_of(before), text_of(after)
-            self._sizes = dimension_map(before_text, after_text, fixed=window_sizes(before) | window_sizes(after))
+            # (the sizes in the attributes a pass writes are matched under the map by the commuting check)
+            fixed = window_sizes(before) | window_sizes(after) | attribute_sizes(before)
+            self._sizes = dimension_map(before_text, after_text, fixed=fixed)
             if all(d == s for d, s in self._sizes.items()):
                 return "nothing to shrink"
             sized = _sized_attribute(before, self._sizes)

@@ -105,3 +105,29 @@ def test_check_file_reports_a_broken_rule(tmp_path: Path, capsys: pytest.Capture
     captured = capsys.readouterr()
     assert "differentiate" in captured.out and "FAILED" in captured.out
     assert "contract of pass differentiate" in captured.err and "grad.w1" in captured.err
+
+
+def test_a_split_is_checked_at_reduced_shapes_with_its_sizes_kept() -> None:
+    """A slice holds sizes in its attributes (a qkv split, as imported models have): those sizes
+    and the sliced dims stay at full size, the others (the batch) shrink; the pass's own slices
+    and pads are matched under the map by the commuting check."""
+    from stepc.ir.parse import load_text
+    from stepc.pipeline import Pipeline
+
+    text = """func.func @split(%w: tensor<24x96xf32> {step.param}, %x: tensor<64x24xf32>, %t: tensor<64x32xf32>) -> tensor<f32>
+    attributes {step.sgd = #step.sgd<lr = 0.1>} {
+  %h = step.matmul %x, %w : (tensor<64x24xf32>, tensor<24x96xf32>) -> tensor<64x96xf32>
+  %q = step.slice %h start [0, 0] limit [64, 32] : tensor<64x96xf32> -> tensor<64x32xf32>
+  %k = step.slice %h start [0, 32] limit [64, 64] : tensor<64x96xf32> -> tensor<64x32xf32>
+  %v = step.slice %h start [0, 64] limit [64, 96] : tensor<64x96xf32> -> tensor<64x32xf32>
+  %a = step.mul %q, %k : (tensor<64x32xf32>, tensor<64x32xf32>) -> tensor<64x32xf32>
+  %b = step.add %a, %v : (tensor<64x32xf32>, tensor<64x32xf32>) -> tensor<64x32xf32>
+  %loss = step.mse %b, %t : (tensor<64x32xf32>, tensor<64x32xf32>) -> tensor<f32>
+  func.return %loss : tensor<f32>
+}
+"""
+    events = Pipeline(["differentiate", "seed-scalar-loss"], check=True, trials=2, check_mode="reduced").run(
+        load_text(text, "split.ir"))
+    for event in events[1:]:
+        assert event.report is not None and event.report.ok
+        assert event.report.mode.split(",")[0] == "reduced", event.report.mode
