@@ -61,6 +61,9 @@ SMALL = 16
 # reduced shapes (the float64 reference with its bounds costs about 10 times the program).
 REDUCE_ABOVE = 2_000_000
 MODES = ("auto", "full", "reduced")
+# Above this many ops, `auto` runs a full-size contract's programs with NumPy rather than XLA
+# (`Contract.without_xla`): XLA's CPU compile grows faster than the program's length.
+XLA_OPS_AT_MOST = 400
 
 
 def check_mode_name(mode: object) -> None:
@@ -183,6 +186,10 @@ def window_sizes(module: ModuleOp) -> set[int]:
             roles = range(len(layout)) if grouped else range(2, len(layout))
             kept.update(shape[layout[role]] for role in roles if (index, role) not in batch)
     return kept
+
+
+def op_count(module: ModuleOp) -> int:
+    return sum(1 for _ in module.walk())
 
 
 def attribute_sizes(module: ModuleOp) -> set[int]:
@@ -391,16 +398,26 @@ class ContractRunner:
         if self.mode == "full" or (self.mode == "auto" and small_enough):
             self._small = None
             self._fits(pass_, needs, limit, "")
-            return contract.check(pass_.name, before, after, trials=trials, seed=seed)
+            return self._full(contract, pass_, before, after, trials=trials, seed=seed)
         reduced = self._reduced_pair(pass_, before, after)
         if isinstance(reduced, str):
             self._fits(pass_, needs, limit, f" (it cannot run at reduced shapes: {reduced})")
-            report = contract.check(pass_.name, before, after, trials=trials, seed=seed)
-            return replace(report, mode=f"full ({reduced})", seconds=time.perf_counter() - start)
+            report = self._full(contract, pass_, before, after, trials=trials, seed=seed)
+            return replace(report, mode=f"{report.mode} ({reduced})", seconds=time.perf_counter() - start)
         small_before, small_after, constants = reduced
         report = contract.without_xla().check(pass_.name, small_before, small_after, trials=trials, seed=seed)
         note = f"reduced, {constants} constant{'s' if constants != 1 else ''} differ" if constants else "reduced"
         return replace(report, mode=note, seconds=time.perf_counter() - start)
+
+    def _full(self, contract: Contract[Any], pass_: ModulePass, before: ModuleOp, after: ModuleOp, *, trials: int,
+              seed: int) -> ContractReport:  # fmt: skip
+        """The contract at full size; in `auto` mode, a long program's programs run by NumPy
+        (XLA's CPU compile grows faster than a program's length: 1,000 ops of small tensors took
+        it longer than the whole check on NumPy)."""
+        if self.mode == "auto" and op_count(before) > XLA_OPS_AT_MOST:
+            report = contract.without_xla().check(pass_.name, before, after, trials=trials, seed=seed)
+            return replace(report, mode="full, NumPy")
+        return contract.check(pass_.name, before, after, trials=trials, seed=seed)
 
     @staticmethod
     def _fits(pass_: ModulePass, needs: int, limit: int, why: str) -> None:
