@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from stepc.ir.diagnostics import StepcError
+
 FLOAT_TYPES = ("f16", "bf16", "f32", "f64")
 _VALID = re.compile(r"[A-Za-z_$.-][\w$.-]*")
 _NUMPY_OF = {"f16": np.float16, "f32": np.float32, "f64": np.float64, "i32": np.int32, "ui32": np.uint32}
@@ -76,8 +78,6 @@ def step_batch(inputs: Sequence[BatchInput], values: Mapping[str, Any]) -> dict[
     """A framework's batch (`values` by key, arrays or tensors as NumPy) as the step's batch dict:
     the keys the import saw, each of its shape, integer labels and ids as int32 (values outside
     [0, 2**31) refused: the program's own check then holds them to their classes or rows)."""
-    from stepc.ir.diagnostics import StepcError
-
     expected = {i.key for i in inputs}
     missing, extra = sorted(expected - set(values)), sorted(set(values) - expected)
     if missing or extra:
