@@ -190,3 +190,42 @@ def test_benchmark_quick_smoke(tmp_path):
     ratios = numbers["step_time"]["softmax784"]["ratio_vs_jax"]
     assert set(ratios) == {"stepc", "jax", "optax", "torch"} and ratios["jax"] == 1.0
     assert numbers["xla"]["softmax784"]["stepc"]["flops"] > 0
+
+
+F64_LINREG = """func.func @lin(%w: tensor<4x1xf64> {step.param}, %x: tensor<32x4xf64>, %t: tensor<32x1xf64>,
+                %lr: tensor<f64> {step.hyper = "lr"}) -> tensor<f64>
+    attributes {step.sgd = #step.sgd<lr = 0.05>} {
+  %y = step.matmul %x, %w : (tensor<32x4xf64>, tensor<4x1xf64>) -> tensor<32x1xf64>
+  %loss = step.mse %y, %t : (tensor<32x1xf64>, tensor<32x1xf64>) -> tensor<f64>
+  func.return %loss : tensor<f64>
+}
+"""
+
+
+def test_a_float64_program_trains_in_float64(tmp_path: Path) -> None:
+    """A float64 program (with a float64 run-time lr fed by a schedule) trains in float64: the
+    parameters stay float64 on the device and equal NumPy's SGD on the same data (one batch,
+    the whole set) to float64 rounding."""
+    program = tmp_path / "lin64.ir"
+    program.write_text(F64_LINREG)
+    rng = np.random.default_rng(0)
+    x, t, w0 = rng.standard_normal((32, 4)), rng.standard_normal((32, 1)), rng.standard_normal((4, 1))
+    np.savez(tmp_path / "d.npz", x=x, t=t)
+    np.savez(tmp_path / "init.npz", w=w0)
+    out = tmp_path / "run"
+    argv = ["run", str(program), "--data", str(tmp_path / "d.npz"), "--init", str(tmp_path / "init.npz"),
+            "--steps", "5", "--lr-schedule", "step:step_size=2,gamma=0.5", "--no-check", "--quiet", "--out", str(out)]
+    import jax
+
+    x64_before = jax.config.read("jax_enable_x64")
+    assert main(argv) == 0
+    assert jax.config.read("jax_enable_x64") == x64_before  # put back for the rest of the process
+    with np.load(out / "params.npz") as params:
+        w = params["w"]
+    assert w.dtype == np.float64
+    expected = w0.copy()
+    for step in range(5):
+        lr = 0.05 * 0.5 ** (step // 2)
+        grad = 2.0 / 32 * x.T @ (x @ expected - t)  # d mean((xw - t)^2) / dw, the batch in any row order
+        expected = expected - lr * grad
+    np.testing.assert_allclose(w, expected, rtol=1e-12, atol=1e-14)

@@ -78,6 +78,16 @@ def force_host_devices(n: int) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    """`stepc run` (`_run`); a float64 program turns `jax_enable_x64` on for its training, and
+    this puts it back as it was (the CLI may run in a process that goes on: the tests')."""
+    previous = bool(jax.config.read("jax_enable_x64"))
+    try:
+        return _run(args)
+    finally:
+        jax.config.update("jax_enable_x64", previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     """Everything a user can get wrong is found before the expensive part (starting JAX with N
     devices, compiling, training): the options, `--out` (writable, no directory where a file
     goes), the program (read once: a path, or `-` for stdin), the device count against the
@@ -148,6 +158,8 @@ def run(args: argparse.Namespace) -> int:
     if schedule is not None:
         batches = train_schedule.with_rates(batches, spec, schedule, first_step=start)
     needs_x64 = program.function(Form.STEP).needs_x64
+    if needs_x64:  # a float64 program: its parameters, state and batches stay float64 on the device
+        jax.config.update("jax_enable_x64", True)
     placement = None
     if len(devices) > 1:
         placement = train_loop.DataParallel(devices, spec, args.shard)
