@@ -32,6 +32,7 @@ import importlib
 import inspect
 import io
 import logging
+import operator
 import os
 import re
 import time
@@ -533,7 +534,7 @@ def _translate(
         where = _user_line_of_stack(node.meta.get("stack_trace"))
         operands = _map(node.args, env)
         kwargs = _map(node.kwargs, env)
-        if node.target is _getitem:
+        if node.target is operator.getitem:
             env[node] = operands[0][operands[1]]
             continue
         if node.target in IGNORED:
@@ -563,7 +564,6 @@ def _translate(
     return writer.text(loss, opt.function_attr, header), names, inputs, dropout
 
 
-_getitem = __import__("operator").getitem
 
 
 def _map(value: Any, env: Mapping[Any, Any]) -> Any:
