@@ -1393,6 +1393,9 @@ def _rss_now() -> int:
         return 0
 
 
+_CHILD_ENV: dict[str, str] = {}  # the environment children start from (`run_campaign` sets it)
+
+
 def _maxrss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
@@ -1487,7 +1490,7 @@ def run_process(case: Case, directory: Path, timeout: float, kill_bytes: int) ->
     peak_file = directory.parent / f"{directory.name}.peak"
     with _PRIVILEGE:  # (an in-process case on the other thread may run as nobody meanwhile)
         peak_file.unlink(missing_ok=True)
-    env = dict(os.environ)
+    env = dict(_CHILD_ENV or os.environ)
     env.setdefault("STEPC_MAX_BYTES", DEFAULT_LIMIT)
     env["STEPC_FUZZ_PEAK"] = str(peak_file)
     for key, value in case.env:
@@ -1945,6 +1948,10 @@ def campaign(
 
     os.environ.setdefault("STEPC_MAX_BYTES", DEFAULT_LIMIT)
     limit = parse_byte_count(os.environ["STEPC_MAX_BYTES"])
+    # Children start from the environment as it is now: an in-process case on this thread sets
+    # its own variables (a huge STEPC_MAX_BYTES, say) while a child starts on the other thread.
+    _CHILD_ENV.clear()
+    _CHILD_ENV.update(os.environ)
     warnings.filterwarnings("ignore", FORK_WARNING, RuntimeWarning)
     summary = Summary(limit)
     planned: Sequence[Case] | Iterator[Case] = cases if cases is not None else generate(seed, count, surfaces, process_every)
