@@ -31,25 +31,23 @@ def compile_text(text: str, **options: Any) -> Program:
     return _compile_text(text, **options)
 
 
-def from_torch(model: Any, loss_fn: Any, batch: Any, optimizer: Any, **options: Any) -> Any:
-    """Import a PyTorch module, its loss and its optimizer as a checked step program
-    (`stepc.frontends.torch.from_torch`; needs torch, the `torch` extra)."""
-    try:
-        from stepc.frontends.torch import from_torch as _from_torch
-    except ModuleNotFoundError as error:
-        if error.name == "torch":
-            raise ModuleNotFoundError("stepc.from_torch needs PyTorch: pip install 'stepc[torch]'", name="torch") from None
-        raise
+def __getattr__(name: str) -> Any:
+    """The importers, loaded when first asked for (torch is needed only by `from_torch`):
+    `stepc.from_torch(model, loss_fn, batch, optimizer)` (`stepc.frontends.torch`) and
+    `stepc.from_jax(loss_fn, params, batch, optimizer_attribute_text)` (`stepc.frontends.jax`)."""
+    if name == "from_torch":
+        try:
+            from stepc.frontends.torch import from_torch
+        except ModuleNotFoundError as error:
+            if error.name == "torch":
+                raise ModuleNotFoundError("stepc.from_torch needs PyTorch: pip install 'stepc[torch]'", name="torch") from None
+            raise
+        return from_torch
+    if name == "from_jax":
+        from stepc.frontends.jax import from_jax
 
-    return _from_torch(model, loss_fn, batch, optimizer, **options)
-
-
-def from_jax(loss_fn: Any, params: Any, batch: Any, optimizer: str, **options: Any) -> Any:
-    """Import a JAX loss `loss_fn(params, batch)` (its jaxpr) and an optimizer attribute's text
-    as a checked step program (`stepc.frontends.jax.from_jax`)."""
-    from stepc.frontends.jax import from_jax as _from_jax
-
-    return _from_jax(loss_fn, params, batch, optimizer, **options)
+        return from_jax
+    raise AttributeError(f"module 'stepc' has no attribute {name!r}")
 
 
 __all__ = ["__version__", "compile", "compile_text", "from_jax", "from_torch"]

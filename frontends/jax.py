@@ -49,7 +49,8 @@ from jax.extend import core as jax_core
 
 from stepc.api import Program, compile_text
 from stepc.backends.jax import x64_enabled
-from stepc.check.contract import Comparison, ContractReport, bounded_program, random_inputs, run_with_numpy
+from stepc.check.contract import ContractReport
+from stepc.frontends.contract import check_against
 from stepc.frontends.writer import (
     FLOAT_TYPES,
     BatchInput,
@@ -62,8 +63,6 @@ from stepc.frontends.writer import (
     tensor_type,
 )
 from stepc.ir.diagnostics import SourceLoc, StepcError, remember_source
-from stepc.ir.error_bounds import Bounded
-from stepc.ir.program import step_function
 
 # ---------------------------------------------------------------------------------------------
 # Names
@@ -1056,31 +1055,10 @@ def check_import(imported: Imported, prog: Program, loss_fn: Callable[..., Any],
     program's loss and gradients (its gradient program, run in its own precision by the jaxpr
     evaluator) equal `jax.value_and_grad(loss_fn)` in float64 within the rounding-error bound of
     the program (`stepc.ir.error_bounds`)."""
-    if trials < 1:
-        raise ValueError(f"the import check needs at least one trial (got {trials})")
-    start = time.perf_counter()
-    grad_module = prog.modules["seed-scalar-loss"]
-    fn = step_function(grad_module)
-    jf = prog.function("grad")
-    comparison = Comparison()
-    rng = np.random.default_rng(seed)
     with x64_enabled(True):
         value_and_grad = jax.jit(jax.value_and_grad(loss_fn))
-        for _ in range(trials):
-            inputs = random_inputs(fn, rng)
-            bounded = bounded_program(grad_module, inputs)
-            actual = run_with_numpy(jf, inputs)
-            expected = _jax_float64(imported, value_and_grad, inputs)
-            for key, b in bounded.items():
-                if key not in expected:
-                    comparison.mismatch(f"{key}: JAX has no such value")
-                    continue
-                comparison.compare(key, Bounded(expected[key], b.error, b.sigma), actual.get(key))
-    return ContractReport(
-        "import", "loss, grads = jax f64", trials, comparison.ratio, comparison.median_tightness(),
-        ", ".join(sorted(comparison.models)) or "-", comparison.ok, time.perf_counter() - start, comparison.worst,
-        comparison.unchecked, max_abs=comparison.max_abs,
-    )  # fmt: skip
+        return check_against(prog, lambda inputs: _jax_float64(imported, value_and_grad, inputs), "JAX",
+                             trials=trials, seed=seed)  # fmt: skip
 
 
 def _jax_float64(imported: Imported, value_and_grad: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

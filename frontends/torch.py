@@ -47,12 +47,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from stepc.api import Program, compile_text
-from stepc.check.contract import Comparison, ContractReport, bounded_program, random_inputs, run_with_numpy
+from stepc.check.contract import ContractReport
+from stepc.frontends.contract import check_against
 from stepc.frontends.torch_ops import DTYPES, IGNORED, KEPT, RANDOM, RULES, Context, ImportError_, Unusable
 from stepc.frontends.writer import BatchInput, IRWriter, Value, float_text, ir_value_name, source_name, step_batch
 from stepc.ir.diagnostics import Note, SourceLoc, StepcError, remember_source
-from stepc.ir.error_bounds import Bounded
-from stepc.ir.program import step_function
 from stepc.ir.threefry import keep_mask
 
 # ---------------------------------------------------------------------------------------------
@@ -636,31 +635,10 @@ def check_import(imported: Imported, prog: Program, loss_fn: Callable[..., Any],
     bound of the program (`stepc.ir.error_bounds`: what any evaluation of the program's ops in
     its precision may differ from their exact value). Training-mode dropout draws stepc's masks
     on both sides (`Imported.torch_dropout`)."""
-    if trials < 1:
-        raise ValueError(f"the import check needs at least one trial (got {trials})")
-    start = time.perf_counter()
-    grad_module = prog.modules["seed-scalar-loss"]  # the step ops (the grad role is the lowered program)
-    fn = step_function(grad_module)
-    jf = prog.function("grad")
     model64 = copy.deepcopy(imported.model).double()
     named64 = dict(model64.named_parameters())
-    comparison = Comparison()
-    rng = np.random.default_rng(seed)
-    for _ in range(trials):
-        inputs = random_inputs(fn, rng)
-        bounded = bounded_program(grad_module, inputs)
-        actual = run_with_numpy(jf, inputs)
-        expected = _torch_float64(imported, model64, named64, loss_fn, inputs)
-        for key, b in bounded.items():
-            if key not in expected:
-                comparison.mismatch(f"{key}: torch has no such value")
-                continue
-            comparison.compare(key, Bounded(expected[key], b.error, b.sigma), actual.get(key))
-    return ContractReport(
-        "import", "loss, grads = torch f64", trials, comparison.ratio, comparison.median_tightness(),
-        ", ".join(sorted(comparison.models)) or "-", comparison.ok, time.perf_counter() - start, comparison.worst,
-        comparison.unchecked, max_abs=comparison.max_abs,
-    )  # fmt: skip
+    return check_against(prog, lambda inputs: _torch_float64(imported, model64, named64, loss_fn, inputs), "torch",
+                         trials=trials, seed=seed)  # fmt: skip
 
 
 def _torch_float64(

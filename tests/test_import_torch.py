@@ -325,3 +325,25 @@ def test_stepc_from_torch_is_the_package_entry():
     model = nn.Linear(4, 3)
     imp = stepc.from_torch(model, _mse, BATCH, torch.optim.SGD(model.parameters(), lr=0.1))
     assert imp.names == {"weight": "weight", "bias": "bias"}
+
+
+def test_without_torch_stepc_import_says_what_to_install(tmp_path):
+    """torch is an optional extra: with it missing, `stepc import` is a one-line error naming it
+    and `stepc.from_torch` a ModuleNotFoundError saying what to install; stepc itself imports."""
+    script = (
+        "import sys\n"
+        "sys.modules['torch'] = None  # as if torch were not installed\n"
+        "import stepc\n"
+        "from stepc.tools.cli import main\n"
+        "status = main(['import', 'models.py:make'])\n"
+        "try:\n"
+        "    stepc.from_torch\n"
+        "except ModuleNotFoundError as e:\n"
+        "    print('API:', e)\n"
+        "sys.exit(status)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert "stepc: error: stepc import needs PyTorch: pip install 'stepc[torch]'" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert "API: stepc.from_torch needs PyTorch" in done.stdout

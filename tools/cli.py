@@ -39,6 +39,10 @@ update, and StableHLO. After every pass its contract is checked on random inputs
 The language: docs/language.md. Each subcommand has its own --help.
 """
 
+# Packages only some commands need: the import name -> how to get it.
+OPTIONAL_PACKAGES = {"torch": "PyTorch: pip install 'stepc[torch]'"}
+
+
 class UsageError(StepcError):
     """A command line that does not parse (argparse's errors, raised instead of exiting 2)."""
 
@@ -299,7 +303,12 @@ def _main(argv: Sequence[str] | None, debug: bool) -> int:
             return 0
         debug = getattr(args, "debug", False)
         module_name, _, fn_name = args.handler.partition(":")
-        handler = getattr(importlib.import_module(module_name), fn_name)
+        try:
+            handler = getattr(importlib.import_module(module_name), fn_name)
+        except ModuleNotFoundError as missing:  # an optional dependency of one command (`stepc import`: torch)
+            if missing.name in OPTIONAL_PACKAGES:
+                raise StepcError(f"stepc {args.command} needs {OPTIONAL_PACKAGES[missing.name]}") from None
+            raise
         status = int(handler(args) or 0)
         sys.stdout.flush()  # a full disk (`> /dev/full`) shows here, not after the exit status is set
         return status

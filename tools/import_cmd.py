@@ -16,21 +16,13 @@ import sys
 from typing import Any
 
 from stepc.check.contract import format_table
+from stepc.frontends.torch import from_torch  # torch: the optional `torch` extra (the CLI says so when it is missing)
 from stepc.ir.diagnostics import SourceLoc, StepcError, remember_source
 from stepc.tools.files import atomic_write
-
-try:  # torch is optional: only this command needs it (the `torch` extra)
-    from stepc.frontends.torch import from_torch
-except ModuleNotFoundError as missing:
-    if missing.name != "torch":
-        raise
-    from_torch = None
 
 
 def run(args: argparse.Namespace) -> int:
     path, function = _split_target(args.target)
-    if from_torch is None:
-        raise StepcError("stepc import needs PyTorch: pip install 'stepc[torch]'")
     made = _call(path, function)
     model, loss_fn, batch, optimizer = made
     filename = args.output or f"{os.path.splitext(os.path.basename(path))[0]}.{function}.ir"

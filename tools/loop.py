@@ -97,9 +97,6 @@ class DataParallel:
         """Parameters or optimizer state, placed as `sharding` says."""
         return {k: self._put(v, self.sharding(v)) for k, v in tree.items()}
 
-    def put_replicated(self, tree: Mapping[str, Any]) -> dict[str, Any]:
-        return {k: self._put(v, self.replicated) for k, v in tree.items()}
-
     def put_batch(self, batch: Arrays) -> Any:
         return {k: self._put(v, self.batch[k]) for k, v in batch.items()}
 
